@@ -1,0 +1,30 @@
+"""Registry and tensor keys used across the package."""
+
+from typing import NamedTuple
+
+
+class _REGISTRY_KEYS_NT(NamedTuple):
+    X_KEY: str = "X"
+    LABELS_KEY: str = "labels"
+    BATCH_KEY: str = "batch"
+
+
+class _MODULE_KEYS_NT(NamedTuple):
+    X_KEY: str = "x"
+    LIBRARY_KEY: str = "library"
+    Z_KEY: str = "z"
+    LOGITS_KEY: str = "logits"
+    COUNTS_KEY: str = "is_counts"
+
+
+REGISTRY_KEYS = _REGISTRY_KEYS_NT()
+MODULE_KEYS = _MODULE_KEYS_NT()
+
+#: Target sum used for library-size normalization of counts (counts per 10k).
+TARGET_SUM = 1e4
+#: Below this fraction of the model's genes found in a query, predictions are refused.
+MIN_GENE_OVERLAP = 0.1
+#: Below this fraction of the model's genes found in a query, a warning is issued.
+WARN_GENE_OVERLAP = 0.5
+#: Label written for cells whose confidence is below ``unassigned_threshold``.
+UNASSIGNED = "Unassigned"

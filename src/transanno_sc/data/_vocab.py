@@ -1,0 +1,95 @@
+"""Match gene names between a dataset and a model's vocabulary (no AnnData)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class GeneMatch:
+    """Where each vocabulary gene sits in a dataset.
+
+    Attributes
+    ----------
+    source
+        Column positions in the dataset of the matched genes.
+    target
+        Positions of the same genes in the vocabulary.
+    n_vocab
+        Size of the vocabulary.
+    n_exact
+        Genes matched by their exact name.
+    n_case_insensitive
+        Further genes matched only after upper-casing both names (``Cd3e`` ~ ``CD3E``).
+    """
+
+    source: np.ndarray
+    target: np.ndarray
+    n_vocab: int
+    n_exact: int
+    n_case_insensitive: int
+
+    @property
+    def n_matched(self) -> int:
+        """Number of vocabulary genes found in the dataset."""
+        return int(self.target.size)
+
+    @property
+    def fraction(self) -> float:
+        """Fraction of the vocabulary found in the dataset."""
+        return self.n_matched / max(self.n_vocab, 1)
+
+    def to_dict(self) -> dict:
+        """Plain summary, writable to ``.h5ad`` ``uns``."""
+        return {
+            "n_model_genes": int(self.n_vocab),
+            "n_matched": self.n_matched,
+            "n_exact": int(self.n_exact),
+            "n_case_insensitive": int(self.n_case_insensitive),
+            "fraction": float(self.fraction),
+        }
+
+
+def match_genes(dataset_genes: Sequence[str], vocab: Sequence[str]) -> GeneMatch:
+    """Match ``vocab`` genes to ``dataset_genes`` by name.
+
+    Exact names first; the remaining genes are matched case-insensitively when that is
+    unambiguous (mouse ``Gnai3`` against an upper-case ``GNAI3`` panel).
+    """
+    dataset_genes = [str(g) for g in dataset_genes]
+    vocab = [str(g) for g in vocab]
+    pos = {g: i for i, g in enumerate(dataset_genes)}
+    source, target = [], []
+    unmatched = []
+    for j, g in enumerate(vocab):
+        i = pos.get(g)
+        if i is None:
+            unmatched.append(j)
+        else:
+            source.append(i)
+            target.append(j)
+    n_exact = len(source)
+    n_ci = 0
+    if unmatched:
+        used = set(source)
+        upper: dict[str, list[int]] = {}
+        for i, g in enumerate(dataset_genes):
+            upper.setdefault(g.upper(), []).append(i)
+        for j in unmatched:
+            cand = [i for i in upper.get(vocab[j].upper(), []) if i not in used]
+            if len(cand) == 1:
+                source.append(cand[0])
+                target.append(j)
+                used.add(cand[0])
+                n_ci += 1
+    order = np.argsort(np.asarray(target, dtype=np.int64), kind="stable")
+    return GeneMatch(
+        source=np.asarray(source, dtype=np.int64)[order],
+        target=np.asarray(target, dtype=np.int64)[order],
+        n_vocab=len(vocab),
+        n_exact=n_exact,
+        n_case_insensitive=n_ci,
+    )

@@ -1,0 +1,5 @@
+"""scvi-tools models."""
+
+from ._transanno import TransAnno
+
+__all__ = ["TransAnno"]

@@ -1,0 +1,218 @@
+"""``tl.transanno_annotate``: label transfer in one call, scanpy style."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from transanno_sc._constants import UNASSIGNED
+
+from ._utils import get_rna, versions
+
+if TYPE_CHECKING:
+    from mudata import MuData
+
+    from transanno_sc.model import TransAnno
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _AnnotationKeys:
+    label: str
+    confidence: str
+    embedding: str
+    probabilities: str
+    uns: str
+
+    @classmethod
+    def from_key_added(cls, key_added: str) -> _AnnotationKeys:
+        return cls(
+            label=f"{key_added}_label",
+            confidence=f"{key_added}_confidence",
+            embedding=f"X_{key_added}",
+            probabilities=f"{key_added}_probabilities",
+            uns=key_added,
+        )
+
+
+def _private_reference(
+    reference: AnnData, labels_key: str, batch_key: str | None, layer: str | None
+) -> AnnData:
+    """A light AnnData sharing the reference's matrix, so scvi-tools' keys stay off the user's."""
+    from transanno_sc.model._utils import get_matrix
+
+    if not isinstance(reference, AnnData):
+        reference = get_rna(reference, "reference")
+    X = get_matrix(reference, layer)
+    cols = [c for c in (labels_key, batch_key) if c is not None]
+    missing = [c for c in cols if c not in reference.obs]
+    if missing:
+        msg = (
+            f"{missing[0]!r} is not a column of reference.obs "
+            f"(columns: {list(reference.obs.columns)})."
+        )
+        raise KeyError(msg)
+    obs = reference.obs[cols].copy()
+    private = AnnData(X=X, obs=obs, var=pd.DataFrame(index=reference.var_names.copy()))
+    return private
+
+
+def transanno_annotate(
+    adata: AnnData | MuData,
+    model: TransAnno | None = None,
+    *,
+    reference: AnnData | None = None,
+    labels_key: str | None = None,
+    batch_key: str | None = None,
+    layer: str | None = None,
+    unassigned_threshold: float | None = 0.5,
+    key_added: str = "transanno",
+    copy: bool = False,
+    save_model: str | None = None,
+    model_kwargs: dict | None = None,
+    batch_size: int | None = None,
+    **train_kwargs,
+) -> AnnData | MuData | None:
+    """Annotate cell types with a TransAnno model :cite:p:`Vaswani2017`.
+
+    Either pass a trained ``model``, or a labeled ``reference`` and ``labels_key``: a model is
+    then trained on the reference (on a private object: nothing is added to ``reference``) and
+    applied to ``adata``. Genes are matched by name, so ``adata`` may have another gene set or
+    order than the reference; it may hold raw counts or log1p-normalized values.
+
+    Parameters
+    ----------
+    adata
+        The cells to annotate: an :class:`~anndata.AnnData`, or a :class:`~mudata.MuData` whose
+        RNA modality (``"rna"``, ``"RNA"`` or ``"gex"``) is annotated.
+    model
+        A trained :class:`~transanno_sc.model.TransAnno`.
+    reference
+        Labeled reference cells to train a model on (when ``model`` is ``None``).
+    labels_key
+        Column of ``reference.obs`` with the cell types.
+    batch_key
+        Column of ``reference.obs`` with the batch.
+    layer
+        Layer holding the expression in both ``reference`` and ``adata``; ``adata.X`` if
+        ``None``.
+    unassigned_threshold
+        Cells whose confidence is below this are labeled ``"Unassigned"``; ``None`` turns this
+        off.
+    key_added
+        Prefix of the keys written to ``adata``.
+    copy
+        Return an annotated copy instead of writing to ``adata``.
+    save_model
+        Folder to save the model trained inside this call to.
+    model_kwargs
+        Passed to :class:`~transanno_sc.model.TransAnno` when a model is trained here.
+    batch_size
+        Cells per forward pass when predicting.
+    **train_kwargs
+        Passed to :meth:`~transanno_sc.model.TransAnno.train` (``max_epochs``, ``accelerator``,
+        ``devices``, ...).
+
+    Returns
+    -------
+    Returns `None` if `copy=False`, else returns the annotated copy of `adata`.
+    Sets the following fields (on the RNA modality of a MuData):
+
+    `.obs['{key_added}_label']` : :class:`pandas.Categorical`
+        Predicted cell type, or ``"Unassigned"``.
+    `.obs['{key_added}_confidence']` : :class:`numpy.ndarray` (dtype `float`)
+        Probability of the predicted cell type (higher is more confident).
+    `.obsm['X_{key_added}']` : :class:`numpy.ndarray` (dtype `float32`)
+        Cell embedding, for :func:`scanpy.pp.neighbors` with ``use_rep``.
+    `.obsm['{key_added}_probabilities']` : :class:`pandas.DataFrame`
+        Probability of every reference cell type.
+    `.uns['{key_added}']` : :class:`dict`
+        ``params``, ``classes``, ``gene_overlap`` and ``versions``.
+
+    Examples
+    --------
+    >>> import transanno_sc as ta
+    >>> adata = ta.datasets.zilionis_mouse_lung()
+    >>> ref = adata[adata.obs["condition"] == "healthy"].copy()
+    >>> query = adata[adata.obs["condition"] == "tumor"].copy()
+    >>> ta.tl.transanno_annotate(query, reference=ref, labels_key="cell_type", max_epochs=5)
+    >>> query.obs["transanno_label"].value_counts()  # doctest: +SKIP
+    """
+    from transanno_sc.model import TransAnno
+
+    start = time.perf_counter()
+    logger.info("annotating cell types with TransAnno")
+    keys = _AnnotationKeys.from_key_added(key_added)
+    rna = get_rna(adata, "adata")
+    if model is None:
+        if reference is None or labels_key is None:
+            msg = (
+                "Pass a trained `model=`, or a labeled `reference=` together with `labels_key=` "
+                "to train one."
+            )
+            raise ValueError(msg)
+    elif not isinstance(model, TransAnno):
+        msg = f"model must be a transanno_sc.model.TransAnno, got {type(model).__name__}."
+        raise TypeError(msg)
+    if unassigned_threshold is not None and not 0.0 <= unassigned_threshold <= 1.0:
+        msg = f"unassigned_threshold must be in [0, 1] or None, got {unassigned_threshold}."
+        raise ValueError(msg)
+
+    if model is None:
+        private = _private_reference(reference, labels_key, batch_key, layer)
+        TransAnno.setup_anndata(private, labels_key=labels_key, batch_key=batch_key)
+        model = TransAnno(private, **(model_kwargs or {}))
+        model.train(**train_kwargs)
+        if save_model is not None:
+            model.save(save_model, overwrite=True)
+    elif train_kwargs or model_kwargs:
+        msg = (
+            f"Training arguments {sorted(train_kwargs) + sorted(model_kwargs or {})} were given "
+            "with a trained `model=`; they only apply when a model is trained from `reference=`."
+        )
+        raise TypeError(msg)
+
+    probs, latent, overlap = model._forward(rna, batch_size=batch_size, layer=layer)
+
+    if copy:
+        adata = adata.copy()
+        rna = get_rna(adata, "adata")
+    classes = list(model.classes_)
+    confidence = probs.max(1).astype(np.float64)
+    labels = np.asarray(classes, dtype=object)[probs.argmax(1)]
+    if unassigned_threshold is not None:
+        labels[confidence < unassigned_threshold] = UNASSIGNED
+    categories = [*classes, UNASSIGNED] if UNASSIGNED not in classes else classes
+    rna.obs[keys.label] = pd.Categorical(labels, categories=categories)
+    rna.obs[keys.confidence] = confidence
+    rna.obsm[keys.embedding] = latent
+    rna.obsm[keys.probabilities] = pd.DataFrame(probs, index=rna.obs_names, columns=classes)
+    rna.uns[keys.uns] = {
+        "params": {
+            "unassigned_threshold": -1.0 if unassigned_threshold is None else unassigned_threshold,
+            "layer": "X" if layer is None else layer,
+            "labels_key": labels_key if labels_key is not None else "",
+            "model": model._model_summary_string,
+        },
+        "classes": np.asarray(classes, dtype=object),
+        "gene_overlap": overlap,
+        "versions": versions(),
+    }
+    logger.info(
+        "    finished (%.1f s): added\n"
+        "    '%s', '%s' (adata.obs)\n    '%s', '%s' (adata.obsm)\n    '%s' (adata.uns)",
+        time.perf_counter() - start,
+        keys.label,
+        keys.confidence,
+        keys.embedding,
+        keys.probabilities,
+        keys.uns,
+    )
+    return adata if copy else None

@@ -1,0 +1,92 @@
+"""``tl.evaluate``: compare predicted with known cell types."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from sklearn.metrics import accuracy_score, classification_report, f1_score
+
+from transanno_sc._constants import UNASSIGNED
+
+from ._utils import get_rna
+
+
+def evaluate(
+    adata: AnnData,
+    true_key: str,
+    pred_key: str = "transanno_label",
+    *,
+    known_only: bool = True,
+) -> dict:
+    """Accuracy, macro/weighted F1, per-class report and confusion matrix.
+
+    Parameters
+    ----------
+    adata
+        Annotated AnnData (or MuData, RNA modality).
+    true_key
+        Column of ``obs`` with the true cell types.
+    pred_key
+        Column of ``obs`` with the predictions.
+    known_only
+        Score only cells whose true type is one the model could predict (a column of
+        ``obsm['{prefix}_probabilities']``, or any predicted type when that is absent). Cells
+        predicted ``"Unassigned"`` count as errors.
+
+    Returns
+    -------
+    A dict with ``accuracy``, ``f1_macro``, ``f1_weighted``, ``unassigned_fraction``,
+    ``n_cells``, ``report`` (:class:`pandas.DataFrame`, one row per type) and ``confusion``
+    (:class:`pandas.DataFrame`, true types as rows, predicted as columns).
+
+    Examples
+    --------
+    >>> import transanno_sc as ta
+    >>> adata = ta.datasets.zilionis_mouse_lung()
+    >>> adata.obs["transanno_label"] = adata.obs["cell_type"]
+    >>> ta.tl.evaluate(adata, "cell_type")["accuracy"]
+    1.0
+    """
+    rna = get_rna(adata, "adata")
+    for key in (true_key, pred_key):
+        if key not in rna.obs:
+            msg = f"{key!r} is not a column of adata.obs (columns: {list(rna.obs.columns)})."
+            raise KeyError(msg)
+    true = rna.obs[true_key].astype(str).to_numpy()
+    pred = rna.obs[pred_key].astype(str).to_numpy()
+    if known_only:
+        prefix = pred_key.removesuffix("_label")
+        probs = rna.obsm.get(f"{prefix}_probabilities")
+        known = (
+            set(map(str, probs.columns))
+            if isinstance(probs, pd.DataFrame)
+            else set(pred) - {UNASSIGNED}
+        )
+        keep = np.isin(true, list(known))
+        true, pred = true[keep], pred[keep]
+    if true.size == 0:
+        msg = "No cell left to evaluate: no true label is among the predicted cell types."
+        raise ValueError(msg)
+    labels = sorted(set(true))
+    cols = sorted(set(true) | set(pred))
+    confusion = pd.crosstab(
+        pd.Categorical(true, categories=labels),
+        pd.Categorical(pred, categories=cols),
+        dropna=False,
+    )
+    confusion.index.name, confusion.columns.name = "true", "predicted"
+    report = pd.DataFrame(
+        classification_report(true, pred, labels=labels, output_dict=True, zero_division=0)
+    ).T.loc[labels]
+    return {
+        "accuracy": float(accuracy_score(true, pred)),
+        "f1_macro": float(f1_score(true, pred, labels=labels, average="macro", zero_division=0)),
+        "f1_weighted": float(
+            f1_score(true, pred, labels=labels, average="weighted", zero_division=0)
+        ),
+        "unassigned_fraction": float(np.mean(pred == UNASSIGNED)),
+        "n_cells": int(true.size),
+        "report": report,
+        "confusion": confusion,
+    }

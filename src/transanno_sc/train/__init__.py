@@ -1,0 +1,5 @@
+"""Lightning training plans."""
+
+from ._classification import ClassificationTrainingPlan, macro_f1
+
+__all__ = ["ClassificationTrainingPlan", "macro_f1"]

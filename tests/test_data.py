@@ -1,0 +1,39 @@
+"""Tokenization and gene matching (torch and numpy only)."""
+
+from __future__ import annotations
+
+import torch
+
+from transanno_sc.data import CLS_ID, N_SPECIAL_GENE_TOKENS, PAD_ID, match_genes, tokenize
+
+
+def test_tokenize_orders_and_pads():
+    x = torch.tensor([[0.0, 3.0, 1.0, 0.0, 2.0], [0.5, 0.0, 0.0, 0.0, 0.0]])
+    t = tokenize(x, max_tokens=2, n_bins=8)
+    assert t.gene_ids.shape == (2, 3)
+    assert t.gene_ids[0].tolist() == [CLS_ID, 1 + N_SPECIAL_GENE_TOKENS, 4 + N_SPECIAL_GENE_TOKENS]
+    assert t.gene_ids[1].tolist() == [CLS_ID, 0 + N_SPECIAL_GENE_TOKENS, PAD_ID]
+    assert t.attention_mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert (t.value_ids[t.attention_mask == 0] == 0).all()
+    assert t.value_ids[0, 1] > t.value_ids[0, 2]
+
+
+def test_tokens_do_not_depend_on_other_cells():
+    x = torch.rand(4, 50) * (torch.rand(4, 50) > 0.5)
+    full = tokenize(x, 64, 16)
+    single = tokenize(x[2:3], 64, 16)
+    n = int(single.attention_mask.sum())
+    assert full.gene_ids[2, :n].tolist() == single.gene_ids[0, :n].tolist()
+
+
+def test_quantile_bins_rank_within_cell():
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    t = tokenize(x, 4, 4, encoding="quantile")
+    assert t.value_ids[0, 1:].tolist() == [4, 3, 2, 1]
+
+
+def test_match_genes_exact_then_case_insensitive():
+    m = match_genes(["CD3E", "Gnai3", "X"], ["Gnai3", "Cd3e", "Missing"])
+    assert m.n_exact == 1 and m.n_case_insensitive == 1 and m.n_matched == 2
+    assert dict(zip(m.target.tolist(), m.source.tolist())) == {0: 1, 1: 0}
+    assert abs(m.fraction - 2 / 3) < 1e-9

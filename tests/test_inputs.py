@@ -1,0 +1,135 @@
+"""Bad input gets a clear error that names the problem."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from anndata import AnnData
+
+import transanno_sc as ta
+from transanno_sc.model import TransAnno
+from transanno_sc.model._utils import detect_input_scale
+
+
+def _tiny(rng, n=40, g=60, labels=("a", "b")):
+    X = sp.csr_matrix(rng.poisson(1.0, size=(n, g)).astype(np.float32))
+    a = AnnData(X)
+    a.var_names = [f"G{i}" for i in range(g)]
+    a.obs["ct"] = np.resize(np.asarray(labels), n)
+    return a
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [(np.nan, "NaN or infinite"), (np.inf, "NaN or infinite"), (-1.0, "negative")],
+)
+def test_setup_refuses_bad_values(rng, value, match):
+    a = _tiny(rng)
+    X = a.X.toarray()
+    X[3, 4] = value
+    a.X = X
+    before = a.copy()
+    with pytest.raises(ValueError, match=match):
+        TransAnno.setup_anndata(a, labels_key="ct")
+    assert list(a.obs.columns) == list(before.obs.columns)
+    assert not any(k.startswith("_scvi") for k in a.uns)
+
+
+def test_missing_labels_key(rng):
+    with pytest.raises(KeyError, match="labels_key='cell_type'"):
+        TransAnno.setup_anndata(_tiny(rng), labels_key="cell_type")
+
+
+def test_missing_label_values(rng):
+    a = _tiny(rng)
+    a.obs["ct"] = a.obs["ct"].astype(object)
+    a.obs.iloc[0, 0] = None
+    with pytest.raises(ValueError, match="missing values"):
+        TransAnno.setup_anndata(a, labels_key="ct")
+
+
+def test_zero_labeled_cells(rng):
+    a = _tiny(rng, labels=("Unknown",))
+    TransAnno.setup_anndata(a, labels_key="ct")
+    model = TransAnno(a, n_hidden=16, n_heads=2, n_top_genes=None)
+    with pytest.raises(ValueError, match="No labeled cells"):
+        model.train(max_epochs=1)
+
+
+def test_single_class(rng):
+    a = _tiny(rng, labels=("a",))
+    TransAnno.setup_anndata(a, labels_key="ct")
+    model = TransAnno(a, n_hidden=16, n_heads=2, n_top_genes=None)
+    with pytest.raises(ValueError, match="at least two"):
+        model.train(max_epochs=1)
+
+
+def test_no_labels_key_cannot_train(rng):
+    a = _tiny(rng)
+    TransAnno.setup_anndata(a)
+    model = TransAnno(a, n_hidden=16, n_heads=2, n_top_genes=None)
+    with pytest.raises(ValueError, match="labels_key"):
+        model.train(max_epochs=1)
+
+
+def test_duplicate_gene_names(rng):
+    a = _tiny(rng)
+    a.var_names = ["G0"] * 2 + [f"G{i}" for i in range(2, a.n_vars)]
+    with pytest.raises(ValueError, match="var_names_make_unique"):
+        TransAnno.setup_anndata(a, labels_key="ct")
+
+
+def test_empty_anndata(rng):
+    with pytest.raises(ValueError, match="empty"):
+        TransAnno.setup_anndata(_tiny(rng)[:0].copy(), labels_key="ct")
+
+
+def test_missing_layer(rng):
+    with pytest.raises(KeyError, match="layer='counts'"):
+        TransAnno.setup_anndata(_tiny(rng), labels_key="ct", layer="counts")
+
+
+def test_scale_detection(rng):
+    counts = rng.poisson(2.0, size=(30, 20)).astype(np.float32)
+    assert detect_input_scale(counts) == "counts"
+    assert detect_input_scale(np.log1p(counts * 1.7)) == "log1p"
+    with pytest.raises(ValueError, match="neither raw counts nor log1p"):
+        detect_input_scale(counts * 100.3)
+
+
+def test_no_gene_overlap_with_model(trained, query):
+    other = query.copy()
+    other.var_names = [f"ENSMUSG{i:011d}" for i in range(other.n_vars)]
+    with pytest.raises(ValueError, match="Ensembl"):
+        trained.predict(other)
+
+
+def test_query_with_negative_values(trained, query):
+    import scanpy as sc
+
+    scaled = query.copy()
+    sc.pp.log1p(scaled)
+    sc.pp.scale(scaled)
+    with pytest.raises(ValueError, match="negative"):
+        trained.predict(scaled)
+
+
+def test_corrupt_model_folder(trained, tmp_path):
+    trained.save(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="corrupt"):
+        TransAnno.load(tmp_path / "m")
+    (tmp_path / "m" / "transanno.json").write_text("{")
+    with pytest.raises(ValueError, match="corrupt"):
+        TransAnno.load(tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        TransAnno.load(tmp_path / "nothing")
+
+
+def test_mudata_without_rna(trained, query):
+    from mudata import MuData
+
+    md = MuData({"prot": query.copy()})
+    with pytest.raises(ValueError, match="RNA modality"):
+        ta.tl.transanno_annotate(md, trained)

@@ -1,0 +1,49 @@
+"""API conventions shared with scanpy (after scanpy's tests/test_package_structure.py)."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+import transanno_sc as ta
+
+PUBLIC = [ta.tl.transanno_annotate, ta.tl.evaluate, ta.pl.confusion_matrix, ta.pp.gene_overlap]
+
+
+@pytest.mark.parametrize("func", PUBLIC, ids=lambda f: f.__name__)
+def test_signature_conventions(func):
+    sig = inspect.signature(func)
+    positional = [
+        p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    assert len(positional) <= 3, positional
+    for p in positional:
+        assert not isinstance(p.default, bool), f"positional boolean {p.name}"
+    assert func.__doc__ and "Examples" in func.__doc__
+
+
+def test_copy_functions_return_anndata_or_none():
+    ann = inspect.signature(ta.tl.transanno_annotate).return_annotation
+    assert "None" in str(ann) and "AnnData" in str(ann)
+    assert (
+        inspect.signature(ta.tl.transanno_annotate).parameters["copy"].kind
+        is inspect.Parameter.KEYWORD_ONLY
+    )
+
+
+def test_no_unfilled_docstring_templates():
+    for obj in (ta.model.TransAnno, *PUBLIC):
+        members = (
+            [obj, *(m for _, m in inspect.getmembers(obj, callable))]
+            if inspect.isclass(obj)
+            else [obj]
+        )
+        for m in members:
+            doc = getattr(m, "__doc__", None) or ""
+            assert "%(" not in doc, m
+
+
+def test_all_is_sorted():
+    for mod in (ta.tl, ta.pl, ta.pp, ta.model, ta.data, ta.datasets):
+        assert list(mod.__all__) == sorted(mod.__all__), mod.__name__
