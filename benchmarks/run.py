@@ -50,7 +50,7 @@ def _stratified(labels: pd.Series, query_fraction: float, seed: int) -> np.ndarr
     is_query = np.zeros(len(labels), dtype=bool)
     for c in labels.unique():
         idx = rng.permutation(np.flatnonzero(labels.to_numpy() == c))
-        is_query[idx[: int(round(len(idx) * query_fraction))]] = True
+        is_query[idx[: round(len(idx) * query_fraction)]] = True
     return is_query
 
 

@@ -120,5 +120,5 @@ def test_argument_errors(trained, query):
         ta.tl.transanno_annotate(query, trained, unassigned_threshold=2.0)
     with pytest.raises(TypeError, match="only apply"):
         ta.tl.transanno_annotate(query, trained, max_epochs=3)
-    with pytest.raises(KeyError, match="labels_key|cell_kind"):
+    with pytest.raises(KeyError, match="cell_kind"):
         ta.tl.transanno_annotate(query, reference=query, labels_key="cell_kind")
