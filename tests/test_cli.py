@@ -1,13 +1,54 @@
-"""The ``transanno`` command."""
+"""The ``transanno`` command: demo, annotate, evaluate, and its errors."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import anndata as ad
+import pandas as pd
+import pytest
+from conftest import FAST_MODEL
 
 from transanno_sc.cli import main
+
+FAST = ["--max-epochs", "3", "--model-kwargs", json.dumps(FAST_MODEL), "--accelerator", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, split):
+    """Reference and query .h5ad files (mouse lung, animals h_1,t_1 -> h_2,t_2)."""
+    d = tmp_path_factory.mktemp("cli")
+    ref, query = split
+    ref.write_h5ad(d / "ref.h5ad")
+    query.write_h5ad(d / "query.h5ad")
+    renamed = query.copy()
+    renamed.var_names = [f"ENSMUSG{i:011d}" for i in range(renamed.n_vars)]
+    renamed.write_h5ad(d / "query_ensembl.h5ad")
+    return d
+
+
+@pytest.fixture(scope="module")
+def annotated(files):
+    """One real ``transanno annotate`` run, shared by the tests that read its outputs."""
+    out = files / "out.h5ad"
+    argv = [
+        "annotate",
+        "--reference",
+        str(files / "ref.h5ad"),
+        "--query",
+        str(files / "query.h5ad"),
+        "--labels-key",
+        "cell_type",
+        "--out",
+        str(out),
+        "--save-model",
+        str(files / "model"),
+        *FAST,
+    ]
+    rc = main(argv)
+    return rc, out
 
 
 def test_demo_writes_outputs(tmp_path, capsys):
@@ -21,12 +62,154 @@ def test_demo_writes_outputs(tmp_path, capsys):
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 1_000
 
 
+def test_annotate_from_reference_writes_annotated_query(annotated, files, split):
+    rc, out = annotated
+    assert rc == 0
+    q = ad.read_h5ad(out)
+    query = split[1]
+    assert q.n_obs == query.n_obs and list(q.obs_names) == list(query.obs_names)
+    assert {"transanno_label", "transanno_confidence"} <= set(q.obs)
+    assert {"X_transanno", "transanno_probabilities"} <= set(q.obsm)
+    assert set(q.obs["transanno_label"].cat.categories) == {
+        "B cells",
+        "NK cells",
+        "Neutrophils",
+        "T cells",
+        "Unassigned",
+    }
+    assert (q.obs["transanno_confidence"].between(0, 1)).all()
+    # trained for real: far better than the 25 % of chance on four balanced types
+    acc = (q.obs["transanno_label"].astype(str) == q.obs["cell_type"].astype(str)).mean()
+    assert acc > 0.6
+    assert (files / "model" / "transanno.json").exists()
+    assert not any(k.startswith("_scvi") for k in [*q.obs, *q.uns])
+
+
+def test_annotate_with_saved_model_gives_same_labels(annotated, files, capsys):
+    _, first = annotated
+    out = files / "out_model.h5ad"
+    argv = ["annotate", "--model", str(files / "model"), "--query", str(files / "query.h5ad")]
+    rc = main([*argv, "--out", str(out), "--batch-size", "7", "--unassigned-threshold", "none"])
+    assert rc == 0
+    stdout = capsys.readouterr().out
+    assert "[transanno] loading model" in stdout and "[transanno] wrote" in stdout
+    a, b = ad.read_h5ad(first), ad.read_h5ad(out)
+    assert "Unassigned" not in set(b.obs["transanno_label"].astype(str))
+    assigned = a.obs["transanno_label"].astype(str) != "Unassigned"
+    pd.testing.assert_series_equal(
+        a.obs["transanno_label"].astype(str)[assigned],
+        b.obs["transanno_label"].astype(str)[assigned],
+    )
+    pd.testing.assert_series_equal(a.obs["transanno_confidence"], b.obs["transanno_confidence"])
+
+
+def test_evaluate_prints_and_writes_reports(annotated, files, split, tmp_path, capsys):
+    _, out = annotated
+    n = split[1].n_obs
+    report, cm_csv, cm_png = tmp_path / "r.csv", tmp_path / "cm.csv", tmp_path / "cm.png"
+    argv = ["evaluate", "--adata", str(out), "--true-key", "cell_type", "--out", str(report)]
+    assert main([*argv, "--confusion", str(cm_csv)]) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.startswith("[transanno] read adata")
+    scores = [ln for ln in stdout.splitlines() if ln.startswith("cells ")]
+    assert len(scores) == 1 and scores[0].startswith(f"cells {n}  accuracy ")
+    accuracy = float(scores[0].split("accuracy ")[1].split()[0])
+    assert 0.6 < accuracy <= 1.0
+    assert "macro-F1" in scores[0] and "Unassigned" in scores[0]
+    table = pd.read_csv(report, index_col=0)
+    assert list(table.columns) == ["precision", "recall", "f1-score", "support"]
+    assert sorted(table.index) == ["B cells", "NK cells", "Neutrophils", "T cells"]
+    assert table["support"].sum() == n
+    confusion = pd.read_csv(cm_csv, index_col=0)
+    assert confusion.to_numpy().sum() == n
+    assert main([*argv, "--confusion", str(cm_png)]) == 0
+    assert cm_png.stat().st_size > 5_000
+
+
+def _assert_one_line_error(capsys, *fragments):
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("transanno: error: "), err
+    for f in fragments:
+        assert f in lines[0], err
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--reference", "{d}/missing.h5ad", "--labels-key", "cell_type"], ["not found"]),
+        (["--reference", "{d}/ref.h5ad", "--labels-key", "celltype"], ["'celltype'", "cell_type"]),
+        (["--reference", "{d}/ref.h5ad"], ["--labels-key is required"]),
+        (["--reference", "{d}/ref.h5ad", "--labels-key", "cell_type", "--model-kwargs", "{{"], ["JSON"]),
+        (["--model", "{d}/nowhere"], ["--model folder", "not found"]),
+        (["--model", "{d}", "--max-epochs", "3"], ["--max-epochs only applies"]),
+        (["--reference", "{d}/ref.h5ad", "--labels-key", "cell_type", "--unassigned-threshold", "2"], ["[0, 1]"]),
+    ],
+    ids=["missing-file", "missing-key", "no-labels-key", "bad-json", "no-model", "model-and-epochs", "threshold"],
+)  # fmt: skip
+def test_annotate_bad_input_one_line_error(files, capsys, args, fragments):
+    argv = ["annotate", *[a.format(d=files) for a in args]]
+    argv += ["--query", str(files / "query.h5ad"), "--out", str(files / "never.h5ad")]
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse's own checks exit
+        rc = e.code
+    assert rc == 2
+    _assert_one_line_error(capsys, *fragments)
+    assert not (files / "never.h5ad").exists()
+
+
+def test_annotate_no_gene_overlap_fails_before_training(files, capsys):
+    argv = ["annotate", "--reference", str(files / "ref.h5ad"), "--labels-key", "cell_type"]
+    argv += ["--query", str(files / "query_ensembl.h5ad"), "--out", str(files / "never.h5ad")]
+    assert main([*argv, *FAST]) == 2
+    _assert_one_line_error(capsys, "no gene of the query matches")
+    assert not (files / "never.h5ad").exists()
+
+
+def test_annotate_saved_model_no_gene_overlap(annotated, files, capsys):
+    argv = ["annotate", "--model", str(files / "model"), "--query"]
+    argv += [str(files / "query_ensembl.h5ad"), "--out", str(files / "never.h5ad")]
+    assert main(argv) == 2
+    _assert_one_line_error(capsys)
+    assert not (files / "never.h5ad").exists()
+
+
+def test_evaluate_bad_input(files, capsys):
+    assert main(["evaluate", "--adata", str(files / "nope.h5ad"), "--true-key", "x"]) == 2
+    _assert_one_line_error(capsys, "not found")
+    argv = ["evaluate", "--adata", str(files / "query.h5ad"), "--true-key", "cell_type"]
+    assert main(argv) == 2  # no predictions in this file
+    _assert_one_line_error(capsys, "--pred-key 'transanno_label' is not a column")
+    (files / "not_h5ad.h5ad").write_text("hello")
+    argv = ["evaluate", "--adata", str(files / "not_h5ad.h5ad"), "--true-key", "cell_type"]
+    assert main(argv) == 2
+    _assert_one_line_error(capsys, "could not read adata")
+
+
+@pytest.mark.parametrize("command", ["annotate", "evaluate", "demo"])
+def test_subcommand_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: transanno {command}")
+    expected = {"annotate": ["--reference", "--model", "--save-model", "--devices"]}
+    for option in expected.get(command, []):
+        assert option in out
+
+
 def test_help_and_bad_command():
     r = subprocess.run(
         [sys.executable, "-m", "transanno_sc.cli", "--help"], capture_output=True, text=True
     )
-    assert r.returncode == 0 and "demo" in r.stdout
+    assert r.returncode == 0
+    assert all(c in r.stdout for c in ("demo", "annotate", "evaluate"))
     r = subprocess.run(
         [sys.executable, "-m", "transanno_sc.cli", "nope"], capture_output=True, text=True
     )
-    assert r.returncode != 0
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("transanno: error: argument COMMAND: invalid choice")
+    assert len(r.stderr.strip().splitlines()) == 1

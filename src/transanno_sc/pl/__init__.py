@@ -1,5 +1,7 @@
-"""Plots."""
+"""Plots of annotation results and training, scanpy style (``show``, ``save``, ``ax``)."""
 
+from ._confidence import confidence
 from ._confusion_matrix import confusion_matrix
+from ._training_history import training_history
 
-__all__ = ["confusion_matrix"]
+__all__ = ["confidence", "confusion_matrix", "training_history"]

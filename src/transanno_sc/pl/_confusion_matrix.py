@@ -6,6 +6,8 @@ import numpy as np
 from anndata import AnnData
 from matplotlib.axes import Axes
 
+from ._utils import savefig_or_show
+
 
 def confusion_matrix(
     adata: AnnData,
@@ -32,13 +34,14 @@ def confusion_matrix(
     ax
         Axes to draw into; a new figure when ``None``.
     show
-        Show the figure; by default when neither ``ax`` nor ``save`` is given.
+        Show the figure; by default when ``ax`` is ``None``, ``save`` is not given and
+        matplotlib is interactive.
     save
-        File to save the figure to.
+        File to save the figure to (the format follows the extension).
 
     Returns
     -------
-    The axes when ``show`` is ``False``, else ``None``.
+    The :class:`~matplotlib.axes.Axes` when ``show`` is ``False``, else ``None``.
 
     Examples
     --------
@@ -55,7 +58,8 @@ def confusion_matrix(
     values = conf.to_numpy().astype(float)
     if normalize:
         values = values / np.maximum(values.sum(1, keepdims=True), 1)
-    if ax is None:
+    own_figure = ax is None
+    if own_figure:
         size = 1.0 + 0.45 * max(conf.shape)
         _, ax = plt.subplots(figsize=(size + 1.5, size))
     im = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else None)
@@ -70,12 +74,7 @@ def confusion_matrix(
                 color = "white" if values[i, j] > 0.6 * values.max() else "black"
                 ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
     ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    ax.figure.tight_layout()
-    if save:
-        ax.figure.savefig(save, dpi=150, bbox_inches="tight")
-    if show is None:
-        show = save is None and ax is not None and plt.isinteractive()
-    if show:
-        plt.show()
-        return None
-    return ax
+    if own_figure:
+        ax.figure.tight_layout()
+    shown = savefig_or_show(ax.figure, show=show, save=save, own_figure=own_figure)
+    return None if shown else ax
