@@ -1,12 +1,46 @@
-"""Reference -> query label-transfer benchmark.
+"""Reference -> query label-transfer benchmark (issue #3).
 
-Every method gets the same reference and query cells; query accuracy, macro-F1 and weighted-F1
-are computed on query cells whose label occurs in the reference (the query's labels are read
-by the metric code only). Medians and ranges over seeds go to a markdown table and a JSON file.
+Every method gets the same reference and query cells. The query handed to a method carries no
+``obs`` columns at all: its labels are held back and read by the metric code only. Query
+accuracy, macro-F1 and weighted-F1 are computed on query cells whose label occurs in the
+reference. Each (task, method, seed) runs in a fresh ``spawn`` subprocess, so the peak RSS of a
+run is that method's alone (libraries and data loading included), not the whole benchmark's.
+Medians and ranges over seeds go to a markdown table and a JSON file (rows are written after
+every run, so an interrupted benchmark keeps what it has).
 
     python benchmarks/run.py --seeds 0 1 2 --out benchmarks/results
     python benchmarks/run.py --tasks zilionis_animals --methods transanno logreg_l2 \
-        --model-kwargs '{"n_hidden": 64}'
+        --model-kwargs '{"n_hidden": 64}' --label h64 --out benchmarks/results_tmp/h64
+    python benchmarks/run.py --merge benchmarks/results.json benchmarks/results_tmp/h64.json \
+        --out benchmarks/results_all    # tabulate earlier runs together, run nothing
+
+Methods
+-------
+transanno            TransAnno with ``--model-kwargs``/``--train-kwargs`` (defaults: none), trained
+                     like ``tl.transanno_annotate`` does and applied with
+                     ``tl.transanno_annotate(query, model=...)``, ``unassigned_threshold=None``.
+logreg_l1/_l2        scikit-learn logistic regression (C=0.1) on log1p CP10k of the reference's
+                     2,000 highly variable genes (Seurat flavour, reference cells only).
+celltypist           ``celltypist.train`` on all genes of the log1p CP10k reference
+                     (``use_SGD=True``: the default solver fails with scikit-learn >= 1.9;
+                     ``feature_selection=True``, CellTypist's two-pass recipe, when the panel
+                     has more than 300 genes), then ``celltypist.annotate`` (best match).
+celltypist_majority  the same, with ``majority_voting=True`` (over-clustering of the query).
+scanvi               scvi-tools' reference-mapping recipe (scArches): SCVI (2 layers,
+                     layer norm, ``encode_covariates``, dropout 0.2) on the reference's 2,000
+                     HVGs (seurat_v3 on counts of genes in >= 3 reference cells; Seurat
+                     flavour on log1p CP10k where loess fails) for 100 epochs, ``SCANVI.from_scvi_model`` for 30
+                     epochs (``n_samples_per_label=100``), ``SCANVI.prepare_query_anndata`` +
+                     ``load_query_data`` and 50 query epochs (``weight_decay=0``).
+                     Batch covariate: reference vs query.
+scanvi_semi          semi-supervised scANVI: the same models trained on reference + query
+                     concatenated, the query labelled "Unknown"; SCVI 100 + SCANVI 30 epochs.
+
+scANVI needs counts. ``pbmc68k_reduced().raw`` holds log1p(counts / n_counts * 1e4) of a
+765-gene panel: expm1 of each cell's values are integer multiples of its smallest non-zero
+value, so counts are recovered exactly as round(expm1(x) / min(expm1(x) > 0)) (largest
+deviation from an integer before rounding: 0.11, float32 storage). scANVI gets those counts;
+every other method gets the log-normalized values, as the task asks.
 """
 
 from __future__ import annotations
@@ -14,29 +48,49 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing as mp
 import os
+import platform
 import resource
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 
-import anndata as ad
 import numpy as np
 import pandas as pd
-import scanpy as sc
-import scipy.sparse as sp
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score
 
 warnings.filterwarnings("ignore")
 DATA = Path(
     os.environ.get("TRANSANNO_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
 )
+UNKNOWN = "Unknown"
+TASKS = [
+    "zilionis_healthy_tumor",
+    "zilionis_animals",
+    "zilionis_subtype",
+    "baron_50_50",
+    "pbmc68k_30",
+]
+BASELINES = [
+    "logreg_l1",
+    "logreg_l2",
+    "celltypist",
+    "celltypist_majority",
+    "scanvi",
+    "scanvi_semi",
+]
+METHODS = ["transanno", *BASELINES]
+
+# scANVI epochs (DESIGN.md: SCVI 100 + SCANVI 30 + query 50 took 25-50 s on 2 cores)
+SCVI_EPOCHS, SCANVI_EPOCHS, QUERY_EPOCHS = 100, 30, 50
 
 
 # ----------------------------------------------------------------------------- tasks
-def _zilionis() -> ad.AnnData:
+def _zilionis():
+    import anndata as ad
+
     path = DATA / "zilionis_mouse_lung.h5ad"
     if path.exists():
         return ad.read_h5ad(path)
@@ -54,15 +108,31 @@ def _stratified(labels: pd.Series, query_fraction: float, seed: int) -> np.ndarr
     return is_query
 
 
-def task(name: str, seed: int) -> tuple[ad.AnnData, ad.AnnData, str]:
-    """Return reference, query and the label column."""
+def _pbmc68k():
+    """pbmc68k_reduced's 765-gene log-normalized panel, with exactly recovered counts."""
+    import scanpy as sc
+    import scipy.sparse as sp
+
+    p = sc.datasets.pbmc68k_reduced()
+    a = p.raw.to_adata()  # log1p(counts / n_counts * 1e4)
+    a.obs = p.obs[["bulk_labels"]].copy()
+    X = a.X.toarray() if sp.issparse(a.X) else np.asarray(a.X)
+    e = np.expm1(X.astype(np.float64))
+    unit = np.where(e > 0, e, np.inf).min(1, keepdims=True)
+    counts = np.round(e / unit)
+    assert np.abs(e / unit - counts).max() < 0.5
+    a.layers["counts"] = sp.csr_matrix(counts.astype(np.float32))
+    return a
+
+
+def task(name: str, seed: int):
+    """Return reference, query and the label column (query still labelled: strip it later)."""
+    import anndata as ad
+
     if name == "zilionis_healthy_tumor":
         a = _zilionis()
-        return (
-            a[a.obs.condition == "healthy"].copy(),
-            a[a.obs.condition == "tumor"].copy(),
-            "cell_type",
-        )
+        h = (a.obs.condition == "healthy").to_numpy()
+        return a[h].copy(), a[~h].copy(), "cell_type"
     if name in ("zilionis_animals", "zilionis_subtype"):
         a = _zilionis()
         ref = a.obs.batch.isin(["h_1", "t_1"]).to_numpy()
@@ -73,157 +143,426 @@ def task(name: str, seed: int) -> tuple[ad.AnnData, ad.AnnData, str]:
         q = _stratified(a.obs.cell_type, 0.5, seed)
         return a[~q].copy(), a[q].copy(), "cell_type"
     if name == "pbmc68k_30":
-        p = sc.datasets.pbmc68k_reduced()
-        a = p.raw.to_adata()  # log-normalized values
-        a.obs = p.obs[["bulk_labels"]].copy()
+        a = _pbmc68k()
         q = _stratified(a.obs.bulk_labels, 0.3, seed)
         return a[~q].copy(), a[q].copy(), "bulk_labels"
     raise ValueError(name)
 
 
-TASKS = [
-    "zilionis_healthy_tumor",
-    "zilionis_animals",
-    "zilionis_subtype",
-    "baron_50_50",
-    "pbmc68k_30",
-]
+def _blind(query):
+    """The query as methods see it: expression and gene names, no obs columns (no labels)."""
+    import anndata as ad
+
+    blind = ad.AnnData(X=query.X, var=pd.DataFrame(index=query.var_names.copy()))
+    blind.obs_names = query.obs_names.copy()
+    for k, v in query.layers.items():
+        blind.layers[k] = v
+    return blind
 
 
 # ----------------------------------------------------------------------------- methods
-def _log1p(a: ad.AnnData) -> ad.AnnData:
+class Clock:
+    """Wall and CPU seconds (``process_time``: all threads of this process) since the last lap."""
+
+    def __init__(self):
+        self.t, self.c = time.perf_counter(), time.process_time()
+
+    def lap(self) -> tuple[float, float]:
+        t, c = time.perf_counter(), time.process_time()
+        out = (t - self.t, c - self.c)
+        self.t, self.c = t, c
+        return out
+
+
+def _is_counts(X) -> bool:
+    import scipy.sparse as sp
+
+    v = (X.data if sp.issparse(X) else np.asarray(X).ravel())[:10_000]
+    return bool(np.allclose(v, np.round(v)))
+
+
+def _log1p(a):
+    """log1p CP10k of counts; log-normalized input is used as it is."""
+    import scanpy as sc
+
     a = a.copy()
-    X = a.X
-    is_counts = np.allclose(
-        (X.data if sp.issparse(X) else X)[:1000], np.round((X.data if sp.issparse(X) else X)[:1000])
-    )
-    if is_counts:
+    if _is_counts(a.X):
         sc.pp.normalize_total(a, target_sum=1e4)
         sc.pp.log1p(a)
     return a
 
 
-def logreg(ref, query, key, seed, penalty):
+def _counts(a):
+    """Raw counts in X (the recovered ``counts`` layer where X is log-normalized)."""
+    a = a.copy()
+    if "counts" in a.layers:
+        a.X = a.layers["counts"].copy()
+    if not _is_counts(a.X):
+        raise ValueError("scANVI needs counts and this task has none")
+    for k in list(a.layers):
+        del a.layers[k]
+    return a
+
+
+def _dense_on(X, var_names, genes) -> np.ndarray:
+    """Columns ``genes`` of X (absent genes are zeros)."""
+    import scipy.sparse as sp
+
+    out = np.zeros((X.shape[0], len(genes)), dtype=np.float32)
+    pos = pd.Index(var_names).get_indexer(genes)
+    ok = pos >= 0
+    sub = X[:, pos[ok]]
+    out[:, ok] = sub.toarray() if sp.issparse(sub) else sub
+    return out
+
+
+def logreg(ref, query, labels, seed, penalty):
+    import scanpy as sc
+    from sklearn.linear_model import LogisticRegression
+
+    clk = Clock()
     r, q = _log1p(ref), _log1p(query)
     sc.pp.highly_variable_genes(r, n_top_genes=min(2000, r.n_vars), flavor="seurat")
     genes = r.var_names[r.var.highly_variable]
-    q = q[:, q.var_names.intersection(genes)]
-    Xr = r[:, genes].X
-    Xq = np.zeros((q.n_obs, len(genes)), dtype=np.float32)
-    pos = {g: i for i, g in enumerate(genes)}
-    Xq[:, [pos[g] for g in q.var_names]] = q.X.toarray() if sp.issparse(q.X) else q.X
     clf = LogisticRegression(
         C=0.1,
-        penalty=penalty,
+        l1_ratio=1.0 if penalty == "l1" else 0.0,
         solver="saga" if penalty == "l1" else "lbfgs",
         max_iter=1000,
         random_state=seed,
     )
-    t0 = time.perf_counter()
-    clf.fit(Xr, r.obs[key].astype(str).to_numpy())
-    t1 = time.perf_counter()
-    pred = clf.predict(Xq)
-    return pred, t1 - t0, time.perf_counter() - t1
+    clf.fit(_dense_on(r.X, r.var_names, genes), labels)
+    train = clk.lap()
+    pred = clf.predict(_dense_on(q.X, q.var_names, genes))
+    return pred, train, clk.lap()
+
+
+def celltypist_method(ref, query, labels, seed, majority):
+    import celltypist
+
+    clk = Clock()
+    r = _log1p(ref)
+    model = celltypist.train(
+        r,
+        labels=labels,
+        use_SGD=True,  # the default LogisticRegression path fails with scikit-learn >= 1.9
+        feature_selection=r.n_vars > 300,
+        check_expression=_is_counts(ref.X),
+        n_jobs=1,
+        random_state=seed,
+    )
+    train = clk.lap()
+    q = _log1p(query)
+    res = celltypist.annotate(q, model=model, majority_voting=majority)
+    col = "majority_voting" if majority else "predicted_labels"
+    pred = res.predicted_labels[col].astype(str).to_numpy()
+    return pred, train, clk.lap()
+
+
+def _scanvi_inputs(ref, query, labels):
+    import scanpy as sc
+
+    r, q = _counts(ref), _counts(query)
+    sc.pp.filter_genes(r, min_cells=3)  # seurat_v3's loess fails on near-empty genes
+    try:
+        sc.pp.highly_variable_genes(r, n_top_genes=min(2000, r.n_vars), flavor="seurat_v3")
+    except ValueError:  # loess "near singularities": fall back to Seurat on log1p CP10k
+        hv = _log1p(r)
+        sc.pp.highly_variable_genes(hv, n_top_genes=min(2000, r.n_vars), flavor="seurat")
+        r.var["highly_variable"] = hv.var["highly_variable"]
+    r = r[:, r.var.highly_variable].copy()
+    r.var = r.var[[]]
+    r.obs = pd.DataFrame({"batch": "reference", "label": labels}, index=r.obs_names)
+    q.obs = pd.DataFrame({"batch": "query", "label": UNKNOWN}, index=q.obs_names)
+    return r, q
+
+
+_SCVI_KWARGS = {
+    "n_layers": 2,
+    "encode_covariates": True,
+    "dropout_rate": 0.2,
+    "use_layer_norm": "both",
+    "use_batch_norm": "none",
+}
+
+
+def scanvi(ref, query, labels, seed, semi):
+    import scvi
+
+    scvi.settings.seed = seed
+    trainer = {"enable_progress_bar": False}
+    clk = Clock()
+    r, q = _scanvi_inputs(ref, query, labels)
+    if semi:
+        import anndata as ad
+
+        q = q[:, q.var_names.intersection(r.var_names)].copy()
+        full = ad.concat([r, q], join="outer", fill_value=0)[:, r.var_names].copy()
+        scvi.model.SCVI.setup_anndata(full, batch_key="batch")
+        vae = scvi.model.SCVI(full, **_SCVI_KWARGS)
+        vae.train(max_epochs=SCVI_EPOCHS, **trainer)
+        lvae = scvi.model.SCANVI.from_scvi_model(vae, UNKNOWN, labels_key="label")
+        lvae.train(max_epochs=SCANVI_EPOCHS, n_samples_per_label=100, **trainer)
+        train = clk.lap()
+        pred = np.asarray(lvae.predict(full[full.obs.batch == "query"].copy()), dtype=str)
+        return pred, train, clk.lap()
+    scvi.model.SCVI.setup_anndata(r, batch_key="batch")
+    vae = scvi.model.SCVI(r, **_SCVI_KWARGS)
+    vae.train(max_epochs=SCVI_EPOCHS, **trainer)
+    lvae = scvi.model.SCANVI.from_scvi_model(vae, UNKNOWN, labels_key="label")
+    lvae.train(max_epochs=SCANVI_EPOCHS, n_samples_per_label=100, **trainer)
+    scvi.model.SCANVI.prepare_query_anndata(q, lvae)
+    qvae = scvi.model.SCANVI.load_query_data(q, lvae)
+    qvae.train(
+        max_epochs=QUERY_EPOCHS,
+        plan_kwargs={"weight_decay": 0.0},
+        check_val_every_n_epoch=10,
+        **trainer,
+    )
+    train = clk.lap()
+    pred = np.asarray(qvae.predict(), dtype=str)
+    return pred, train, clk.lap()
 
 
 def transanno(ref, query, key, seed, model_kwargs, train_kwargs):
+    """Train as ``tl.transanno_annotate(reference=...)`` does, then annotate through it."""
     import scvi
 
     import transanno_sc as ta
 
     scvi.settings.seed = seed
-    q = query.copy()
-    t0 = time.perf_counter()
-    kw = {"enable_progress_bar": False, **train_kwargs}
-    ta.tl.transanno_annotate(
-        q, reference=ref, labels_key=key, unassigned_threshold=None, model_kwargs=model_kwargs, **kw
-    )
-    total = time.perf_counter() - t0
-    return q.obs["transanno_label"].astype(str).to_numpy(), total, float("nan")
+    clk = Clock()
+    r = ref.copy()
+    ta.model.TransAnno.setup_anndata(r, labels_key=key)
+    model = ta.model.TransAnno(r, **model_kwargs)
+    model.train(**{"enable_progress_bar": False, **train_kwargs})
+    train = clk.lap()
+    ta.tl.transanno_annotate(query, model=model, unassigned_threshold=None)
+    pred = query.obs["transanno_label"].astype(str).to_numpy()
+    return pred, train, clk.lap()
 
 
-def score(ref, query, key, pred) -> dict:
-    true = query.obs[key].astype(str).to_numpy()
-    known = np.isin(true, ref.obs[key].astype(str).unique())
-    t, p = true[known], pred[known]
+def score(ref_labels, true, pred) -> dict:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    known = np.isin(true, np.unique(ref_labels))
+    t, p = true[known], np.asarray(pred, dtype=str)[known]
     labels = sorted(set(t))
     return {
-        "accuracy": accuracy_score(t, p),
-        "f1_macro": f1_score(t, p, labels=labels, average="macro", zero_division=0),
-        "f1_weighted": f1_score(t, p, labels=labels, average="weighted", zero_division=0),
+        "accuracy": float(accuracy_score(t, p)),
+        "f1_macro": float(f1_score(t, p, labels=labels, average="macro", zero_division=0)),
+        "f1_weighted": float(f1_score(t, p, labels=labels, average="weighted", zero_division=0)),
+        "n_query_scored": int(known.sum()),
     }
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def run_one(name: str, method: str, seed: int, model_kwargs: dict, train_kwargs: dict) -> dict:
+    """One (task, method, seed), meant to run in a fresh process."""
+    for lg in ("lightning", "lightning.pytorch", "scvi", "celltypist", "transanno_sc"):
+        logging.getLogger(lg).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    ref, query, key = task(name, seed)
+    ref_labels = ref.obs[key].astype(str).to_numpy()
+    true = query.obs[key].astype(str).to_numpy()  # read by `score` only
+    ref = ref.copy()
+    ref.obs = ref.obs[[key]].copy()
+    blind = _blind(query)
+    del query
+    if method not in ("scanvi", "scanvi_semi"):
+        for a in (ref, blind):  # only scANVI uses the recovered counts
+            for k in list(a.layers):
+                del a.layers[k]
+    load_peak = _peak_rss_mb()  # peak so far: libraries and data, before the method runs
+    if method == "transanno":
+        pred, t_train, t_pred = transanno(ref, blind, key, seed, model_kwargs, train_kwargs)
+    elif method.startswith("logreg_"):
+        pred, t_train, t_pred = logreg(ref, blind, ref_labels, seed, method.split("_")[1])
+    elif method in ("celltypist", "celltypist_majority"):
+        pred, t_train, t_pred = celltypist_method(
+            ref, blind, ref_labels, seed, method == "celltypist_majority"
+        )
+    elif method in ("scanvi", "scanvi_semi"):
+        pred, t_train, t_pred = scanvi(ref, blind, ref_labels, seed, method == "scanvi_semi")
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    return {
+        **score(ref_labels, true, pred),
+        "train_s": t_train[0],
+        "predict_s": t_pred[0],
+        "total_s": t_train[0] + t_pred[0],
+        "train_cpu_s": t_train[1],
+        "predict_cpu_s": t_pred[1],
+        "peak_rss_mb": _peak_rss_mb(),
+        "load_peak_rss_mb": load_peak,
+        "n_ref": int(ref.n_obs),
+        "n_query": len(true),
+    }
+
+
+def _child(conn, args):
+    try:
+        conn.send(("ok", run_one(*args)))
+    except BaseException as e:  # report, do not hang the parent
+        conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+    finally:
+        conn.close()
+
+
+def run_isolated(args: tuple, timeout: float) -> dict:
+    """Run :func:`run_one` in a fresh ``spawn`` process (own peak RSS, no shared state)."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=_child, args=(child, args))
+    p.start()
+    child.close()
+    if not parent.poll(timeout):
+        p.kill()
+        p.join()
+        return {"error": f"timeout after {timeout:.0f} s"}
+    status, payload = parent.recv()
+    p.join()
+    return payload if status == "ok" else {"error": payload}
+
+
+# ----------------------------------------------------------------------------- report
+def _fmt(med: float, lo: float, hi: float, digits: int) -> str:
+    if np.isnan(med):
+        return "n/a"
+    if np.isclose(lo, hi, atol=10 ** (-digits) / 2):
+        return f"{med:.{digits}f}"
+    return f"{med:.{digits}f} ({lo:.{digits}f}-{hi:.{digits}f})"
+
+
+def summarize(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame([r for r in rows if "error" not in r])
+    if df.empty:
+        return df
+    out = []
+    for (t, m), g in df.groupby(["task", "method"], sort=False):
+        rec = {"task": t, "method": m, "n_seeds": len(g)}
+        for c in ("f1_macro", "accuracy", "f1_weighted", "train_s", "predict_s", "peak_rss_mb"):
+            v = g[c].astype(float)
+            rec[c] = float(v.median())
+            rec[f"{c}_min"] = float(v.min())
+            rec[f"{c}_max"] = float(v.max())
+        rec["total_s"] = float((g["train_s"] + g["predict_s"]).median())
+        out.append(rec)
+    agg = pd.DataFrame(out)
+    order = {t: i for i, t in enumerate(TASKS)}
+    agg["_t"] = agg.task.map(lambda t: order.get(t, len(order)))
+    agg["_m"] = agg.method.map(lambda m: (METHODS.index(m) if m in METHODS else -1, m))
+    return agg.sort_values(["_t", "_m"]).drop(columns=["_t", "_m"]).reset_index(drop=True)
+
+
+def markdown(agg: pd.DataFrame) -> str:
+    if agg.empty:
+        return "(no results)\n"
+    lines = [
+        "| task | method | macro-F1 | accuracy | weighted-F1 | train s | predict s | peak RSS MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for _, r in agg.iterrows():
+        best = agg[(agg.task == r.task) & ~_is_transanno(agg.method)].f1_macro.max()
+        mark = "**" if np.isclose(r.f1_macro, agg[agg.task == r.task].f1_macro.max()) else ""
+        f1 = f"{mark}{_fmt(r.f1_macro, r.f1_macro_min, r.f1_macro_max, 3)}{mark}"
+        if _is_transanno(pd.Series([r.method])).iloc[0] and not np.isnan(best):
+            f1 += f" [{r.f1_macro - best:+.3f}]"
+        lines.append(
+            f"| {r.task} | {r.method} | {f1} "
+            f"| {_fmt(r.accuracy, r.accuracy_min, r.accuracy_max, 3)} "
+            f"| {_fmt(r.f1_weighted, r.f1_weighted_min, r.f1_weighted_max, 3)} "
+            f"| {_fmt(r.train_s, r.train_s_min, r.train_s_max, 1)} "
+            f"| {_fmt(r.predict_s, r.predict_s_min, r.predict_s_max, 2)} "
+            f"| {r.peak_rss_mb:.0f} |"
+        )
+    notes = (
+        "\nMedian (min-max) over seeds. Bold: best macro-F1 of the task. "
+        "[+x]: TransAnno's median macro-F1 minus the best baseline's.\n"
+    )
+    return "\n".join(lines) + "\n" + notes
+
+
+def _is_transanno(methods: pd.Series) -> pd.Series:
+    return methods.astype(str).str.startswith("transanno")
+
+
+def _env() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    v = {}
+    for pkg in ("transanno-sc", "scvi-tools", "celltypist", "scikit-learn", "torch", "scanpy"):
+        try:
+            v[pkg] = version(pkg)
+        except PackageNotFoundError:
+            v[pkg] = None
+    try:
+        import transanno_sc
+
+        where = str(Path(transanno_sc.__file__).parent)
+    except ImportError:
+        where = None
+    return {
+        "transanno_sc_path": where,
+        "transanno_sc_commit": os.environ.get("TRANSANNO_SRC_COMMIT"),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        **v,
+    }
+
+
+def write(out: str | None, rows: list[dict], args: dict) -> str:
+    table = markdown(summarize(rows))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        payload = {"rows": rows, "args": args, "env": _env()}
+        Path(f"{out}.json").write_text(json.dumps(payload, indent=1) + "\n")
+        Path(f"{out}.md").write_text(table)
+    return table
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--tasks", nargs="+", default=TASKS)
-    parser.add_argument("--methods", nargs="+", default=["transanno", "logreg_l1", "logreg_l2"])
+    parser.add_argument("--tasks", nargs="+", default=TASKS, choices=TASKS)
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--model-kwargs", default="{}")
-    parser.add_argument("--train-kwargs", default="{}")
+    parser.add_argument("--model-kwargs", default="{}", help="JSON, passed to TransAnno(...)")
+    parser.add_argument("--train-kwargs", default="{}", help="JSON, passed to TransAnno.train")
     parser.add_argument("--label", default="", help="suffix of the transanno method name")
     parser.add_argument("--out", default=None, help="write OUT.json and OUT.md")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
+    parser.add_argument(
+        "--merge", nargs="+", default=None, help="tabulate these JSON files; run nothing"
+    )
     args = parser.parse_args(argv)
-    logging.getLogger("lightning").setLevel(logging.ERROR)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    if args.merge:
+        rows = []
+        for f in args.merge:
+            rows += json.loads(Path(f).read_text())["rows"]
+        print(write(args.out, rows, {"merge": args.merge}))
+        return 0
     mk, tk = json.loads(args.model_kwargs), json.loads(args.train_kwargs)
     rows = []
     for t in args.tasks:
         for seed in args.seeds:
-            ref, query, key = task(t, seed)
             for m in args.methods:
+                name = m + (f"[{args.label}]" if m == "transanno" and args.label else "")
+                res = run_isolated((t, m, seed, mk, tk), args.timeout)
+                row = {"task": t, "method": name, "seed": seed, **res}
                 if m == "transanno":
-                    pred, t_train, t_pred = transanno(ref, query, key, seed, mk, tk)
-                    name = "transanno" + (f"[{args.label}]" if args.label else "")
-                else:
-                    pred, t_train, t_pred = logreg(ref, query, key, seed, m.split("_")[1])
-                    name = m
-                row = {
-                    "task": t,
-                    "method": name,
-                    "seed": seed,
-                    **score(ref, query, key, pred),
-                    "train_s": t_train,
-                    "predict_s": t_pred,
-                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                }
+                    row["model_kwargs"], row["train_kwargs"] = mk, tk
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    df = pd.DataFrame(rows)
-    agg = (
-        df.groupby(["task", "method"])
-        .agg(
-            f1_macro=("f1_macro", "median"),
-            f1_min=("f1_macro", "min"),
-            f1_max=("f1_macro", "max"),
-            accuracy=("accuracy", "median"),
-            f1_weighted=("f1_weighted", "median"),
-            train_s=("train_s", "median"),
-        )
-        .reset_index()
-    )
-    table = (
-        agg.to_markdown(index=False, floatfmt=".3f")
-        if _has_tabulate()
-        else agg.to_string(index=False)
-    )
-    print(table)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{args.out}.json").write_text(
-            json.dumps({"rows": rows, "args": vars(args)}, indent=1)
-        )
-        Path(f"{args.out}.md").write_text(table + "\n")
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
+                write(args.out, rows, vars(args))
+    print(write(args.out, rows, vars(args)))
+    return 1 if any("error" in r for r in rows) else 0
 
 
 if __name__ == "__main__":
