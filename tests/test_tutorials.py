@@ -50,6 +50,14 @@ def test_label_transfer_notebook(tmp_path):
     # the figures are in the notebook itself, for the rendered docs
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 4
+    # the UMAP groups cells by type: most neighbours in X_transanno share the cell's type
+    assert summary["neighbour_agreement"] > 0.25, summary
+    if summary["neighbour_agreement"] < 0.8:
+        pytest.xfail(
+            "known issue: obsm['X_transanno'] separates cell types poorly "
+            f"(neighbour agreement {summary['neighbour_agreement']:.2f} while accuracy is "
+            f"{summary['accuracy']:.2f}): the wide path fits the reference before the encoder learns"
+        )
 
 
 def test_multi_gpu_notebook_is_valid_python():

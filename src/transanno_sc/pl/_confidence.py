@@ -136,6 +136,7 @@ def confidence(
         ax.legend(loc="lower left", fontsize=8, frameon=False)
     ticks = [f"{g}\n{v.size} ({v.size / max(n, 1):.0%})" for g, v in zip(groups, values)]
     ax.set_xticks(positions, ticks, rotation=45 if len(groups) > 6 else 0, fontsize=8)
+    ax.grid(False, axis="x")
     ax.set_xlim(-0.6, len(groups) - 0.4)
     top = np.nanmax(conf) if np.isfinite(conf).any() else 1.0
     ax.set_ylim(0, max(1.02, 1.02 * top))

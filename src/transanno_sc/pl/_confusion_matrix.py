@@ -65,6 +65,7 @@ def confusion_matrix(
     im = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else None)
     ax.set_xticks(range(conf.shape[1]), conf.columns, rotation=90)
     ax.set_yticks(range(conf.shape[0]), conf.index)
+    ax.grid(False)  # scanpy's styles turn the grid on; it would cross the cells
     ax.set_xlabel(f"predicted ({pred_key})")
     ax.set_ylabel(f"true ({true_key})")
     for i in range(values.shape[0]):
