@@ -40,7 +40,13 @@ def test_writes_only_documented_keys(trained, query, key_added):
     assert set(query.obsm) - before["obsm"] == {f"X_{key_added}", f"{key_added}_probabilities"}
     assert set(query.uns) - before["uns"] == {key_added}
     assert set(query.layers) == before["layers"]
-    assert set(query.uns[key_added]) == {"params", "classes", "gene_overlap", "versions"}
+    assert set(query.uns[key_added]) == {
+        "params",
+        "classes",
+        "gene_overlap",
+        "calibration",
+        "versions",
+    }
     assert isinstance(query.obs[f"{key_added}_label"].dtype, pd.CategoricalDtype)
     assert query.obsm[f"X_{key_added}"].shape[0] == query.n_obs
 

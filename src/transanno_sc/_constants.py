@@ -15,6 +15,8 @@ class _MODULE_KEYS_NT(NamedTuple):
     Z_KEY: str = "z"
     LOGITS_KEY: str = "logits"
     COUNTS_KEY: str = "is_counts"
+    DISTANCE_KEY: str = "latent_distance"
+    N_EXPRESSED_KEY: str = "n_expressed"
 
 
 REGISTRY_KEYS = _REGISTRY_KEYS_NT()
@@ -28,3 +30,6 @@ MIN_GENE_OVERLAP = 0.1
 WARN_GENE_OVERLAP = 0.5
 #: Label written for cells whose confidence is below ``unassigned_threshold``.
 UNASSIGNED = "Unassigned"
+#: A cell's confidence is scaled down when fewer than this fraction of held-out reference
+#: cells are as far from their nearest reference cells (typicality = min(1, p / alpha)).
+NOVELTY_ALPHA = 0.02

@@ -93,23 +93,67 @@ def tokenize(
     encoding
         ``"bins"`` or ``"quantile"``, see :func:`value_bins`.
     """
-    n_cells, n_genes = x_log.shape
-    expressed = x_log > 0
-    n_expressed = expressed.sum(dim=1)
-    k = int(min(max_tokens, n_genes, max(int(n_expressed.max().item()) if n_cells else 0, 1)))
-    # stable ordering: sort by value, ties broken by gene index (topk alone is not stable)
-    values, idx = torch.sort(x_log, dim=1, descending=True, stable=True)
-    values, idx = values[:, :k], idx[:, :k]
+    n_cells = x_log.shape[0]
+    device = x_log.device
+    values, idx, n_expressed = top_expressed(x_log, max_tokens)
+    k = values.shape[1]
     mask = values > 0
-    rank = torch.arange(k, device=x_log.device).expand(n_cells, k)
+    rank = torch.arange(k, device=device).expand(n_cells, k)
     gene_ids = torch.where(mask, idx + N_SPECIAL_GENE_TOKENS, torch.full_like(idx, PAD_ID))
     value_ids = value_bins(values, rank, n_expressed, n_bins, encoding)
     value_ids = torch.where(mask, value_ids, torch.zeros_like(value_ids))
-    cls_gene = torch.full((n_cells, 1), CLS_ID, dtype=torch.long, device=x_log.device)
-    cls_value = torch.zeros((n_cells, 1), dtype=torch.long, device=x_log.device)
-    ones = torch.ones((n_cells, 1), dtype=torch.long, device=x_log.device)
+    cls_gene = torch.full((n_cells, 1), CLS_ID, dtype=torch.long, device=device)
+    cls_value = torch.zeros((n_cells, 1), dtype=torch.long, device=device)
+    ones = torch.ones((n_cells, 1), dtype=torch.long, device=device)
     return Tokens(
         gene_ids=torch.cat([cls_gene, gene_ids], dim=1),
         value_ids=torch.cat([cls_value, value_ids], dim=1),
         attention_mask=torch.cat([ones, mask.long()], dim=1),
     )
+
+
+def top_expressed(
+    x_log: torch.Tensor, max_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The expressed genes of each cell, highest value first, cut at ``max_tokens``.
+
+    Ties are broken by gene index (lower first), so the result is exactly that of a stable
+    descending sort of each row. Only the non-zero entries are sorted (two stable 1-D sorts
+    over all expressed entries of the batch instead of a sort of every row over all genes),
+    which is what makes tokenization cheap: cells express a few hundred of the vocabulary's
+    genes. A cell's result depends only on its own row.
+
+    Parameters
+    ----------
+    x_log
+        ``(n_cells, n_genes)`` non-negative expression.
+    max_tokens
+        Maximum number of genes kept per cell.
+
+    Returns
+    -------
+    ``values`` and gene indices ``idx``, both ``(n_cells, k)`` with ``k`` the largest number of
+    kept genes in the batch (at least 1); positions past a cell's expressed genes hold 0
+    (``values == 0`` marks padding). Also the ``(n_cells,)`` number of expressed genes.
+    """
+    n_cells, n_genes = x_log.shape
+    device = x_log.device
+    expressed = x_log > 0
+    n_expressed = expressed.sum(dim=1)
+    k = int(min(max_tokens, n_genes, max(int(n_expressed.max().item()) if n_cells else 0, 1)))
+    # row-major non-zeros: ordered by cell, then by gene index
+    row, col = expressed.nonzero(as_tuple=True)
+    val = x_log[row, col]
+    # stable sorts: value (descending) keeps gene order among ties, then cell keeps that order
+    order = torch.argsort(val, descending=True, stable=True)
+    order = order[torch.argsort(row[order], stable=True)]
+    row, col, val = row[order], col[order], val[order]
+    starts = torch.cumsum(n_expressed, 0) - n_expressed
+    rank = torch.arange(row.numel(), device=device) - starts[row]
+    keep = rank < k
+    row, col, val, rank = row[keep], col[keep], val[keep], rank[keep]
+    values = torch.zeros((n_cells, k), dtype=x_log.dtype, device=device)
+    idx = torch.zeros((n_cells, k), dtype=torch.long, device=device)
+    values[row, rank] = val
+    idx[row, rank] = col
+    return values, idx, n_expressed

@@ -8,7 +8,8 @@ import os
 import sys
 import time
 import warnings
-from typing import Literal
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -28,23 +29,33 @@ from scvi.utils._docstrings import devices_dsp
 from transanno_sc._constants import (
     MIN_GENE_OVERLAP,
     MODULE_KEYS,
+    NOVELTY_ALPHA,
     REGISTRY_KEYS,
+    TARGET_SUM,
     UNASSIGNED,
     WARN_GENE_OVERLAP,
 )
 from transanno_sc.data import GeneMatch, match_genes
 from transanno_sc.module import TransAnnoModule
-from transanno_sc.train import ClassificationTrainingPlan
+from transanno_sc.train import (
+    ClassificationTrainingPlan,
+    PretrainingPlan,
+    expected_calibration_error,
+    fit_temperature,
+)
 
 from ._utils import (
     InputScale,
     check_labels,
     check_shape_and_names,
     check_values,
+    configure_distributed,
     get_matrix,
     history_from_json,
     history_to_json,
     iter_row_chunks,
+    iter_vocab_batches,
+    n_forward_batches,
     resolve_input_scale,
     scan_matrix,
     stratified_split,
@@ -53,9 +64,14 @@ from ._utils import (
 logger = logging.getLogger(__name__)
 
 _CONFIG_FILE = "transanno.json"
+_VOCAB_FILE = "vocabulary.json"
 _WEIGHTS_FILE = "model.safetensors"
 _FORMAT_VERSION = 1
 _KEEP = object()  # sentinel: "use the layer the model was set up with"
+#: Training cells kept as the reference of the novelty score.
+_N_REFERENCE_CELLS = 5_000
+#: Every type keeps at least this many reference cells (all of them when it has fewer).
+_MIN_REFERENCE_CELLS_PER_TYPE = 50
 
 
 def _select_genes(
@@ -126,6 +142,9 @@ class TransAnno(BaseModelClass):
         Dropout in the encoder and classifier.
     wide
         Add the linear path over normalized expression to the logits.
+    gene_vocabulary
+        Use these genes as the vocabulary instead of the highly variable genes of ``adata``
+        (matched to ``adata`` by name; :meth:`from_pretrained` passes a backbone's).
 
     Examples
     --------
@@ -156,6 +175,7 @@ class TransAnno(BaseModelClass):
         value_encoding: Literal["bins", "quantile"] = "bins",
         dropout: float = 0.1,
         wide: bool = True,
+        gene_vocabulary: Sequence[str] | None = None,
     ):
         super().__init__(adata)
         setup_args = self.adata_manager.registry["setup_args"]
@@ -165,10 +185,15 @@ class TransAnno(BaseModelClass):
         ).categorical_mapping
         # LabelsWithUnlabeledObsField always puts the unlabeled category last
         self.classes_ = [str(c) for c in mapping[:-1]] if setup_args["labels_key"] else []
-        X = get_matrix(adata, setup_args["layer"])
-        self.var_names_ = _select_genes(
-            X, adata.var_names, n_top_genes, self.input_scale_ == "counts", settings.seed
-        )
+        if gene_vocabulary is not None:
+            self.var_names_ = _check_vocabulary(gene_vocabulary)
+        else:
+            X = get_matrix(adata, setup_args["layer"])
+            self.var_names_ = _select_genes(
+                X, adata.var_names, n_top_genes, self.input_scale_ == "counts", settings.seed
+            )
+        self.calibration_: dict | None = None
+        self.is_pretrained_ = False
         self.init_params_ = self._get_init_params(locals())
         self._build_module()
         self._set_training_genes(adata)
@@ -304,6 +329,9 @@ class TransAnno(BaseModelClass):
         early_stopping: bool = True,
         early_stopping_patience: int = 10,
         class_weighting: Literal["balanced", "sqrt", "none"] = "sqrt",
+        finetune: Literal["full", "partial", "head"] = "full",
+        trainable_layers: int = 1,
+        backbone_lr: float | None = None,
         datasplitter_kwargs: dict | None = None,
         plan_kwargs: dict | None = None,
         **trainer_kwargs,
@@ -335,6 +363,16 @@ class TransAnno(BaseModelClass):
         class_weighting
             Weight of each class in the loss: ``"balanced"`` (inverse frequency), ``"sqrt"``
             (inverse square root of the frequency) or ``"none"``.
+        finetune
+            Which part of a (pretrained) backbone is trained: ``"full"`` (all of it),
+            ``"partial"`` (only its top ``trainable_layers`` encoder layers; embeddings and
+            lower layers frozen, as TransAnno-Net fine-tuned) or ``"head"`` (none: only the
+            embedding projection, the classifier and the wide path learn).
+        trainable_layers
+            Encoder layers trained with ``finetune="partial"``.
+        backbone_lr
+            Peak learning rate of the backbone; ``lr`` when ``None``. A smaller value (e.g.
+            ``lr / 10``) keeps more of a pretrained backbone.
         datasplitter_kwargs
             Passed to :class:`~scvi.dataloaders.DataSplitter`.
         plan_kwargs
@@ -342,6 +380,33 @@ class TransAnno(BaseModelClass):
         **trainer_kwargs
             Passed to :class:`~scvi.train.Trainer` and on to Lightning (``precision``,
             ``strategy``, ``num_nodes``, ``enable_progress_bar``, ...).
+
+        Notes
+        -----
+        **Multi-device and multi-node training.** With ``devices`` > 1 (or ``num_nodes`` > 1)
+        and no ``strategy``, Lightning DDP is used with one process per device, each training on
+        its own shard of the cells (scvi-tools' ``BatchDistributedSampler``; the effective batch
+        is ``batch_size`` x processes):
+
+        - in a script, ``strategy="ddp_find_unused_parameters_true"``: Lightning starts the
+          script again for the other ranks, so code after ``train()`` runs in every process
+          (guard writes with ``if model.trainer.is_global_zero:``). The calling process (rank
+          0) ends with the trained weights and ``model.history``; the others get the same
+          weights and an empty history.
+        - in Jupyter, ``strategy="ddp_notebook_find_unused_parameters_true"`` (forked
+          processes; CUDA must not have been used in the kernel before).
+        - override with ``strategy=``: e.g. ``"ddp_spawn"`` (the weights and the history come
+          back to the calling process; the script needs an ``if __name__ == "__main__":``
+          guard), ``"ddp"`` (no unused-parameter search, slightly faster) or a
+          :class:`~lightning.pytorch.strategies.DDPStrategy` instance; any DDP strategy turns
+          the distributed sampler on.
+        - DDP turns early stopping off (scvi-tools); set ``max_epochs``.
+
+        Several machines: launch the same script on every node with ``devices`` = GPUs per
+        node and ``num_nodes`` = number of nodes. Under SLURM (``srun``, ``--ntasks-per-node``
+        = devices) or ``torchrun --nnodes N --nproc-per-node D``, Lightning reads the rank and
+        the address of rank 0 from the environment and starts no processes itself. See
+        ``benchmarks/SCALE.md`` for complete examples.
         """
         setup_args = self.adata_manager.registry["setup_args"]
         if setup_args["labels_key"] is None:
@@ -371,6 +436,19 @@ class TransAnno(BaseModelClass):
                 "cells: a classifier needs at least two."
             )
             raise ValueError(msg)
+        empty = _empty_rows(get_matrix(self.adata, setup_args["layer"]))
+        if empty[labeled].any():
+            warnings.warn(
+                f"{int(empty[labeled].sum())} labeled cells have no counts at all; they are "
+                "left out of training (they would be predicted 'Unassigned').",
+                UserWarning,
+                stacklevel=2,
+            )
+            labeled = labeled[~empty[labeled]]
+            present = np.unique(codes[labeled])
+            if present.size < 2:
+                msg = "Fewer than two cell types have cells with counts: nothing to train on."
+                raise ValueError(msg)
         tr, va = stratified_split(codes[labeled], train_size, settings.seed)
         train_idx, val_idx = labeled[tr], labeled[va]
         unlabeled = np.setdiff1d(np.arange(codes.size), labeled)
@@ -392,18 +470,11 @@ class TransAnno(BaseModelClass):
         self.module.input_is_counts = self.input_scale_ == "counts"
         if max_epochs is None:
             max_epochs = _default_max_epochs(train_idx.size)
+        frozen = self._freeze_for_finetuning(finetune, trainable_layers)
 
-        if _n_devices(devices) > 1 and "strategy" not in trainer_kwargs:
-            trainer_kwargs["strategy"] = (
-                "ddp_notebook_find_unused_parameters_true"
-                if _in_notebook()
-                else "ddp_find_unused_parameters_true"
-            )
-        strategy = trainer_kwargs.get("strategy")
-        distributed = isinstance(strategy, str) and "ddp" in strategy
         datasplitter_kwargs = dict(datasplitter_kwargs or {})
-        if distributed:
-            datasplitter_kwargs.setdefault("distributed_sampler", True)
+        # devices > 1 or num_nodes > 1: DDP strategy + distributed sampler (see "Multi-device")
+        configure_distributed(accelerator, devices, trainer_kwargs, datasplitter_kwargs)
         if 0 < train_idx.size % batch_size < 3:
             datasplitter_kwargs.setdefault("drop_last", True)
         data_splitter = self._data_splitter_cls(
@@ -414,6 +485,7 @@ class TransAnno(BaseModelClass):
         )
         plan_kwargs = dict(plan_kwargs or {})
         plan_kwargs.setdefault("lr", lr)
+        plan_kwargs.setdefault("backbone_lr", backbone_lr)
         training_plan = self._training_plan_cls(
             self.module,
             class_weights=torch.as_tensor(weights, dtype=torch.float32),
@@ -443,7 +515,362 @@ class TransAnno(BaseModelClass):
             early_stopping=es,
             **trainer_kwargs,
         )
-        return runner()
+        self.module.temperature.fill_(1.0)
+        try:
+            runner()
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        self._merge_pretrain_history()
+        self._fit_confidence(codes, train_idx, val_idx, batch_size)
+
+    def _freeze_for_finetuning(self, finetune: str, trainable_layers: int) -> list:
+        """Freeze what ``finetune`` leaves out (and the pretraining head); returns the frozen."""
+        backbone = self.module.backbone
+        n_layers = len(backbone.encoder.layer)
+        if finetune == "full":
+            frozen_parts = []
+        elif finetune == "head":
+            frozen_parts = [backbone]
+        elif finetune == "partial":
+            if not 0 <= trainable_layers <= n_layers:
+                msg = f"trainable_layers must be in [0, {n_layers}], got {trainable_layers}."
+                raise ValueError(msg)
+            frozen_parts = [
+                backbone.gene_embeddings,
+                backbone.value_embeddings,
+                backbone.layer_norm,
+                *backbone.encoder.layer[: n_layers - trainable_layers],
+            ]
+        else:
+            msg = f"finetune must be 'full', 'partial' or 'head', got {finetune!r}."
+            raise ValueError(msg)
+        frozen = [
+            p
+            for part in [*frozen_parts, self.module.value_head]
+            for p in part.parameters()
+            if p.requires_grad
+        ]
+        for p in frozen:
+            p.requires_grad_(False)
+        return frozen
+
+    def _merge_pretrain_history(self) -> None:
+        """Keep the pretraining curves in ``history`` next to the fine-tuning ones."""
+        previous = getattr(self, "pretrain_history_", None) or {}
+        if isinstance(self.history_, dict):
+            for key, frame in previous.items():
+                self.history_.setdefault(key, frame)
+
+    @devices_dsp.dedent
+    def pretrain(
+        self,
+        max_epochs: int | None = None,
+        mask_prob: float = 0.15,
+        lr: float = 1e-3,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        train_size: float = 0.95,
+        batch_size: int = 64,
+        early_stopping: bool = True,
+        early_stopping_patience: int = 5,
+        datasplitter_kwargs: dict | None = None,
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ) -> None:
+        """Pretrain the backbone on every registered cell by masked value modelling.
+
+        Self-supervised (labels, if any, are not read): in each cell about ``mask_prob`` of the
+        expressed-gene tokens have their value masked and the backbone learns to predict their
+        value bins from the other genes (:class:`~transanno_sc.train.PretrainingPlan`). Then
+        :meth:`train` fine-tunes on labeled cells, or :meth:`save_backbone` keeps the backbone
+        for :meth:`from_pretrained` on other data. ``history`` gets ``pretrain_loss``,
+        ``pretrain_validation_loss`` and ``pretrain_validation_accuracy``.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the cells. ``None``: about 50,000 cell presentations, clipped to 5-50
+            epochs.
+        mask_prob
+            Fraction of each cell's expressed-gene tokens that is masked.
+        lr
+            Peak learning rate (linear warm-up, then cosine decay).
+        %(param_accelerator)s
+        %(param_devices)s
+        train_size
+            Fraction of the cells used for training (random); the rest validates.
+        batch_size
+            Cells per minibatch.
+        early_stopping
+            Stop when the validation loss has not improved for ``early_stopping_patience``
+            epochs.
+        early_stopping_patience
+            Epochs without improvement before stopping.
+        datasplitter_kwargs
+            Passed to :class:`~scvi.dataloaders.DataSplitter`.
+        plan_kwargs
+            Passed to :class:`~transanno_sc.train.PretrainingPlan`.
+        **trainer_kwargs
+            Passed to :class:`~scvi.train.Trainer` and on to Lightning (``precision``,
+            ``strategy``, ``num_nodes``, ``enable_progress_bar``, ...).
+
+        Examples
+        --------
+        >>> import transanno_sc as ta
+        >>> adata = ta.datasets.zilionis_mouse_lung()
+        >>> ta.model.TransAnno.setup_anndata(adata)  # no labels needed
+        >>> model = ta.model.TransAnno(adata)
+        >>> model.pretrain(max_epochs=2)
+        >>> model.save_backbone("lung_backbone")  # doctest: +SKIP
+        """
+        if not 0.0 < train_size <= 1.0:
+            msg = f"train_size must be in (0, 1], got {train_size}."
+            raise ValueError(msg)
+        n = self.adata.n_obs
+        rng = np.random.default_rng(settings.seed)
+        order = rng.permutation(n)
+        n_val = int(np.floor(n * (1.0 - train_size))) if n > 1 else 0
+        val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        self._set_training_genes(self.adata)
+        self.module.input_is_counts = self.input_scale_ == "counts"
+        if max_epochs is None:
+            max_epochs = int(np.clip(np.ceil(50_000 / max(train_idx.size, 1)), 5, 50))
+        datasplitter_kwargs = dict(datasplitter_kwargs or {})
+        configure_distributed(accelerator, devices, trainer_kwargs, datasplitter_kwargs)
+        if 0 < train_idx.size % batch_size < 3:
+            datasplitter_kwargs.setdefault("drop_last", True)
+        data_splitter = self._data_splitter_cls(
+            self.adata_manager,
+            external_indexing=[train_idx, val_idx, np.array([], dtype=np.int64)],
+            batch_size=batch_size,
+            **datasplitter_kwargs,
+        )
+        plan_kwargs = dict(plan_kwargs or {})
+        plan_kwargs.setdefault("lr", lr)
+        plan_kwargs.setdefault("mask_prob", mask_prob)
+        training_plan = PretrainingPlan(self.module, **plan_kwargs)
+        has_val = val_idx.size > 0
+        if has_val:
+            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        trainer_kwargs.setdefault("early_stopping_monitor", "pretrain_validation_loss")
+        trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
+        # the classification heads take no part: frozen, so DDP finds no unused parameter
+        frozen = [p for m in self.module.head_modules.values() for p in m.parameters()]
+        frozen = [p for p in frozen if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        was_trained = bool(self.is_trained_)
+        logger.info(
+            "Pretraining on %d cells (%d validation), %d epochs, %.0f%% of tokens masked.",
+            train_idx.size,
+            val_idx.size,
+            max_epochs,
+            100 * mask_prob,
+        )
+        runner = self._train_runner_cls(
+            self,
+            training_plan=training_plan,
+            data_splitter=data_splitter,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            early_stopping=early_stopping and has_val,
+            **trainer_kwargs,
+        )
+        try:
+            runner()
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        # pretraining does not train the classifier: predictions stay refused until `train`
+        self.is_trained_ = was_trained
+        self.is_pretrained_ = True
+        self.pretrain_history_ = dict(self.history_ or {})
+
+    def save_backbone(self, dir_path: str, overwrite: bool = False) -> None:
+        """Save the backbone, its gene vocabulary and tokenization settings to a folder.
+
+        The folder holds ``config.json`` and ``model.safetensors`` (loadable with
+        ``TransAnnoBackbone.from_pretrained(dir_path)`` from :mod:`transanno_sc.nn`, as any
+        :mod:`transformers` model) and ``vocabulary.json`` (the genes, in token order, and the
+        input normalization). :meth:`from_pretrained` builds a new model on it.
+
+        Parameters
+        ----------
+        dir_path
+            Folder to write.
+        overwrite
+            Replace a backbone already saved there.
+        """
+        vocab_path = os.path.join(dir_path, _VOCAB_FILE)
+        if os.path.exists(vocab_path) and not overwrite:
+            msg = f"{vocab_path} already exists. Pass `overwrite=True` to replace it."
+            raise ValueError(msg)
+        import transanno_sc
+
+        os.makedirs(dir_path, exist_ok=True)
+        self.module.backbone.save_pretrained(dir_path, safe_serialization=True)
+        with open(vocab_path, "w") as f:
+            json.dump(
+                {
+                    "format_version": _FORMAT_VERSION,
+                    "transanno_sc_version": transanno_sc.__version__,
+                    "genes": list(self.var_names_),
+                    "target_sum": TARGET_SUM,
+                    "pretrained": bool(getattr(self, "is_pretrained_", False)),
+                    "input_scale": self.input_scale_,
+                },
+                f,
+                indent=1,
+            )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        adata: AnnData,
+        backbone_dir: str,
+        **model_kwargs,
+    ) -> TransAnno:
+        """A new model on ``adata`` that starts from a saved backbone.
+
+        ``adata`` (set up with :meth:`setup_anndata`) is mapped onto the backbone's gene
+        vocabulary by name (exact, then case-insensitive); vocabulary genes it lacks are
+        treated as not expressed. The overlap is stored in ``adata.uns["transanno_backbone"]``
+        and in ``model.gene_overlap_``; below 50 % a warning is issued, below 10 % a
+        :class:`ValueError` is raised. Then :meth:`train` fine-tunes (see its ``finetune``).
+
+        Parameters
+        ----------
+        adata
+            AnnData registered with :meth:`setup_anndata`.
+        backbone_dir
+            Folder written by :meth:`save_backbone`.
+        **model_kwargs
+            Non-architecture arguments of :class:`TransAnno` (``n_latent``, ``dropout``,
+            ``wide``); the architecture comes from the backbone.
+
+        Examples
+        --------
+        >>> import transanno_sc as ta
+        >>> adata = ta.datasets.zilionis_mouse_lung()
+        >>> ta.model.TransAnno.setup_anndata(adata, labels_key="cell_type")
+        >>> model = ta.model.TransAnno.from_pretrained(adata, "lung_backbone")  # doctest: +SKIP
+        >>> model.train(finetune="partial")  # doctest: +SKIP
+        """
+        from transanno_sc.nn import TransAnnoBackbone, TransAnnoConfig
+
+        fixed = {"n_hidden", "n_layers", "n_heads", "max_tokens", "n_bins", "value_encoding"}
+        clash = sorted(fixed & set(model_kwargs)) + sorted(
+            {"gene_vocabulary", "n_top_genes"} & set(model_kwargs)
+        )
+        if clash:
+            msg = f"{clash} come from the backbone in {backbone_dir!r} and cannot be passed."
+            raise TypeError(msg)
+        vocab = _read_vocabulary(backbone_dir)
+        try:
+            config = TransAnnoConfig.from_pretrained(backbone_dir)
+            # safetensors only: a pickled checkpoint in the folder is never loaded
+            backbone = TransAnnoBackbone.from_pretrained(backbone_dir, use_safetensors=True)
+        except (OSError, ValueError) as e:
+            msg = f"Could not load the backbone in {backbone_dir!r}: {e}"
+            raise ValueError(msg) from e
+        if config.n_genes != len(vocab):
+            msg = (
+                f"{backbone_dir!r} is inconsistent: the backbone has {config.n_genes} genes, "
+                f"{_VOCAB_FILE} lists {len(vocab)}."
+            )
+            raise ValueError(msg)
+        model_kwargs.setdefault("dropout", config.hidden_dropout_prob)
+        model = cls(
+            adata,
+            n_hidden=config.hidden_size,
+            n_layers=config.num_hidden_layers,
+            n_heads=config.num_attention_heads,
+            max_tokens=config.max_tokens,
+            n_bins=config.n_bins,
+            value_encoding=config.value_encoding,
+            gene_vocabulary=vocab,
+            **model_kwargs,
+        )
+        try:
+            model.module.backbone.load_state_dict(backbone.state_dict(), strict=True)
+        except RuntimeError as e:
+            msg = f"The backbone in {backbone_dir!r} does not fit its own config: {e}"
+            raise ValueError(msg) from e
+        model.is_pretrained_ = True
+        adata.uns["transanno_backbone"] = {
+            "backbone_dir": str(backbone_dir),
+            **model.gene_overlap_,
+        }
+        return model
+
+    @torch.inference_mode()
+    def _log_expression(self, indices: np.ndarray, batch_size: int) -> torch.Tensor:
+        """Log-normalized vocabulary expression of registered cells ``indices`` (sorted)."""
+        X = get_matrix(self.adata, self.registry_["setup_args"]["layer"])
+        match = match_genes(self.adata.var_names, self.var_names_)
+        out = torch.zeros((len(indices), len(self.var_names_)))
+        for pos, x, library in iter_vocab_batches(
+            X, match.source, match.target, match.n_vocab, batch_size, indices=np.sort(indices)
+        ):
+            out[torch.as_tensor(pos)] = self.module.log_expression(
+                torch.from_numpy(x),
+                torch.from_numpy(library),
+                is_counts=self.input_scale_ == "counts",
+            )
+        return out
+
+    def _fit_confidence(
+        self, codes: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, batch_size: int
+    ) -> None:
+        """Temperature scaling and the novelty space, from the reference only.
+
+        The temperature minimizes the validation cells' negative log-likelihood. The novelty
+        space is a PCA of the log-expression of (at most 5,000, stratified by type) training
+        cells, which are kept as the neighbours a cell is compared with; the reference
+        distribution of the novelty distance comes from those cells (leave-one-out) and the
+        validation cells.
+        """
+        rng = np.random.default_rng(settings.seed)
+        heldout = val_idx if val_idx.size else train_idx
+        if not val_idx.size:
+            warnings.warn(
+                "No validation cells (train_size=1): the temperature is fitted on training "
+                "cells and the confidence will be over-confident.",
+                UserWarning,
+                stacklevel=3,
+            )
+        reference = _stratified_subsample(codes[train_idx], _N_REFERENCE_CELLS, rng)
+        novelty_heldout = val_idx[:_N_REFERENCE_CELLS]
+        self.module.fit_novelty(
+            self._log_expression(train_idx[reference], batch_size),
+            self._log_expression(novelty_heldout, batch_size),
+        )
+        held = self._forward(self.adata, indices=heldout, batch_size=batch_size)
+        y = codes[heldout]
+        log_probs = np.log(np.clip(held.probs, 1e-30, None))
+        temperature = fit_temperature(log_probs, y)
+        self.module.temperature.fill_(temperature)
+        calibrated = torch.softmax(torch.from_numpy(log_probs) / temperature, 1).numpy()
+        self.calibration_ = {
+            "temperature": temperature,
+            "ece_uncalibrated": expected_calibration_error(held.probs, y),
+            "ece_calibrated": expected_calibration_error(calibrated, y),
+            "n_cells": int(y.size),
+        }
+        if isinstance(self.history_, dict):
+            epoch = pd.Index([len(self.history_.get("train_loss", [])) - 1], name="epoch")
+            for key in ("temperature", "ece_uncalibrated", "ece_calibrated"):
+                name = f"calibration_{key}"
+                self.history_[name] = pd.DataFrame({name: [self.calibration_[key]]}, index=epoch)
+        logger.info(
+            "Calibrated on %d validation cells: temperature %.2f, ECE %.3f -> %.3f.",
+            y.size,
+            temperature,
+            self.calibration_["ece_uncalibrated"],
+            self.calibration_["ece_calibrated"],
+        )
 
     # ------------------------------------------------------------------ inference
     def _query_layer(self, adata: AnnData, layer) -> str | None:
@@ -461,8 +888,8 @@ class TransAnno(BaseModelClass):
         batch_size: int | None = None,
         layer=_KEEP,
         input_scale: InputScale = "auto",
-    ) -> tuple[np.ndarray, np.ndarray, dict]:
-        """Stream ``adata`` through the module; returns probabilities, embedding, gene overlap."""
+    ) -> _Outputs:
+        """Stream ``adata`` through the module (probabilities, embedding, novelty, overlap)."""
         self._check_if_trained(warn=False)
         adata = self.adata if adata is None else adata
         if adata is None:
@@ -482,35 +909,44 @@ class TransAnno(BaseModelClass):
         self.module.eval()
         probs = np.empty((n, len(self.classes_)), dtype=np.float32)
         latent = np.empty((n, self.module.to_latent[0].out_features), dtype=np.float32)
-        chunks = iter_row_chunks(X, chunk_size=batch_size, indices=indices)
-        n_chunks = int(np.ceil(n / batch_size))
+        distance = np.empty(n, dtype=np.float32)
+        n_expressed = np.empty(n, dtype=np.int64)
+        # streams CHUNK_SIZE rows at a time (sparse/backed stay sparse; one batch is dense);
+        # cells of a chunk are grouped by number of expressed genes to cut padding
+        batches = iter_vocab_batches(
+            X,
+            match.source,
+            match.target,
+            match.n_vocab,
+            batch_size,
+            indices=indices,
+            max_tokens=self.module.config.max_tokens,
+            check=lambda rows: check_values(rows, where),
+        )
+        n_batches = n_forward_batches(n, batch_size)
         t0 = time.perf_counter()
-        for start, rows in track(
-            chunks,
+        for pos, x, library in track(
+            batches,
             description="Predicting",
-            disable=n_chunks < 20 or not settings.progress_bar_style,
+            disable=n_batches < 20 or not settings.progress_bar_style,
             style="tqdm",
-            total=n_chunks,
+            total=n_batches,
         ):
-            check_values(rows, where)
-            library = np.asarray(rows.sum(axis=1)).reshape(-1)
-            sub = rows[:, match.source]
-            sub = sub.toarray() if sp.issparse(sub) else sub
-            x = np.zeros((rows.shape[0], match.n_vocab), dtype=np.float32)
-            x[:, match.target] = sub
             out = self.module.inference(
                 torch.from_numpy(x).to(device),
                 torch.from_numpy(library).to(device),
                 is_counts=scale == "counts",
             )
-            stop = start + rows.shape[0]
-            probs[start:stop] = torch.softmax(out[MODULE_KEYS.LOGITS_KEY].float(), 1).cpu()
-            latent[start:stop] = out[MODULE_KEYS.Z_KEY].float().cpu()
+            probs[pos] = torch.softmax(out[MODULE_KEYS.LOGITS_KEY].float(), 1).cpu()
+            latent[pos] = out[MODULE_KEYS.Z_KEY].float().cpu()
+            distance[pos] = out[MODULE_KEYS.DISTANCE_KEY].float().cpu()
+            n_expressed[pos] = out[MODULE_KEYS.N_EXPRESSED_KEY].cpu()
         elapsed = max(time.perf_counter() - t0, 1e-9)
         logger.info("Predicted %d cells in %.1f s (%.0f cells/s).", n, elapsed, n / elapsed)
         overlap = match.to_dict()
         overlap["input_scale"] = scale
-        return probs, latent, overlap
+        pvalue = self.module.novelty_pvalue(torch.from_numpy(distance).to(device)).cpu().numpy()
+        return _Outputs(probs, latent, distance, pvalue, n_expressed, overlap)
 
     def predict(
         self,
@@ -519,6 +955,7 @@ class TransAnno(BaseModelClass):
         soft: bool = False,
         unassigned_threshold: float | None = None,
         batch_size: int | None = None,
+        novelty: bool = True,
     ) -> np.ndarray | pd.DataFrame:
         """Predict cell types.
 
@@ -533,30 +970,94 @@ class TransAnno(BaseModelClass):
         indices
             Positions of the cells to predict; all when ``None``.
         soft
-            Return the class probabilities instead of labels.
+            Return the (calibrated) class probabilities instead of labels.
         unassigned_threshold
-            Cells whose highest probability is below this are labeled ``"Unassigned"``
-            (hard predictions only).
+            Cells whose confidence (see :meth:`predict_confidence`) is below this are labeled
+            ``"Unassigned"`` (hard predictions only); ``None`` labels every cell.
         batch_size
             Cells per forward pass.
+        novelty
+            Let the novelty score lower the confidence (see :meth:`predict_confidence`).
 
         Returns
         -------
         An array of labels, or (``soft=True``) a DataFrame of probabilities with the cells as
         index and the cell types as columns.
         """
-        probs, _, _ = self._forward(adata, indices=indices, batch_size=batch_size)
-        return self._format_predictions(
-            probs, adata if adata is not None else self.adata, indices, soft, unassigned_threshold
+        out = self._forward(adata, indices=indices, batch_size=batch_size)
+        names = self._obs_names(adata, indices)
+        if soft:
+            return pd.DataFrame(out.probs, index=names, columns=self.classes_)
+        return self._labels(out, unassigned_threshold, novelty=novelty)
+
+    def predict_confidence(
+        self,
+        adata: AnnData | None = None,
+        indices=None,
+        batch_size: int | None = None,
+        novelty: bool = True,
+    ) -> pd.DataFrame:
+        """Confidence of each cell's predicted type, and what it is made of.
+
+        ``confidence = probability x typicality``: the calibrated probability of the predicted
+        type (temperature scaling on the validation split, :cite:p:`Guo2017`) times the
+        typicality of the cell, ``min(1, novelty_pvalue / NOVELTY_ALPHA)``. The novelty p-value
+        is the fraction of held-out reference cells that are at least as far from their 10
+        nearest reference cells (cosine distance in a PCA of the reference's log-expression)
+        as this cell is: a cell of a type the reference never contained is far from every
+        reference cell, however sure the classifier is. Cells with no expressed gene of the
+        vocabulary get confidence 0. This is the score that ``unassigned_threshold``
+        thresholds and that :func:`~transanno_sc.tl.transanno_annotate` writes.
+
+        Parameters
+        ----------
+        adata
+            AnnData to score; the registered one when ``None``.
+        indices
+            Positions of the cells to score; all when ``None``.
+        batch_size
+            Cells per forward pass.
+        novelty
+            Include the typicality factor (``False``: confidence = probability).
+
+        Returns
+        -------
+        A DataFrame indexed by cell with columns ``label`` (predicted type), ``confidence``,
+        ``probability``, ``novelty_pvalue`` and ``n_expressed_genes``.
+        """
+        out = self._forward(adata, indices=indices, batch_size=batch_size)
+        return pd.DataFrame(
+            {
+                "label": np.asarray(self.classes_, dtype=object)[out.probs.argmax(1)],
+                "confidence": self._confidence(out, novelty=novelty),
+                "probability": out.probs.max(1),
+                "novelty_pvalue": out.novelty_pvalue,
+                "n_expressed_genes": out.n_expressed,
+            },
+            index=self._obs_names(adata, indices),
         )
 
-    def _format_predictions(self, probs, adata, indices, soft, unassigned_threshold):
-        names = adata.obs_names if indices is None else adata.obs_names[np.sort(indices)]
-        if soft:
-            return pd.DataFrame(probs, index=names, columns=self.classes_)
-        labels = np.asarray(self.classes_, dtype=object)[probs.argmax(1)]
+    def _obs_names(self, adata: AnnData | None, indices) -> pd.Index:
+        adata = self.adata if adata is None else adata
+        return adata.obs_names if indices is None else adata.obs_names[np.sort(indices)]
+
+    @staticmethod
+    def _confidence(out: _Outputs, novelty: bool = True) -> np.ndarray:
+        """The confidence score of :meth:`predict_confidence`, from one pass's outputs."""
+        conf = out.probs.max(1).astype(np.float64)
+        if novelty:
+            conf = conf * np.minimum(1.0, out.novelty_pvalue.astype(np.float64) / NOVELTY_ALPHA)
+        conf[out.n_expressed == 0] = 0.0
+        return conf
+
+    def _labels(
+        self, out: _Outputs, unassigned_threshold: float | None, novelty: bool = True
+    ) -> np.ndarray:
+        """Predicted types, ``"Unassigned"`` where the confidence is below the threshold."""
+        labels = np.asarray(self.classes_, dtype=object)[out.probs.argmax(1)]
         if unassigned_threshold is not None:
-            labels[probs.max(1) < unassigned_threshold] = UNASSIGNED
+            _check_threshold(unassigned_threshold)
+            labels[self._confidence(out, novelty) < unassigned_threshold] = UNASSIGNED
         return labels
 
     def get_latent_representation(
@@ -576,8 +1077,7 @@ class TransAnno(BaseModelClass):
         batch_size
             Cells per forward pass.
         """
-        _, latent, _ = self._forward(adata, indices=indices, batch_size=batch_size)
-        return latent
+        return self._forward(adata, indices=indices, batch_size=batch_size).latent
 
     # ------------------------------------------------------------------ persistence
     def save(
@@ -626,6 +1126,8 @@ class TransAnno(BaseModelClass):
             "var_names": list(self.var_names_),
             "input_scale": self.input_scale_,
             "is_trained": bool(self.is_trained_),
+            "calibration": getattr(self, "calibration_", None),
+            "is_pretrained": bool(getattr(self, "is_pretrained_", False)),
             "history": history_to_json(self.history_ if isinstance(self.history_, dict) else None),
         }
         with open(config_path, "w") as f:
@@ -693,12 +1195,15 @@ class TransAnno(BaseModelClass):
         model.var_names_ = list(config["var_names"])
         model.input_scale_ = config["input_scale"]
         model._build_module()
+        model.module.resize_fitted_buffers(state)
         try:
             model.module.load_state_dict(state, strict=True)
         except RuntimeError as e:
             msg = f"The weights in {weights_path} do not match {_CONFIG_FILE}: {e}"
             raise ValueError(msg) from e
         model.is_trained_ = bool(config["is_trained"])
+        model.calibration_ = config.get("calibration")
+        model.is_pretrained_ = bool(config.get("is_pretrained", False))
         model.history_ = history_from_json(config.get("history", {}))
         model.module.eval()
         if adata is not None:
@@ -714,6 +1219,71 @@ class TransAnno(BaseModelClass):
         )
         model.to_device(torch_device)
         return model
+
+
+def _stratified_subsample(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Positions of at most about ``n`` cells, proportional per label but at least
+    :data:`_MIN_REFERENCE_CELLS_PER_TYPE` of each (all of a smaller type)."""
+    if labels.size <= n:
+        return np.arange(labels.size)
+    keep = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = max(round(n * idx.size / labels.size), _MIN_REFERENCE_CELLS_PER_TYPE)
+        keep.append(rng.choice(idx, min(k, idx.size), replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+class _Outputs(NamedTuple):
+    """What one pass of the model over an AnnData gives, row-aligned with its cells."""
+
+    probs: np.ndarray
+    latent: np.ndarray
+    distance: np.ndarray
+    novelty_pvalue: np.ndarray
+    n_expressed: np.ndarray
+    overlap: dict
+
+
+def _empty_rows(X) -> np.ndarray:
+    """Which rows of ``X`` (dense, sparse or backed) hold no non-zero value."""
+    empty = np.zeros(X.shape[0], dtype=bool)
+    for start, rows in iter_row_chunks(X):
+        nnz = rows.getnnz(axis=1) if sp.issparse(rows) else np.count_nonzero(rows, axis=1)
+        empty[start : start + rows.shape[0]] = nnz == 0
+    return empty
+
+
+def _check_vocabulary(genes: Sequence[str]) -> list[str]:
+    genes = [str(g) for g in genes]
+    if not genes:
+        msg = "gene_vocabulary is empty."
+        raise ValueError(msg)
+    if len(set(genes)) != len(genes):
+        msg = "gene_vocabulary has duplicate genes."
+        raise ValueError(msg)
+    return genes
+
+
+def _read_vocabulary(backbone_dir: str) -> list[str]:
+    path = os.path.join(backbone_dir, _VOCAB_FILE)
+    if not os.path.exists(path):
+        msg = f"{path} not found: {backbone_dir!r} was not written by `TransAnno.save_backbone`."
+        raise FileNotFoundError(msg)
+    try:
+        with open(path) as f:
+            vocab = json.load(f)
+        genes = vocab["genes"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        msg = f"{path} is not a valid vocabulary file ({e!r})."
+        raise ValueError(msg) from e
+    return _check_vocabulary(genes)
+
+
+def _check_threshold(unassigned_threshold: float) -> None:
+    if not 0.0 <= unassigned_threshold <= 1.0:
+        msg = f"unassigned_threshold must be in [0, 1] or None, got {unassigned_threshold}."
+        raise ValueError(msg)
 
 
 def _check_matrix(adata: AnnData, layer: str | None, input_scale: InputScale) -> str:

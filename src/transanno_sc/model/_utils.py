@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 from typing import Literal
@@ -9,6 +13,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import torch
 from anndata import AnnData
 
 InputScale = Literal["auto", "counts", "log1p"]
@@ -59,7 +64,9 @@ def iter_row_chunks(
 ) -> Iterator[tuple[int, np.ndarray | sp.csr_matrix]]:
     """Yield ``(start, rows)`` chunks of ``X`` (dense, sparse or backed) as float32.
 
-    With ``indices`` (sorted row positions) only those rows are read.
+    Only ``chunk_size`` rows are read and converted at a time: a sparse or backed sparse matrix
+    stays sparse (CSR), so memory is bounded by the chunk, not by the number of cells. With
+    ``indices`` (sorted row positions) only those rows are read.
     """
     n = X.shape[0] if indices is None else len(indices)
     for start in range(0, n, chunk_size):
@@ -70,6 +77,179 @@ def iter_row_chunks(
         else:
             rows = np.asarray(rows, dtype=np.float32)
         yield start, rows
+
+
+def n_tokens(rows, max_tokens: int | None = None) -> np.ndarray:
+    """Number of expressed (positive) entries of each row, capped at ``max_tokens``.
+
+    This is the number of gene tokens :func:`~transanno_sc.data.tokenize` makes of a row.
+    """
+    if sp.issparse(rows):
+        n = np.asarray((rows > 0).sum(axis=1)).reshape(-1)
+    else:
+        n = (np.asarray(rows) > 0).sum(axis=1)
+    n = n.astype(np.int64)
+    return n if max_tokens is None else np.minimum(n, max_tokens)
+
+
+def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Split positions ``0..len(lengths)-1`` into batches of cells of similar length.
+
+    Positions are sorted (stably) by ``lengths`` and cut into consecutive batches of
+    ``batch_size``, so padding to the longest cell of a batch wastes little. The module pads
+    each batch to its longest cell and masks padding, so a cell's result does not depend on
+    which batch it lands in.
+    """
+    order = np.argsort(lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, order.size, batch_size)]
+
+
+def n_forward_batches(n: int, batch_size: int, chunk_size: int | None = None) -> int:
+    """Number of batches :func:`iter_vocab_batches` yields for ``n`` cells."""
+    chunk_size = max(chunk_size or CHUNK_SIZE, batch_size)
+    full, rest = divmod(n, chunk_size)
+    per_chunk = -(-chunk_size // batch_size)
+    return full * per_chunk + (-(-rest // batch_size))
+
+
+def iter_vocab_batches(
+    X,
+    source: np.ndarray,
+    target: np.ndarray,
+    n_vocab: int,
+    batch_size: int,
+    *,
+    indices: np.ndarray | None = None,
+    max_tokens: int | None = None,
+    chunk_size: int | None = None,
+    check=None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Stream ``X`` as dense forward batches over a gene vocabulary.
+
+    Rows are read ``chunk_size`` at a time with :func:`iter_row_chunks` (sparse and backed
+    matrices stay sparse); only one forward batch (``batch_size`` x ``n_vocab``) is ever dense.
+    Column ``source[i]`` of ``X`` becomes vocabulary column ``target[i]``; other vocabulary
+    genes are 0. With ``max_tokens``, the cells of each chunk are grouped by their number of
+    expressed vocabulary genes (:func:`length_batches`, "length bucketing") to cut padding.
+
+    Parameters
+    ----------
+    X
+        ``(n_obs, n_vars)`` dense, sparse or backed matrix.
+    source, target
+        Matched column positions in ``X`` and in the vocabulary.
+    n_vocab
+        Size of the vocabulary.
+    batch_size
+        Cells per forward batch.
+    indices
+        Sorted row positions to read; all rows when ``None``.
+    max_tokens
+        Token cap of the model; ``None`` keeps the cells in order (no bucketing).
+    chunk_size
+        Rows read at once (at least ``batch_size``); :data:`CHUNK_SIZE` when ``None``.
+    check
+        Called on each raw chunk (e.g. :func:`check_values`).
+
+    Yields
+    ------
+    ``(positions, x, library)``: output positions of the batch's cells (into ``0..n-1``), their
+    ``(len(positions), n_vocab)`` float32 expression and ``(len(positions),)`` total counts over
+    all genes of ``X``.
+    """
+    chunk_size = max(chunk_size or CHUNK_SIZE, batch_size)
+    source = np.asarray(source, dtype=np.int64)
+    target = np.asarray(target, dtype=np.int64)
+    for start, rows in iter_row_chunks(X, chunk_size=chunk_size, indices=indices):
+        if check is not None:
+            check(rows)
+        library = np.asarray(rows.sum(axis=1), dtype=np.float32).reshape(-1)
+        sub = rows[:, source]
+        if max_tokens is None:
+            batches = [
+                np.arange(i, min(i + batch_size, rows.shape[0]))
+                for i in range(0, rows.shape[0], batch_size)
+            ]
+        else:
+            batches = length_batches(n_tokens(sub, max_tokens), batch_size)
+        for batch in batches:
+            part = sub[batch]
+            x = np.zeros((batch.size, n_vocab), dtype=np.float32)
+            x[:, target] = part.toarray() if sp.issparse(part) else part
+            yield start + batch, x, library[batch]
+
+
+def configure_distributed(
+    accelerator: str, devices, trainer_kwargs: dict, datasplitter_kwargs: dict
+) -> bool:
+    """Pick a multi-device strategy and the distributed sampler (edits the dicts in place).
+
+    With more than one device (or ``num_nodes`` > 1) and no ``strategy`` given, Lightning DDP
+    is used: ``"ddp_find_unused_parameters_true"`` in scripts (the script is started again for
+    the other ranks, also under ``torchrun``/SLURM, whose environment Lightning detects) and
+    ``"ddp_notebook_find_unused_parameters_true"`` in Jupyter. Any DDP strategy (string or
+    :class:`~lightning.pytorch.strategies.DDPStrategy`) turns on scvi-tools'
+    ``BatchDistributedSampler`` so that each process trains on its own shard, and the history
+    of rank 0 is written to a private folder, from which spawn-based strategies read it back.
+
+    Returns whether training is distributed.
+    """
+    from scvi.model._utils import use_distributed_sampler
+
+    n = n_devices(devices, accelerator)
+    num_nodes = int(trainer_kwargs.get("num_nodes") or 1)
+    if (n > 1 or num_nodes > 1) and trainer_kwargs.get("strategy") is None:
+        trainer_kwargs["strategy"] = (
+            "ddp_notebook_find_unused_parameters_true"
+            if in_notebook()
+            else "ddp_find_unused_parameters_true"
+        )
+    strategy = trainer_kwargs.get("strategy")
+    distributed = strategy is not None and use_distributed_sampler(strategy)
+    if distributed:
+        datasplitter_kwargs.setdefault("distributed_sampler", True)
+        if trainer_kwargs.get("logger") is None and not trainer_kwargs.get("log_save_dir"):
+            trainer_kwargs["log_save_dir"] = _private_log_dir()
+    return distributed
+
+
+def in_notebook() -> bool:
+    """Whether we run inside a Jupyter kernel (where DDP must fork, not start scripts)."""
+    return "ipykernel" in sys.modules
+
+
+def n_devices(devices, accelerator: str = "auto") -> int:
+    """Number of devices (processes per node) that ``devices`` asks for.
+
+    Raises a :class:`ValueError` when more GPUs are asked for than this machine has.
+    """
+    if isinstance(devices, int):
+        n = devices if devices > 0 else max(torch.cuda.device_count(), 1)
+    elif isinstance(devices, list | tuple):
+        n = len(devices)
+    elif isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        n = int(devices)
+        n = n if n > 0 else max(torch.cuda.device_count(), 1)
+    elif isinstance(devices, str) and "," in devices:
+        n = len([d for d in devices.split(",") if d.strip()])
+    else:
+        n = 1
+    if accelerator in ("gpu", "cuda") and torch.cuda.is_available():
+        available = torch.cuda.device_count()
+        if n > available:
+            msg = (
+                f"devices={devices!r} asks for {n} GPUs but this machine has {available}. "
+                f"Pass devices={available} or fewer (or accelerator='cpu')."
+            )
+            raise ValueError(msg)
+    return n
+
+
+def _private_log_dir() -> str:
+    """A temporary folder for the DDP history file, removed when the process exits."""
+    path = tempfile.mkdtemp(prefix="transanno_ddp_")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def _values(rows) -> np.ndarray:
@@ -158,6 +338,16 @@ def check_labels(adata: AnnData, labels_key: str | None, unlabeled_category: str
         )
         raise KeyError(msg)
     labels = adata.obs[labels_key]
+    values = set(map(str, labels.dropna().unique()))
+    if unlabeled_category not in values:
+        lookalike = sorted(v for v in values if v.lower() == str(unlabeled_category).lower())
+        if lookalike:
+            msg = (
+                f"unlabeled_category={unlabeled_category!r} does not occur in "
+                f"adata.obs[{labels_key!r}], but {lookalike[0]!r} does: those cells would be "
+                f"trained on as a cell type. Pass unlabeled_category={lookalike[0]!r}."
+            )
+            raise ValueError(msg)
     if labels.isna().any():
         msg = (
             f"adata.obs[{labels_key!r}] has {int(labels.isna().sum())} missing values. Set them "

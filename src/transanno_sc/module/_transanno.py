@@ -11,6 +11,11 @@ from transanno_sc._constants import MODULE_KEYS, REGISTRY_KEYS, TARGET_SUM
 from transanno_sc.data import normalize_log1p, tokenize
 from transanno_sc.nn import TransAnnoBackbone, TransAnnoConfig
 
+#: Quantiles of the held-out reference distances kept for novelty p-values.
+N_DISTANCE_QUANTILES = 201
+#: Reference neighbours averaged by the novelty distance.
+N_NEIGHBORS = 10
+
 
 class TransAnnoModule(BaseModuleClass):
     """Transformer cell-type classifier.
@@ -90,12 +95,29 @@ class TransAnnoModule(BaseModuleClass):
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(n_latent, n_classes))
         self.wide = nn.Linear(n_genes, n_classes) if wide else None
         self.wide_dropout = nn.Dropout(wide_dropout)
+        # pretraining head: value bin (1..n_bins) of masked tokens from their final state
+        self.value_head = nn.Sequential(
+            nn.Linear(n_hidden, n_hidden),
+            nn.GELU(),
+            nn.LayerNorm(n_hidden),
+            nn.Linear(n_hidden, n_bins),
+        )
         if self.wide is not None:
             nn.init.zeros_(self.wide.weight)
             nn.init.zeros_(self.wide.bias)
         # Positions of the vocabulary genes in the registered AnnData (-1: absent); set by the
         # model before training, not saved (it belongs to the data, not to the weights).
         self.register_buffer("gene_index", torch.arange(n_genes), persistent=False)
+        # Calibration and novelty statistics, fitted after training and saved with the weights:
+        # logits are divided by `temperature`; the novelty score is the cosine distance of a
+        # cell to its nearest reference cells in a PCA of the reference's log-expression
+        # (`pca_mean`, `pca_components`, `reference_pcs`), and `distance_quantiles` are
+        # quantiles of that distance among held-out reference cells.
+        self.register_buffer("temperature", torch.ones(()))
+        self.register_buffer("pca_mean", torch.zeros(n_genes))
+        self.register_buffer("pca_components", torch.zeros(n_genes, 0))
+        self.register_buffer("reference_pcs", torch.zeros(0, 0))
+        self.register_buffer("distance_quantiles", torch.zeros(N_DISTANCE_QUANTILES))
         # Whether the registered training data hold counts (True) or log1p values (False).
         self.input_is_counts = True
 
@@ -135,8 +157,7 @@ class TransAnnoModule(BaseModuleClass):
         is_counts
             Whether ``x`` holds counts (normalized here) or log1p-normalized values.
         """
-        x = x.float()
-        x_log = normalize_log1p(x, library, TARGET_SUM) if is_counts else x
+        x_log = self.log_expression(x, library, is_counts)
         tokens = tokenize(
             x_log, self.config.max_tokens, self.config.n_bins, self.config.value_encoding
         )
@@ -145,7 +166,145 @@ class TransAnnoModule(BaseModuleClass):
         logits = self.classifier(z)
         if self.wide is not None:
             logits = logits + self.wide(self.wide_dropout(x_log))
-        return {MODULE_KEYS.Z_KEY: z, MODULE_KEYS.LOGITS_KEY: logits}
+        return {
+            MODULE_KEYS.Z_KEY: z,
+            MODULE_KEYS.LOGITS_KEY: logits / self.temperature,
+            MODULE_KEYS.DISTANCE_KEY: self.novelty_distance(x_log),
+            MODULE_KEYS.N_EXPRESSED_KEY: tokens.attention_mask[:, 1:].sum(1),
+        }
+
+    @property
+    def head_modules(self) -> dict[str, nn.Module]:
+        """The parts trained by fine-tuning (everything but the backbone and value head)."""
+        heads = {"to_latent": self.to_latent, "classifier": self.classifier}
+        if self.wide is not None:
+            heads["wide"] = self.wide
+        return heads
+
+    @auto_move_data
+    def masked_value_loss(
+        self,
+        x: torch.Tensor,
+        library: torch.Tensor | None = None,
+        is_counts: bool = True,
+        mask_prob: float = 0.15,
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Masked value modelling loss of a batch (self-supervised, no labels).
+
+        About ``mask_prob`` of each cell's expressed-gene tokens get the ``[MASK]`` value (their
+        gene identity stays); the backbone and :attr:`value_head` predict their value bins.
+
+        Returns
+        -------
+        Cross-entropy over the masked tokens, the fraction predicted exactly, and their number.
+        """
+        x_log = self.log_expression(x, library, is_counts)
+        tokens = tokenize(
+            x_log, self.config.max_tokens, self.config.n_bins, self.config.value_encoding
+        )
+        real = tokens.attention_mask.bool()
+        real[:, 0] = False  # never the [CLS] token
+        masked = (torch.rand(real.shape, device=real.device) < mask_prob) & real
+        values = tokens.value_ids.masked_fill(masked, self.config.n_bins + 1)
+        hidden = self.backbone(tokens.gene_ids, values, tokens.attention_mask)
+        target = tokens.value_ids[masked] - 1
+        n_masked = int(target.numel())
+        if n_masked == 0:
+            zero = hidden.sum() * 0.0
+            return zero, zero.detach(), 0
+        logits = self.value_head(hidden[masked])
+        loss = F.cross_entropy(logits, target)
+        accuracy = (logits.argmax(1) == target).float().mean().detach()
+        return loss, accuracy, n_masked
+
+    def log_expression(
+        self, x: torch.Tensor, library: torch.Tensor | None = None, is_counts: bool = True
+    ) -> torch.Tensor:
+        """Log-normalized expression over the vocabulary (what the tokens are made from)."""
+        x = x.float()
+        return normalize_log1p(x, library, TARGET_SUM) if is_counts else x
+
+    def resize_fitted_buffers(self, state: dict[str, torch.Tensor]) -> None:
+        """Give the data-sized novelty buffers the shapes found in ``state`` before loading."""
+        for name in ("pca_components", "reference_pcs"):
+            if name in state:
+                setattr(self, name, torch.zeros_like(state[name], device=self.pca_mean.device))
+
+    def project(self, x_log: torch.Tensor) -> torch.Tensor:
+        """Unit-length PCA coordinates of log-normalized expression (the novelty space)."""
+        pcs = (x_log.float() - self.pca_mean) @ self.pca_components
+        return F.normalize(pcs, dim=1)
+
+    def novelty_distance(self, x_log: torch.Tensor, exclude_self: bool = False) -> torch.Tensor:
+        """Mean cosine distance of each cell to its ``N_NEIGHBORS`` nearest reference cells.
+
+        In a PCA of the reference's log-expression (see :meth:`fit_novelty`); zeros before
+        that is fitted. ``exclude_self`` drops the nearest match (for reference cells
+        themselves).
+        """
+        if self.reference_pcs.numel() == 0:
+            return torch.zeros(x_log.shape[0], device=x_log.device)
+        sim = self.project(x_log) @ self.reference_pcs.T
+        k = min(N_NEIGHBORS + int(exclude_self), sim.shape[1])
+        top = sim.topk(k, dim=1).values
+        if exclude_self and k > 1:
+            top = top[:, 1:]
+        return 1.0 - top.mean(1)
+
+    @torch.no_grad()
+    def fit_novelty(
+        self, x_reference: torch.Tensor, x_heldout: torch.Tensor, n_components: int = 50
+    ) -> None:
+        """Fit the novelty space on reference cells.
+
+        Parameters
+        ----------
+        x_reference
+            Log-normalized expression of (a subsample of) the training cells: they define the
+            PCA and are the neighbours a cell is compared with.
+        x_heldout
+            Log-normalized expression of held-out reference cells (the validation split).
+            Their distances, with the leave-one-out distances of the reference cells, set the
+            reference distribution of :meth:`novelty_distance`.
+        n_components
+            Number of principal components.
+        """
+        device = self.pca_mean.device
+        xr = x_reference.float().to(device)
+        mean = xr.mean(0)
+        q = int(min(n_components, xr.shape[0] - 1, xr.shape[1]))
+        _, _, v = torch.linalg.svd(xr - mean, full_matrices=False)
+        self.pca_mean = mean
+        self.pca_components = v[:q].T.contiguous()
+        self.reference_pcs = self.project(xr)
+        d = torch.cat(
+            [
+                self.novelty_distance(xr, exclude_self=True),
+                self.novelty_distance(x_heldout.float().to(device)),
+            ]
+        )
+        levels = torch.linspace(0, 1, N_DISTANCE_QUANTILES, device=device)
+        self.distance_quantiles.copy_(torch.quantile(d, levels))
+
+    def novelty_pvalue(self, distance: torch.Tensor) -> torch.Tensor:
+        """Fraction of reference cells at least as far from their nearest reference cells.
+
+        An empirical upper-tail p-value of :meth:`novelty_distance` (1 = typical, 0 = farther
+        than any reference cell), interpolated between the stored quantiles.
+        """
+        q = self.distance_quantiles
+        if not bool(q[-1] > 0):  # not fitted (untrained or pretrained-only model)
+            return torch.ones_like(distance, dtype=torch.float32)
+        levels = torch.linspace(0, 1, q.numel(), device=q.device)
+        idx = torch.searchsorted(q, distance.float().contiguous(), right=True).clamp(
+            1, q.numel() - 1
+        )
+        lo, hi = q[idx - 1], q[idx]
+        frac = ((distance - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)
+        cdf = levels[idx - 1] + frac * (levels[idx] - levels[idx - 1])
+        cdf = torch.where(distance >= q[-1], torch.ones_like(cdf), cdf)
+        cdf = torch.where(distance <= q[0], torch.zeros_like(cdf), cdf)
+        return 1.0 - cdf
 
     def generative(self, **kwargs) -> dict:
         return {}

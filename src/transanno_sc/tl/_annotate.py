@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from transanno_sc._constants import UNASSIGNED
+from transanno_sc._constants import NOVELTY_ALPHA, UNASSIGNED
 
 from ._utils import get_rna, versions
 
@@ -73,6 +73,7 @@ def transanno_annotate(
     batch_key: str | None = None,
     layer: str | None = None,
     unassigned_threshold: float | None = 0.5,
+    novelty: bool = True,
     key_added: str = "transanno",
     copy: bool = False,
     save_model: str | None = None,
@@ -105,7 +106,12 @@ def transanno_annotate(
         ``None``.
     unassigned_threshold
         Cells whose confidence is below this are labeled ``"Unassigned"``; ``None`` turns this
-        off.
+        off. The default 0.5 is TransAnno-Net's.
+    novelty
+        Lower the confidence of cells unlike every reference cell (the novelty score of
+        :meth:`~transanno_sc.model.TransAnno.predict_confidence`), so that cells of a type the
+        reference never contained come out ``"Unassigned"``. ``False``: the confidence is the
+        calibrated probability alone.
     key_added
         Prefix of the keys written to ``adata``.
     copy
@@ -128,13 +134,17 @@ def transanno_annotate(
     `.obs['{key_added}_label']` : :class:`pandas.Categorical`
         Predicted cell type, or ``"Unassigned"``.
     `.obs['{key_added}_confidence']` : :class:`numpy.ndarray` (dtype `float`)
-        Probability of the predicted cell type (higher is more confident).
+        Confidence in the predicted type, in [0, 1], higher is more confident: the calibrated
+        probability of the type times the cell's typicality (see
+        :meth:`~transanno_sc.model.TransAnno.predict_confidence`). This is the score that
+        ``unassigned_threshold`` thresholds.
     `.obsm['X_{key_added}']` : :class:`numpy.ndarray` (dtype `float32`)
         Cell embedding, for :func:`scanpy.pp.neighbors` with ``use_rep``.
     `.obsm['{key_added}_probabilities']` : :class:`pandas.DataFrame`
-        Probability of every reference cell type.
+        Calibrated probability of every reference cell type.
     `.uns['{key_added}']` : :class:`dict`
-        ``params``, ``classes``, ``gene_overlap`` and ``versions``.
+        ``params``, ``classes``, ``gene_overlap``, ``calibration`` (temperature and the
+        validation expected calibration error before and after) and ``versions``.
 
     Examples
     --------
@@ -179,30 +189,32 @@ def transanno_annotate(
         )
         raise TypeError(msg)
 
-    probs, latent, overlap = model._forward(rna, batch_size=batch_size, layer=layer)
+    out = model._forward(rna, batch_size=batch_size, layer=layer)
+    probs = out.probs
 
     if copy:
         adata = adata.copy()
         rna = get_rna(adata, "adata")
     classes = list(model.classes_)
-    confidence = probs.max(1).astype(np.float64)
-    labels = np.asarray(classes, dtype=object)[probs.argmax(1)]
-    if unassigned_threshold is not None:
-        labels[confidence < unassigned_threshold] = UNASSIGNED
+    confidence = model._confidence(out, novelty=novelty)
+    labels = model._labels(out, unassigned_threshold, novelty=novelty)
     categories = [*classes, UNASSIGNED] if UNASSIGNED not in classes else classes
     rna.obs[keys.label] = pd.Categorical(labels, categories=categories)
     rna.obs[keys.confidence] = confidence
-    rna.obsm[keys.embedding] = latent
+    rna.obsm[keys.embedding] = out.latent
     rna.obsm[keys.probabilities] = pd.DataFrame(probs, index=rna.obs_names, columns=classes)
     rna.uns[keys.uns] = {
         "params": {
             "unassigned_threshold": -1.0 if unassigned_threshold is None else unassigned_threshold,
             "layer": "X" if layer is None else layer,
             "labels_key": labels_key if labels_key is not None else "",
+            "novelty": novelty,
+            "novelty_alpha": NOVELTY_ALPHA,
             "model": model._model_summary_string,
         },
         "classes": np.asarray(classes, dtype=object),
-        "gene_overlap": overlap,
+        "gene_overlap": out.overlap,
+        "calibration": dict(model.calibration_ or {}),
         "versions": versions(),
     }
     logger.info(
