@@ -106,6 +106,8 @@ nitpick_ignore_regex = [
     (r"py:.*", rf"({'|'.join(_EXTERNAL)})(\..*)?"),
     # numpydoc-style type words and values in prose ("optional", "None", "array-like", ...)
     (r"py:.*", r"(None|optional|array-like|default|callable|Literal|Axes|Figure)"),
+    # submodules of TransAnnoModule (torch attributes, not documented members)
+    (r"py:attr", r"(value_head|classifier|backbone|wide)"),
 ]
 intersphinx_mapping = {}
 if os.environ.get("TRANSANNO_DOCS_INTERSPHINX") == "1":
