@@ -439,14 +439,25 @@ def _fmt(med: float, lo: float, hi: float, digits: int) -> str:
 
 
 def summarize(rows: list[dict]) -> pd.DataFrame:
+    """Median and range per (task, method); a repeated (task, method, seed): the last one counts."""
     df = pd.DataFrame([r for r in rows if "error" not in r])
     if df.empty:
         return df
+    df = df.drop_duplicates(["task", "method", "seed"], keep="last")
     out = []
     for (t, m), g in df.groupby(["task", "method"], sort=False):
         rec = {"task": t, "method": m, "n_seeds": len(g)}
-        for c in ("f1_macro", "accuracy", "f1_weighted", "train_s", "predict_s", "peak_rss_mb"):
-            v = g[c].astype(float)
+        for c in (
+            "f1_macro",
+            "accuracy",
+            "f1_weighted",
+            "train_s",
+            "predict_s",
+            "train_cpu_s",
+            "predict_cpu_s",
+            "peak_rss_mb",
+        ):
+            v = (g[c] if c in g else pd.Series([np.nan] * len(g))).astype(float)
             rec[c] = float(v.median())
             rec[f"{c}_min"] = float(v.min())
             rec[f"{c}_max"] = float(v.max())
@@ -463,8 +474,9 @@ def markdown(agg: pd.DataFrame) -> str:
     if agg.empty:
         return "(no results)\n"
     lines = [
-        "| task | method | macro-F1 | accuracy | weighted-F1 | train s | predict s | peak RSS MB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| task | method | seeds | macro-F1 | accuracy | weighted-F1 | train s | predict s "
+        "| train CPU s | predict CPU s | peak RSS MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for _, r in agg.iterrows():
         best = agg[(agg.task == r.task) & ~_is_transanno(agg.method)].f1_macro.max()
@@ -473,16 +485,20 @@ def markdown(agg: pd.DataFrame) -> str:
         if _is_transanno(pd.Series([r.method])).iloc[0] and not np.isnan(best):
             f1 += f" [{r.f1_macro - best:+.3f}]"
         lines.append(
-            f"| {r.task} | {r.method} | {f1} "
+            f"| {r.task} | {r.method} | {r.n_seeds} | {f1} "
             f"| {_fmt(r.accuracy, r.accuracy_min, r.accuracy_max, 3)} "
             f"| {_fmt(r.f1_weighted, r.f1_weighted_min, r.f1_weighted_max, 3)} "
             f"| {_fmt(r.train_s, r.train_s_min, r.train_s_max, 1)} "
             f"| {_fmt(r.predict_s, r.predict_s_min, r.predict_s_max, 2)} "
+            f"| {_fmt(r.train_cpu_s, r.train_cpu_s_min, r.train_cpu_s_max, 1)} "
+            f"| {_fmt(r.predict_cpu_s, r.predict_cpu_s_min, r.predict_cpu_s_max, 2)} "
             f"| {r.peak_rss_mb:.0f} |"
         )
     notes = (
         "\nMedian (min-max) over seeds. Bold: best macro-F1 of the task. "
-        "[+x]: TransAnno's median macro-F1 minus the best baseline's.\n"
+        "[+x]: TransAnno's median macro-F1 minus the best baseline's. "
+        "CPU s: process CPU time, all threads (robust to a loaded machine; n/a in rows "
+        "recorded before it was added).\n"
     )
     return "\n".join(lines) + "\n" + notes
 
