@@ -12,6 +12,8 @@ from pathlib import Path
 
 BENCHMARKS_README = Path(__file__).parents[2] / "benchmarks" / "README.md"
 PLACEHOLDER = """
+# Benchmarks
+
 ```{note}
 The benchmark report (`benchmarks/README.md`) is not in this checkout. Run
 `python benchmarks/run.py` from a clone of the repository to reproduce it.
