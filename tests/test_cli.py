@@ -189,14 +189,18 @@ def test_evaluate_bad_input(files, capsys):
     _assert_one_line_error(capsys, "could not read adata")
 
 
-@pytest.mark.parametrize("command", ["annotate", "evaluate", "demo"])
+@pytest.mark.parametrize("command", ["annotate", "evaluate", "demo", "pretrain", "train"])
 def test_subcommand_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: transanno {command}")
-    expected = {"annotate": ["--reference", "--model", "--save-model", "--devices"]}
+    expected = {
+        "annotate": ["--reference", "--model", "--save-model", "--devices"],
+        "pretrain": ["--adata", "--out", "--max-epochs"],
+        "train": ["--backbone", "--finetune", "--labels-key"],
+    }
     for option in expected.get(command, []):
         assert option in out
 
@@ -213,3 +217,24 @@ def test_help_and_bad_command():
     assert r.returncode == 2
     assert r.stderr.strip().startswith("transanno: error: argument COMMAND: invalid choice")
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_pretrain_then_train_with_backbone_then_annotate(files, tmp_path, capsys):
+    backbone, model = tmp_path / "backbone", tmp_path / "model"
+    device = ["--accelerator", "cpu", "--model-kwargs", json.dumps(FAST_MODEL)]
+    argv = ["pretrain", "--adata", str(files / "ref.h5ad"), str(files / "query.h5ad")]
+    assert main([*argv, "--out", str(backbone), "--max-epochs", "1", *device]) == 0
+    assert (backbone / "vocabulary.json").exists() and (backbone / "model.safetensors").exists()
+    argv = ["train", "--reference", str(files / "ref.h5ad"), "--labels-key", "cell_type"]
+    argv += ["--backbone", str(backbone), "--finetune", "partial", "--out", str(model)]
+    assert main([*argv, "--max-epochs", "2", "--accelerator", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "fine-tuning the backbone" in err and "saved the model" in err
+    out = tmp_path / "annotated.h5ad"
+    argv = ["annotate", "--model", str(model), "--query", str(files / "query.h5ad")]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert ad.read_h5ad(out).obs["transanno_label"].notna().all()
+    # a folder that is not a backbone: one line, exit code 2
+    argv = ["train", "--reference", str(files / "ref.h5ad"), "--labels-key", "cell_type"]
+    assert main([*argv, "--backbone", str(tmp_path), "--out", str(tmp_path / "m2")]) == 2
+    assert "not a folder written by `transanno pretrain`" in capsys.readouterr().err

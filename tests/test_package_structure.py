@@ -8,7 +8,16 @@ import pytest
 
 import transanno_sc as ta
 
-PUBLIC = [ta.tl.transanno_annotate, ta.tl.evaluate, ta.pl.confusion_matrix, ta.pp.gene_overlap]
+PUBLIC = [
+    ta.tl.transanno_annotate,
+    ta.tl.evaluate,
+    ta.pl.confusion_matrix,
+    ta.pl.confidence,
+    ta.pl.training_history,
+    ta.pp.gene_overlap,
+    ta.pp.merge,
+    ta.pp.preprocess,
+]
 
 
 @pytest.mark.parametrize("func", PUBLIC, ids=lambda f: f.__name__)
@@ -23,13 +32,11 @@ def test_signature_conventions(func):
     assert func.__doc__ and "Examples" in func.__doc__
 
 
-def test_copy_functions_return_anndata_or_none():
-    ann = inspect.signature(ta.tl.transanno_annotate).return_annotation
+@pytest.mark.parametrize("func", [ta.tl.transanno_annotate, ta.pp.preprocess])
+def test_copy_functions_return_anndata_or_none(func):
+    ann = inspect.signature(func).return_annotation
     assert "None" in str(ann) and "AnnData" in str(ann)
-    assert (
-        inspect.signature(ta.tl.transanno_annotate).parameters["copy"].kind
-        is inspect.Parameter.KEYWORD_ONLY
-    )
+    assert inspect.signature(func).parameters["copy"].kind is inspect.Parameter.KEYWORD_ONLY
 
 
 def test_no_unfilled_docstring_templates():

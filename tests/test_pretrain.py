@@ -8,7 +8,6 @@ import scvi
 import torch
 from conftest import FAST_MODEL
 
-import transanno_sc as ta
 from transanno_sc.model import TransAnno
 from transanno_sc.nn import TransAnnoBackbone
 

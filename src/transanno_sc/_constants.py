@@ -14,6 +14,7 @@ class _MODULE_KEYS_NT(NamedTuple):
     LIBRARY_KEY: str = "library"
     Z_KEY: str = "z"
     LOGITS_KEY: str = "logits"
+    DEEP_LOGITS_KEY: str = "deep_logits"
     COUNTS_KEY: str = "is_counts"
     DISTANCE_KEY: str = "latent_distance"
     N_EXPRESSED_KEY: str = "n_expressed"
@@ -30,6 +31,6 @@ MIN_GENE_OVERLAP = 0.1
 WARN_GENE_OVERLAP = 0.5
 #: Label written for cells whose confidence is below ``unassigned_threshold``.
 UNASSIGNED = "Unassigned"
-#: A cell's confidence is scaled down when fewer than this fraction of held-out reference
-#: cells are as far from their nearest reference cells (typicality = min(1, p / alpha)).
-NOVELTY_ALPHA = 0.02
+#: Typicality of a cell is p / (p + NOVELTY_ALPHA), p its novelty p-value: one half for a cell
+#: as atypical as the most atypical 1% of held-out reference cells.
+NOVELTY_ALPHA = 0.01

@@ -315,6 +315,104 @@ def annotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def pretrain(args: argparse.Namespace) -> int:
+    """``transanno pretrain``: self-supervised pretraining on unlabeled cells, save the backbone."""
+    import scvi
+
+    import transanno_sc as ta
+
+    t0 = time.perf_counter()
+    scvi.settings.seed = args.seed
+    model_kwargs = _parse_json_dict(args.model_kwargs, "--model-kwargs")
+    _check_out_path(args.out, "--out")
+    devices = _parse_devices(args.devices)
+    for path in args.adata:
+        _check_input_file(path, "corpus")
+    sources = {Path(p).stem: _read_h5ad(p, "corpus") for p in args.adata}
+    if len(sources) > 1:
+        corpus = ta.pp.merge(sources, layer=args.layer)
+        layer = None
+        _progress(f"merged {len(sources)} files: {corpus.n_obs:,} cells x {corpus.n_vars:,} genes")
+    else:
+        corpus, layer = next(iter(sources.values())), args.layer
+    corpus.obs = corpus.obs[[]]
+    ta.model.TransAnno.setup_anndata(corpus, layer=layer)
+    model = ta.model.TransAnno(corpus, **model_kwargs)
+    _progress(f"pretraining on {corpus.n_obs:,} cells, {len(model.var_names_):,} genes")
+    model.pretrain(
+        max_epochs=args.max_epochs,
+        accelerator=args.accelerator,
+        devices=devices,
+        enable_progress_bar=sys.stderr.isatty(),
+    )
+    if _is_secondary_rank(model):
+        return 0
+    history = model.history or {}
+    if "pretrain_validation_accuracy" in history:
+        acc = float(history["pretrain_validation_accuracy"].iloc[-1, 0])
+        _progress(f"masked-value accuracy on validation cells {acc:.3f}")
+    model.save_backbone(args.out, overwrite=True)
+    _progress(f"saved the backbone to {args.out} in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def train(args: argparse.Namespace) -> int:
+    """``transanno train``: train (or fine-tune a backbone) on a reference, save the model."""
+    import scvi
+
+    import transanno_sc as ta
+
+    t0 = time.perf_counter()
+    scvi.settings.seed = args.seed
+    model_kwargs = _parse_json_dict(args.model_kwargs, "--model-kwargs")
+    _check_out_path(args.out, "--out")
+    devices = _parse_devices(args.devices)
+    _check_input_file(args.reference, "reference")
+    if args.backbone is not None and not (Path(args.backbone) / "vocabulary.json").exists():
+        msg = f"--backbone {args.backbone!r} is not a folder written by `transanno pretrain`."
+        raise CLIError(msg)
+    ref = _read_h5ad(args.reference, "reference")
+    _check_obs_key(ref, args.labels_key, "reference", "--labels-key")
+    ta.model.TransAnno.setup_anndata(ref, labels_key=args.labels_key, layer=args.layer)
+    if args.backbone is not None:
+        model = ta.model.TransAnno.from_pretrained(ref, args.backbone, **model_kwargs)
+        _progress(
+            f"fine-tuning the backbone in {args.backbone} ({args.finetune}); gene overlap "
+            f"{model.gene_overlap_['fraction']:.0%}"
+        )
+    else:
+        model = ta.model.TransAnno(ref, **model_kwargs)
+    model.train(
+        max_epochs=args.max_epochs,
+        accelerator=args.accelerator,
+        devices=devices,
+        finetune=args.finetune,
+        enable_progress_bar=sys.stderr.isatty(),
+    )
+    if _is_secondary_rank(model):
+        return 0
+    history = model.history or {}
+    if "validation_accuracy" in history and len(history["validation_accuracy"]):
+        acc = float(history["validation_accuracy"].iloc[-1, 0])
+        _progress(f"validation accuracy {acc:.3f}")
+    model.save(args.out, overwrite=True)
+    _progress(f"saved the model to {args.out} in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _add_device_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--accelerator", default="auto", metavar="NAME", help="'cpu', 'gpu', 'mps' or 'auto'"
+    )
+    p.add_argument(
+        "--devices",
+        default="auto",
+        metavar="N",
+        help="number of devices, a list such as 0,1, or 'auto'",
+    )
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed")
+
+
 def evaluate(args: argparse.Namespace) -> int:
     """``transanno evaluate``: score predictions against known labels."""
     import transanno_sc as ta
@@ -445,6 +543,51 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p_ann.add_argument("--seed", type=int, default=0, metavar="N", help="random seed")
 
+    p_pre = sub.add_parser(
+        "pretrain",
+        help="pretrain a backbone on unlabeled cells (masked value modelling)",
+        description="Pretrain the Transformer on the cells of one or more .h5ad files (merged "
+        "by gene name; labels are not read) and save the backbone to OUT for "
+        "`transanno train --backbone OUT`.",
+        formatter_class=fmt,
+    )
+    p_pre.add_argument(
+        "--adata", required=True, nargs="+", metavar="CELLS.h5ad", help="unlabeled cells"
+    )
+    p_pre.add_argument("--out", required=True, metavar="FOLDER", help="backbone folder")
+    p_pre.add_argument("--layer", metavar="LAYER", help="layer with the counts (default: X)")
+    p_pre.add_argument(
+        "--max-epochs", type=_positive_int, default=None, metavar="N", help="pretraining epochs"
+    )
+    p_pre.add_argument("--model-kwargs", metavar="JSON", help="model settings as JSON")
+    _add_device_options(p_pre)
+
+    p_tr = sub.add_parser(
+        "train",
+        help="train a model on a labeled reference, optionally from a pretrained backbone",
+        description="Train a TransAnno model on REFERENCE (or fine-tune a backbone saved by "
+        "`transanno pretrain`) and save it to OUT for `transanno annotate --model OUT`.",
+        formatter_class=fmt,
+    )
+    p_tr.add_argument("--reference", required=True, metavar="REF.h5ad", help="labeled cells")
+    p_tr.add_argument(
+        "--labels-key", required=True, metavar="KEY", help="obs column with the cell types"
+    )
+    p_tr.add_argument("--out", required=True, metavar="FOLDER", help="model folder")
+    p_tr.add_argument("--backbone", metavar="FOLDER", help="a backbone from `transanno pretrain`")
+    p_tr.add_argument(
+        "--finetune",
+        default="full",
+        choices=["full", "partial", "head"],
+        help="which part of the backbone is trained",
+    )
+    p_tr.add_argument("--layer", metavar="LAYER", help="layer with the expression (default: X)")
+    p_tr.add_argument(
+        "--max-epochs", type=_positive_int, default=None, metavar="N", help="training epochs"
+    )
+    p_tr.add_argument("--model-kwargs", metavar="JSON", help="model settings as JSON")
+    _add_device_options(p_tr)
+
     p_ev = sub.add_parser(
         "evaluate",
         help="score predicted against known cell types",
@@ -488,7 +631,13 @@ def main(argv: list[str] | None = None) -> int:
     # Lightning's advice for developers, noise on a command line
     for message in (".*LeafSpec.*", ".*smaller than the logging interval.*", ".*litlogger.*"):
         warnings.filterwarnings("ignore", message=message)
-    commands = {"demo": None, "annotate": annotate, "evaluate": evaluate}
+    commands = {
+        "demo": None,
+        "annotate": annotate,
+        "evaluate": evaluate,
+        "pretrain": pretrain,
+        "train": train,
+    }
     try:
         if args.command == "demo":
             return demo(args.out, args.max_epochs, args.seed)

@@ -1001,12 +1001,16 @@ class TransAnno(BaseModelClass):
 
         ``confidence = probability x typicality``: the calibrated probability of the predicted
         type (temperature scaling on the validation split, :cite:p:`Guo2017`) times the
-        typicality of the cell, ``min(1, novelty_pvalue / NOVELTY_ALPHA)``. The novelty p-value
-        is the fraction of held-out reference cells that are at least as far from their 10
-        nearest reference cells (cosine distance in a PCA of the reference's log-expression)
-        as this cell is: a cell of a type the reference never contained is far from every
-        reference cell, however sure the classifier is. Cells with no expressed gene of the
-        vocabulary get confidence 0. This is the score that ``unassigned_threshold``
+        typicality of the cell, ``p / (p + 0.01)`` with ``p`` its novelty p-value. The novelty
+        p-value is the fraction of held-out reference cells that are at least as far from
+        their 10 nearest reference cells (cosine distance in a PCA of the reference's
+        log-expression) as this cell is: a cell of a type the reference never contained is far
+        from every reference cell, however sure the classifier is. Typicality is one half for
+        a cell as atypical as the most atypical 1 % of reference cells, and near 1 for typical
+        ones, so with the default threshold of 0.5 a confidently classified cell is
+        "Unassigned" only when it lies farther from the reference than 99 % of the
+        reference's own held-out cells. Cells with no expressed gene of the vocabulary get
+        confidence 0. This is the score that ``unassigned_threshold``
         thresholds and that :func:`~transanno_sc.tl.transanno_annotate` writes.
 
         Parameters
@@ -1046,7 +1050,8 @@ class TransAnno(BaseModelClass):
         """The confidence score of :meth:`predict_confidence`, from one pass's outputs."""
         conf = out.probs.max(1).astype(np.float64)
         if novelty:
-            conf = conf * np.minimum(1.0, out.novelty_pvalue.astype(np.float64) / NOVELTY_ALPHA)
+            p = out.novelty_pvalue.astype(np.float64)
+            conf = conf * p / (p + NOVELTY_ALPHA)
         conf[out.n_expressed == 0] = 0.0
         return conf
 

@@ -163,12 +163,14 @@ class TransAnnoModule(BaseModuleClass):
         )
         hidden = self.backbone(*tokens)
         z = self.to_latent(hidden[:, 0])
-        logits = self.classifier(z)
+        deep_logits = self.classifier(z)
+        logits = deep_logits
         if self.wide is not None:
             logits = logits + self.wide(self.wide_dropout(x_log))
         return {
             MODULE_KEYS.Z_KEY: z,
             MODULE_KEYS.LOGITS_KEY: logits / self.temperature,
+            MODULE_KEYS.DEEP_LOGITS_KEY: deep_logits,
             MODULE_KEYS.DISTANCE_KEY: self.novelty_distance(x_log),
             MODULE_KEYS.N_EXPRESSED_KEY: tokens.attention_mask[:, 1:].sum(1),
         }
@@ -317,9 +319,13 @@ class TransAnnoModule(BaseModuleClass):
         class_weights: torch.Tensor | None = None,
         label_smoothing: float = 0.0,
         label_map: torch.Tensor | None = None,
+        deep_loss_weight: float = 1.0,
     ) -> LossOutput:
         """Class-weighted cross-entropy over labeled cells (unlabeled ones are ignored).
 
+        The loss of the full logits (Transformer + wide path) plus ``deep_loss_weight`` times
+        the loss of the Transformer's logits alone: without it the wide path fits the
+        reference within a few epochs and the embedding (``z``) learns little.
         ``label_map`` maps registered label codes to class indices (-100 = unlabeled).
         """
         logits = inference_outputs[MODULE_KEYS.LOGITS_KEY]
@@ -333,6 +339,14 @@ class TransAnnoModule(BaseModuleClass):
                 weight=class_weights,
                 label_smoothing=label_smoothing,
             )
+            if deep_loss_weight and self.wide is not None:
+                deep = inference_outputs[MODULE_KEYS.DEEP_LOGITS_KEY]
+                ce = ce + deep_loss_weight * F.cross_entropy(
+                    deep[labeled],
+                    y[labeled],
+                    weight=class_weights,
+                    label_smoothing=label_smoothing,
+                )
         else:
             ce = logits.sum() * 0.0
         return LossOutput(

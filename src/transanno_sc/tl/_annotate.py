@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from anndata import AnnData
 
 from transanno_sc._constants import NOVELTY_ALPHA, UNASSIGNED
@@ -64,12 +65,74 @@ def _private_reference(
     return private
 
 
+#: Label of the query cells in the private pretraining corpus (never a user's label).
+_UNLABELED = "__transanno_query__"
+
+
+def _reference_vocabulary(private: AnnData, model_kwargs: dict) -> list[str]:
+    """The model's default gene vocabulary, chosen from the reference cells only."""
+    from scvi import settings
+
+    from transanno_sc.model._transanno import _select_genes
+    from transanno_sc.model._utils import resolve_input_scale
+
+    scale = resolve_input_scale(private.X, "auto", "reference.X")
+    n_top = model_kwargs.pop("n_top_genes", 2000)
+    return _select_genes(private.X, private.var_names, n_top, scale == "counts", settings.seed)
+
+
+def _with_query_cells(
+    private: AnnData, query: AnnData, layer: str | None, labels_key: str, unlabeled_category: str
+) -> AnnData:
+    """Reference cells plus the query's, on the reference's genes, query labels unknown."""
+    from transanno_sc.data import match_genes
+    from transanno_sc.model._utils import get_matrix, iter_row_chunks, resolve_input_scale
+
+    Xq = get_matrix(query, layer)
+    ref_scale = resolve_input_scale(private.X, "auto", "reference")
+    query_scale = resolve_input_scale(Xq, "auto", "adata")
+    if ref_scale != query_scale:
+        msg = (
+            f"pretrain=True pretrains on reference and query together, but the reference holds "
+            f"{ref_scale} and adata holds {query_scale} values: give both on the same scale "
+            "(e.g. raw counts, with `layer=`)."
+        )
+        raise ValueError(msg)
+    match = match_genes(private.var_names, query.var_names)
+    # match_genes(dataset, vocab): here the reference is the dataset, the query the vocab
+    ref_cols, query_cols = match.source, match.target
+    blocks = []
+    for _, rows in iter_row_chunks(Xq):
+        rows = sp.csr_matrix(rows)[:, query_cols].tocoo()
+        blocks.append(
+            sp.csr_matrix(
+                (rows.data, (rows.row, ref_cols[rows.col])),
+                shape=(rows.shape[0], private.n_vars),
+                dtype=np.float32,
+            )
+        )
+    ref_labels = private.obs[labels_key].astype(str).replace({unlabeled_category: _UNLABELED})
+    labels = pd.Categorical([*ref_labels, *([_UNLABELED] * query.n_obs)])
+    obs = pd.DataFrame(
+        {labels_key: labels},
+        index=pd.Index(
+            [f"ref-{i}" for i in range(private.n_obs)] + [f"query-{i}" for i in range(query.n_obs)]
+        ),
+    )
+    for col in private.obs.columns:
+        if col != labels_key:
+            obs[col] = pd.Categorical([*private.obs[col].astype(str), *(["query"] * query.n_obs)])
+    X = sp.vstack([sp.csr_matrix(private.X, dtype=np.float32), *blocks]).tocsr()
+    return AnnData(X=X, obs=obs, var=pd.DataFrame(index=private.var_names.copy()))
+
+
 def transanno_annotate(
     adata: AnnData | MuData,
     model: TransAnno | None = None,
     *,
     reference: AnnData | None = None,
     labels_key: str | None = None,
+    unlabeled_category: str = "Unknown",
     batch_key: str | None = None,
     layer: str | None = None,
     unassigned_threshold: float | None = 0.5,
@@ -78,6 +141,8 @@ def transanno_annotate(
     copy: bool = False,
     save_model: str | None = None,
     model_kwargs: dict | None = None,
+    pretrain: bool = False,
+    pretrain_kwargs: dict | None = None,
     batch_size: int | None = None,
     **train_kwargs,
 ) -> AnnData | MuData | None:
@@ -99,6 +164,9 @@ def transanno_annotate(
         Labeled reference cells to train a model on (when ``model`` is ``None``).
     labels_key
         Column of ``reference.obs`` with the cell types.
+    unlabeled_category
+        Value of ``reference.obs[labels_key]`` marking reference cells without a label (not
+        trained on; used by ``pretrain``).
     batch_key
         Column of ``reference.obs`` with the batch.
     layer
@@ -120,6 +188,15 @@ def transanno_annotate(
         Folder to save the model trained inside this call to.
     model_kwargs
         Passed to :class:`~transanno_sc.model.TransAnno` when a model is trained here.
+    pretrain
+        Before training on ``reference``, pretrain the backbone self-supervised
+        (:meth:`~transanno_sc.model.TransAnno.pretrain`) on the reference and ``adata``'s cells
+        together (``adata``'s genes matched to the reference's by name; its labels, if any,
+        are never read). The gene vocabulary still comes from the reference alone.
+    pretrain_kwargs
+        Passed to :meth:`~transanno_sc.model.TransAnno.pretrain` (``max_epochs``,
+        ``mask_prob``, ...); ``accelerator``, ``devices`` and ``enable_progress_bar`` default
+        to those of the training.
     batch_size
         Cells per forward pass when predicting.
     **train_kwargs
@@ -177,8 +254,23 @@ def transanno_annotate(
 
     if model is None:
         private = _private_reference(reference, labels_key, batch_key, layer)
-        TransAnno.setup_anndata(private, labels_key=labels_key, batch_key=batch_key)
-        model = TransAnno(private, **(model_kwargs or {}))
+        model_kwargs = dict(model_kwargs or {})
+        if pretrain:
+            model_kwargs.setdefault("gene_vocabulary", _reference_vocabulary(private, model_kwargs))
+            private = _with_query_cells(private, rna, layer, labels_key, unlabeled_category)
+        TransAnno.setup_anndata(
+            private,
+            labels_key=labels_key,
+            batch_key=batch_key,
+            unlabeled_category=_UNLABELED if pretrain else unlabeled_category,
+        )
+        model = TransAnno(private, **model_kwargs)
+        if pretrain:
+            pretrain_kwargs = dict(pretrain_kwargs or {})
+            for key in ("accelerator", "devices", "enable_progress_bar"):
+                if key in train_kwargs:
+                    pretrain_kwargs.setdefault(key, train_kwargs[key])
+            model.pretrain(**pretrain_kwargs)
         model.train(**train_kwargs)
         if save_model is not None:
             model.save(save_model, overwrite=True)

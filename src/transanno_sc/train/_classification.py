@@ -50,6 +50,9 @@ class ClassificationTrainingPlan(WarmupCosineTrainingPlan):
         Maps registered label codes to class indices (-100 for unlabeled cells).
     label_smoothing
         Label smoothing of the cross-entropy.
+    deep_loss_weight
+        Weight of the extra cross-entropy of the Transformer's logits alone (without the wide
+        path); it makes the cell embedding separate the cell types.
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class ClassificationTrainingPlan(WarmupCosineTrainingPlan):
         class_weights: torch.Tensor | None = None,
         label_map: torch.Tensor | None = None,
         label_smoothing: float = 0.0,
+        deep_loss_weight: float = 1.0,
     ):
         super().__init__(module, lr=lr, weight_decay=weight_decay, warmup_fraction=warmup_fraction)
         self.backbone_lr = backbone_lr
@@ -73,6 +77,7 @@ class ClassificationTrainingPlan(WarmupCosineTrainingPlan):
                 "class_weights": class_weights,
                 "label_map": label_map,
                 "label_smoothing": label_smoothing,
+                "deep_loss_weight": deep_loss_weight,
             }
         )
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []

@@ -1,0 +1,52 @@
+"""Data preparation: merging sources and the preprocessing recipe, on real .h5ad files."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import transanno_sc as ta
+
+
+def test_merge_outer_join_sources_and_unique_names(lung, tmp_path):
+    a = lung[:300].copy()
+    b = lung[250:500, :20000].copy()  # overlapping cells (clashing names), fewer genes
+    b.var_names = [g.capitalize() for g in b.var_names]  # mouse-style symbols: Cd3e vs CD3E
+    a.write_h5ad(tmp_path / "a.h5ad")
+    b.write_h5ad(tmp_path / "b.h5ad")
+    merged = ta.pp.merge(
+        {"a": ad.read_h5ad(tmp_path / "a.h5ad"), "b": ad.read_h5ad(tmp_path / "b.h5ad")}
+    )
+    assert merged.n_obs == 550 and merged.obs_names.is_unique
+    assert merged.n_vars == lung.n_vars  # case-insensitive: b's genes fold into a's
+    assert sp.issparse(merged.X) and merged.X.dtype == np.float32
+    assert merged.obs["source"].value_counts().to_dict() == {"a": 300, "b": 250}
+    # b lacks the last genes: zeros there; shared genes keep their counts
+    col = merged.var_names.get_loc(lung.var_names[0])
+    np.testing.assert_array_equal(
+        merged.X[300:, col].toarray().ravel(), lung.X[250:500, 0].toarray().ravel()
+    )
+    missing = merged.var_names.get_loc(lung.var_names[-1])  # a gene that b lacks
+    assert merged.X[300:, missing].nnz == 0
+    merged.write_h5ad(tmp_path / "merged.h5ad")
+
+
+def test_merge_errors(lung):
+    with pytest.raises(ValueError, match="empty"):
+        ta.pp.merge({})
+    with pytest.raises(TypeError, match="not an AnnData"):
+        ta.pp.merge([lung, "x"])
+
+
+def test_preprocess_recipe_keeps_counts(lung):
+    out = ta.pp.preprocess(lung, min_genes=300, copy=True)
+    assert out is not lung and "counts" not in lung.layers
+    assert (out.obs["n_genes_by_counts"] >= 300).all()
+    assert out.var["highly_variable"].sum() == 2000
+    counts = out.layers["counts"]
+    np.testing.assert_allclose(counts.data, np.round(counts.data))
+    np.testing.assert_allclose(np.expm1(out.X[:5].toarray()).sum(1), 1e4, rtol=1e-3)
+    with pytest.raises(ValueError, match="raw counts"):
+        ta.pp.preprocess(out)
