@@ -107,7 +107,8 @@ def main(argv=None):
                     ref = keep_fraction(ref_full, key, fraction, seed)
                     labeled = ref[ref.obs[key] != "Unknown"].copy()
                     base = {"task": tname, "seed": seed, "label_fraction": fraction}
-                    pred = logreg(labeled, query, key, seed, "l2")[0]
+                    labels = labeled.obs[key].astype(str).to_numpy()
+                    pred = logreg(labeled, query, labels, seed, "l2")[0]
                     rows.append(
                         {
                             **base,

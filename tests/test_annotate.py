@@ -66,9 +66,15 @@ def test_confidence_and_unassigned(trained, query):
     ta.tl.transanno_annotate(query, trained, unassigned_threshold=0.95)
     conf = query.obs["transanno_confidence"].to_numpy()
     probs = query.obsm["transanno_probabilities"].to_numpy()
-    np.testing.assert_allclose(conf, probs.max(1), rtol=1e-6)
+    # calibrated probability times typicality (<= 1): never above the probability
+    assert (conf <= probs.max(1) + 1e-6).all() and (conf >= 0).all()
     unassigned = query.obs["transanno_label"].astype(str).to_numpy() == "Unassigned"
     assert (unassigned == (conf < 0.95)).all()
+    # without the novelty part the confidence is the probability of the predicted type
+    ta.tl.transanno_annotate(query, trained, unassigned_threshold=0.95, novelty=False)
+    conf = query.obs["transanno_confidence"].to_numpy()
+    np.testing.assert_allclose(conf, probs.max(1), rtol=1e-6)
+    assert query.uns["transanno"]["params"]["novelty"] is False
 
 
 def test_result_round_trips_through_h5ad(trained, query, tmp_path):

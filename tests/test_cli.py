@@ -228,12 +228,12 @@ def test_pretrain_then_train_with_backbone_then_annotate(files, tmp_path, capsys
     argv = ["train", "--reference", str(files / "ref.h5ad"), "--labels-key", "cell_type"]
     argv += ["--backbone", str(backbone), "--finetune", "partial", "--out", str(model)]
     assert main([*argv, "--max-epochs", "2", "--accelerator", "cpu"]) == 0
-    err = capsys.readouterr().err
-    assert "fine-tuning the backbone" in err and "saved the model" in err
-    out = tmp_path / "annotated.h5ad"
+    out = capsys.readouterr().out
+    assert "fine-tuning the backbone" in out and "saved the model" in out
+    annotated = tmp_path / "annotated.h5ad"
     argv = ["annotate", "--model", str(model), "--query", str(files / "query.h5ad")]
-    assert main([*argv, "--out", str(out)]) == 0
-    assert ad.read_h5ad(out).obs["transanno_label"].notna().all()
+    assert main([*argv, "--out", str(annotated)]) == 0
+    assert ad.read_h5ad(annotated).obs["transanno_label"].notna().all()
     # a folder that is not a backbone: one line, exit code 2
     argv = ["train", "--reference", str(files / "ref.h5ad"), "--labels-key", "cell_type"]
     assert main([*argv, "--backbone", str(tmp_path), "--out", str(tmp_path / "m2")]) == 2

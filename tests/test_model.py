@@ -45,9 +45,14 @@ def test_soft_predictions_are_probabilities(trained, query):
 
 
 def test_unassigned_threshold(trained, query):
-    probs = trained.predict(query, soft=True).to_numpy()
+    conf = trained.predict_confidence(query)["confidence"].to_numpy()
     labels = trained.predict(query, unassigned_threshold=0.9)
+    assert ((labels == "Unassigned") == (conf < 0.9)).all()
+    probs = trained.predict(query, soft=True).to_numpy()
+    labels = trained.predict(query, unassigned_threshold=0.9, novelty=False)
     assert ((labels == "Unassigned") == (probs.max(1) < 0.9)).all()
+    with pytest.raises(ValueError, match="unassigned_threshold"):
+        trained.predict(query, unassigned_threshold=1.5)
 
 
 def test_latent_shape_and_dtype(trained, query):

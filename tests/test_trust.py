@@ -32,7 +32,7 @@ def test_temperature_scaling_recovers_a_known_temperature(rng):
 def test_calibration_is_fitted_and_stored(trained, query):
     cal = trained.calibration_
     assert set(cal) >= {"temperature", "ece_uncalibrated", "ece_calibrated", "n_cells"}
-    assert cal["n_cells"] > 0 and 0.05 <= cal["temperature"] <= 20
+    assert cal["n_cells"] > 0 and 0.5 <= cal["temperature"] <= 10
     # temperature scaling minimizes the validation NLL, so it cannot end worse than T=1 by much
     assert cal["ece_calibrated"] <= cal["ece_uncalibrated"] + 0.05
     assert "calibration_ece_calibrated" in trained.history
@@ -66,9 +66,12 @@ def test_novel_cell_type_scores_lower_and_is_unassigned(ref, query):
     auroc_conf = roc_auc_score(novel, -conf["confidence"])
     assert auroc_conf > 0.55
     assert auroc_conf > roc_auc_score(novel, -conf["probability"]) + 0.1
-    ta.tl.transanno_annotate(query, model)
+    # through the tool, at a threshold that leaves a fifth of the cells Unassigned, the
+    # held-out type is over-represented among them
+    threshold = float(np.quantile(conf["confidence"], 0.2))
+    ta.tl.transanno_annotate(query, model, unassigned_threshold=threshold)
     called = query.obs["transanno_label"].to_numpy()
-    assert np.mean(called[novel] == "Unassigned") > np.mean(called[~novel] == "Unassigned")
+    assert np.mean(called[novel] == "Unassigned") > 1.5 * np.mean(called[~novel] == "Unassigned")
 
 
 def test_cells_without_vocabulary_genes_get_zero_confidence(trained, query):

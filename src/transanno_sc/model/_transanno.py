@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -102,10 +101,6 @@ def _select_genes(
 def _default_max_epochs(n_cells: int) -> int:
     """About 30k cell presentations, between 10 and 100 epochs."""
     return int(np.clip(np.ceil(30_000 / max(n_cells, 1)), 10, 100))
-
-
-def _in_notebook() -> bool:
-    return "ipykernel" in sys.modules
 
 
 class TransAnno(BaseModelClass):
@@ -1321,15 +1316,3 @@ def _read_config(path: str) -> dict:
         )
         raise ValueError(msg)
     return config
-
-
-def _n_devices(devices) -> int:
-    if isinstance(devices, int):
-        return devices if devices > 0 else max(torch.cuda.device_count(), 1)
-    if isinstance(devices, list | tuple):
-        return len(devices)
-    if isinstance(devices, str) and devices.strip().isdigit():
-        return int(devices)
-    if isinstance(devices, str) and "," in devices:
-        return len([d for d in devices.split(",") if d.strip()])
-    return 1
