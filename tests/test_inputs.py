@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -133,3 +134,69 @@ def test_mudata_without_rna(trained, query):
     md = MuData({"prot": query.copy()})
     with pytest.raises(ValueError, match="RNA modality"):
         ta.tl.transanno_annotate(md, trained)
+
+
+def test_non_integer_values_declared_as_counts_warn(rng):
+    a = _tiny(rng)
+    a.X = a.X.toarray() + 0.5
+    with pytest.warns(UserWarning, match="non-integer values"):
+        TransAnno.setup_anndata(a, labels_key="ct", input_scale="counts")
+    assert a.uns["_scvi_manager_uuid"]  # registered, values treated as counts (documented)
+
+
+def test_unlabeled_category_lookalike_is_refused(rng):
+    a = _tiny(rng, labels=("a", "b", "Unknown"))
+    before = list(a.obs.columns)
+    with pytest.raises(ValueError, match=r"unlabeled_category='unknown'.*'Unknown'"):
+        TransAnno.setup_anndata(a, labels_key="ct", unlabeled_category="unknown")
+    assert list(a.obs.columns) == before and not any(k.startswith("_scvi") for k in a.uns)
+    TransAnno.setup_anndata(a, labels_key="ct", unlabeled_category="absent")  # none unlabeled
+
+
+def test_all_zero_genes_and_cells(rng):
+    a = _tiny(rng, n=60, g=80)
+    X = a.X.toarray()
+    X[:, :10] = 0  # ten genes never detected
+    X[:4] = 0  # four labeled cells without any count
+    a.X = X
+    TransAnno.setup_anndata(a, labels_key="ct")
+    model = TransAnno(a, n_hidden=16, n_heads=2, n_layers=1, max_tokens=16, n_top_genes=None)
+    with pytest.warns(UserWarning, match="4 labeled cells have no counts"):
+        model.train(max_epochs=1, enable_progress_bar=False)
+    conf = model.predict_confidence(a)
+    assert (conf["confidence"].to_numpy()[:4] == 0).all()
+    assert np.isfinite(conf["probability"]).all()
+
+
+def test_gene_names_differing_only_in_case_prefer_exact(trained, query):
+    q = query[:30].copy()
+    gene = trained.var_names_[0]
+    # the query has the model's gene twice: exact spelling, and a lower-case twin never
+    # detected (matching the twin would silence the gene and change the predictions)
+    twin = q[:, [gene]].copy()
+    twin.var_names = [gene.lower()]
+    twin.X = twin.X * 0
+    both = ad.concat([q, twin], axis=1, merge="first")
+    match = ta.data.match_genes(both.var_names, trained.var_names_)
+    assert both.var_names[match.source[match.target == 0][0]] == gene
+    np.testing.assert_allclose(
+        trained.predict(both, soft=True).to_numpy(),
+        trained.predict(q, soft=True).to_numpy(),
+        atol=1e-5,
+    )
+
+
+def test_float16_and_views(trained, query):
+    q = query[:50].copy()
+    half = q.copy()
+    half.X = half.X.toarray().astype(np.float16)  # scipy.sparse has no float16: dense
+    np.testing.assert_allclose(
+        trained.predict(half, soft=True).to_numpy(),
+        trained.predict(q, soft=True).to_numpy(),
+        atol=1e-4,
+    )
+    parent = query.copy()
+    view = parent[:50]
+    ta.tl.transanno_annotate(view, trained)
+    assert "transanno_label" not in parent.obs  # the parent is never changed
+    assert view.obs["transanno_label"].notna().all()
