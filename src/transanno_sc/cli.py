@@ -63,7 +63,9 @@ def demo(out: str, max_epochs: int | None, seed: int) -> int:
     sc.tl.umap(query, random_state=seed)
     h5ad = out_dir / "query_annotated.h5ad"
     query.write_h5ad(h5ad)
-    fig = sc.pl.umap(query, color=["transanno_label", "cell_type"], show=False, return_fig=True)
+    fig = sc.pl.umap(
+        query, color=["transanno_label", "cell_type"], wspace=0.45, show=False, return_fig=True
+    )
     fig.savefig(out_dir / "umap.png", dpi=120, bbox_inches="tight")
     ta.pl.confusion_matrix(
         query, "cell_type", save=str(out_dir / "confusion_matrix.png"), show=False
