@@ -465,34 +465,12 @@ class TransAnno(BaseModelClass):
         self.module.input_is_counts = self.input_scale_ == "counts"
         if max_epochs is None:
             max_epochs = _default_max_epochs(train_idx.size)
-        frozen = self._freeze_for_finetuning(finetune, trainable_layers)
-
-        datasplitter_kwargs = dict(datasplitter_kwargs or {})
-        # devices > 1 or num_nodes > 1: DDP strategy + distributed sampler (see "Multi-device")
-        configure_distributed(accelerator, devices, trainer_kwargs, datasplitter_kwargs)
-        if 0 < train_idx.size % batch_size < 3:
-            datasplitter_kwargs.setdefault("drop_last", True)
-        data_splitter = self._data_splitter_cls(
-            self.adata_manager,
-            external_indexing=[train_idx, val_idx, unlabeled],
-            batch_size=batch_size,
-            **datasplitter_kwargs,
-        )
+        frozen = self._finetuning_frozen_parts(finetune, trainable_layers)
         plan_kwargs = dict(plan_kwargs or {})
         plan_kwargs.setdefault("lr", lr)
         plan_kwargs.setdefault("backbone_lr", backbone_lr)
-        training_plan = self._training_plan_cls(
-            self.module,
-            class_weights=torch.as_tensor(weights, dtype=torch.float32),
-            label_map=label_map,
-            **plan_kwargs,
-        )
-        has_val = val_idx.size > 0
-        if has_val:
-            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-        es = early_stopping and has_val
-        trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
-        trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
+        plan_kwargs["class_weights"] = torch.as_tensor(weights, dtype=torch.float32)
+        plan_kwargs["label_map"] = label_map
         logger.info(
             "Training on %d labeled cells (%d validation, %d unlabeled ignored), %d epochs.",
             train_idx.size,
@@ -500,27 +478,27 @@ class TransAnno(BaseModelClass):
             unlabeled.size,
             max_epochs,
         )
-        runner = self._train_runner_cls(
-            self,
-            training_plan=training_plan,
-            data_splitter=data_splitter,
+        self.module.temperature.fill_(1.0)
+        self._run_plan(
+            self._training_plan_cls,
+            plan_kwargs,
+            [train_idx, val_idx, unlabeled],
+            frozen=frozen,
+            batch_size=batch_size,
             max_epochs=max_epochs,
             accelerator=accelerator,
             devices=devices,
-            early_stopping=es,
-            **trainer_kwargs,
+            early_stopping=early_stopping,
+            early_stopping_monitor="validation_loss",
+            early_stopping_patience=early_stopping_patience,
+            datasplitter_kwargs=datasplitter_kwargs,
+            trainer_kwargs=trainer_kwargs,
         )
-        self.module.temperature.fill_(1.0)
-        try:
-            runner()
-        finally:
-            for p in frozen:
-                p.requires_grad_(True)
         self._merge_pretrain_history()
         self._fit_confidence(codes, train_idx, val_idx, batch_size)
 
-    def _freeze_for_finetuning(self, finetune: str, trainable_layers: int) -> list:
-        """Freeze what ``finetune`` leaves out (and the pretraining head); returns the frozen."""
+    def _finetuning_frozen_parts(self, finetune: str, trainable_layers: int) -> list:
+        """The modules that ``finetune`` leaves out, and the pretraining head."""
         backbone = self.module.backbone
         n_layers = len(backbone.encoder.layer)
         if finetune == "full":
@@ -540,15 +518,68 @@ class TransAnno(BaseModelClass):
         else:
             msg = f"finetune must be 'full', 'partial' or 'head', got {finetune!r}."
             raise ValueError(msg)
-        frozen = [
-            p
-            for part in [*frozen_parts, self.module.value_head]
-            for p in part.parameters()
-            if p.requires_grad
-        ]
-        for p in frozen:
+        return [*frozen_parts, self.module.value_head]
+
+    def _run_plan(
+        self,
+        plan_cls: type,
+        plan_kwargs: dict,
+        external_indexing: list[np.ndarray],
+        *,
+        frozen: list,
+        batch_size: int,
+        max_epochs: int,
+        accelerator: str,
+        devices,
+        early_stopping: bool,
+        early_stopping_monitor: str,
+        early_stopping_patience: int,
+        datasplitter_kwargs: dict | None,
+        trainer_kwargs: dict,
+    ) -> None:
+        """Fit ``plan_cls(module, **plan_kwargs)`` through scvi-tools' ``DataSplitter`` and
+        ``TrainRunner``.
+
+        ``external_indexing`` is ``[train, validation, test]`` cell positions. The modules in
+        ``frozen`` take no gradient during the fit (so DDP finds no unused parameter) and are
+        trainable again afterwards, also when training fails.
+        """
+        train_idx, val_idx = external_indexing[0], external_indexing[1]
+        datasplitter_kwargs = dict(datasplitter_kwargs or {})
+        # devices > 1 or num_nodes > 1: DDP strategy + distributed sampler (see "Multi-device")
+        configure_distributed(accelerator, devices, trainer_kwargs, datasplitter_kwargs)
+        if 0 < train_idx.size % batch_size < 3:
+            datasplitter_kwargs.setdefault("drop_last", True)
+        data_splitter = self._data_splitter_cls(
+            self.adata_manager,
+            external_indexing=external_indexing,
+            batch_size=batch_size,
+            **datasplitter_kwargs,
+        )
+        training_plan = plan_cls(self.module, **plan_kwargs)
+        has_val = val_idx.size > 0
+        if has_val:
+            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        trainer_kwargs.setdefault("early_stopping_monitor", early_stopping_monitor)
+        trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
+        runner = self._train_runner_cls(
+            self,
+            training_plan=training_plan,
+            data_splitter=data_splitter,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            early_stopping=early_stopping and has_val,
+            **trainer_kwargs,
+        )
+        params = [p for part in frozen for p in part.parameters() if p.requires_grad]
+        for p in params:
             p.requires_grad_(False)
-        return frozen
+        try:
+            runner()
+        finally:
+            for p in params:
+                p.requires_grad_(True)
 
     def _merge_pretrain_history(self) -> None:
         """Keep the pretraining curves in ``history`` next to the fine-tuning ones."""
@@ -631,30 +662,9 @@ class TransAnno(BaseModelClass):
         self.module.input_is_counts = self.input_scale_ == "counts"
         if max_epochs is None:
             max_epochs = int(np.clip(np.ceil(50_000 / max(train_idx.size, 1)), 5, 50))
-        datasplitter_kwargs = dict(datasplitter_kwargs or {})
-        configure_distributed(accelerator, devices, trainer_kwargs, datasplitter_kwargs)
-        if 0 < train_idx.size % batch_size < 3:
-            datasplitter_kwargs.setdefault("drop_last", True)
-        data_splitter = self._data_splitter_cls(
-            self.adata_manager,
-            external_indexing=[train_idx, val_idx, np.array([], dtype=np.int64)],
-            batch_size=batch_size,
-            **datasplitter_kwargs,
-        )
         plan_kwargs = dict(plan_kwargs or {})
         plan_kwargs.setdefault("lr", lr)
         plan_kwargs.setdefault("mask_prob", mask_prob)
-        training_plan = PretrainingPlan(self.module, **plan_kwargs)
-        has_val = val_idx.size > 0
-        if has_val:
-            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-        trainer_kwargs.setdefault("early_stopping_monitor", "pretrain_validation_loss")
-        trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
-        # the classification heads take no part: frozen, so DDP finds no unused parameter
-        frozen = [p for m in self.module.head_modules.values() for p in m.parameters()]
-        frozen = [p for p in frozen if p.requires_grad]
-        for p in frozen:
-            p.requires_grad_(False)
         was_trained = bool(self.is_trained_)
         logger.info(
             "Pretraining on %d cells (%d validation), %d epochs, %.0f%% of tokens masked.",
@@ -663,21 +673,22 @@ class TransAnno(BaseModelClass):
             max_epochs,
             100 * mask_prob,
         )
-        runner = self._train_runner_cls(
-            self,
-            training_plan=training_plan,
-            data_splitter=data_splitter,
+        # the classification heads take no part in pretraining
+        self._run_plan(
+            PretrainingPlan,
+            plan_kwargs,
+            [train_idx, val_idx, np.array([], dtype=np.int64)],
+            frozen=list(self.module.head_modules.values()),
+            batch_size=batch_size,
             max_epochs=max_epochs,
             accelerator=accelerator,
             devices=devices,
-            early_stopping=early_stopping and has_val,
-            **trainer_kwargs,
+            early_stopping=early_stopping,
+            early_stopping_monitor="pretrain_validation_loss",
+            early_stopping_patience=early_stopping_patience,
+            datasplitter_kwargs=datasplitter_kwargs,
+            trainer_kwargs=trainer_kwargs,
         )
-        try:
-            runner()
-        finally:
-            for p in frozen:
-                p.requires_grad_(True)
         # pretraining does not train the classifier: predictions stay refused until `train`
         self.is_trained_ = was_trained
         self.is_pretrained_ = True
