@@ -170,3 +170,13 @@ def test_unlabeled_cells_are_ignored(ref):
     model.train(max_epochs=1, enable_progress_bar=False)
     assert model.validation_indices.size > 0
     assert not np.isin(np.arange(50), model.train_indices).any()
+
+
+def test_stratified_split_holds_out_one_of_ten():
+    """10 cells of a type at train_size=0.9 give one validation cell (not 0: float rounding)."""
+    from transanno_sc.model._utils import stratified_split
+
+    labels = np.repeat(np.arange(4), 10)
+    train, val = stratified_split(labels, 0.9, seed=0)
+    assert np.bincount(labels[val], minlength=4).tolist() == [1, 1, 1, 1]
+    assert np.intersect1d(train, val).size == 0 and train.size + val.size == labels.size

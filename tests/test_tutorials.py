@@ -60,6 +60,41 @@ def test_label_transfer_notebook(tmp_path):
         )
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_pretraining_notebook(tmp_path):
+    path = tmp_path / "pretraining_finetuning.ipynb"
+    shutil.copy(TUTORIALS / "pretraining_finetuning.ipynb", path)
+    nb = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()
+
+    assert not [
+        o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
+    ]
+    summary = _summary(nb)
+    # pretraining learned something: held-out masked value bins are predicted better
+    assert summary["masked_accuracy_last"] > summary["masked_accuracy_first"], summary
+    assert summary["overlap"] == 1.0
+    assert summary["n_labeled"] == 40 and summary["n_query"] == 371
+    # 4 types (chance 0.25); logistic regression on the same 40 labels reaches about 0.91
+    for name, res in summary["results"].items():
+        assert res["f1_macro"] > 0.75, (name, res)
+    out = tmp_path / "pretraining_outputs"
+    backbone = out / "lung_backbone"
+    assert {p.name for p in backbone.iterdir()} == {
+        "config.json",
+        "model.safetensors",
+        "vocabulary.json",
+    }
+    for name in ("pretraining_history.png", "confusion_matrix.png"):
+        assert (out / name).stat().st_size > 10_000, name
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 2
+
+
 def test_multi_gpu_notebook_is_valid_python():
     """Shown, not executed: at least check that every code cell parses."""
     nb = nbformat.read(TUTORIALS / "multi_gpu_large_data.ipynb", as_version=4)

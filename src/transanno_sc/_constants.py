@@ -34,3 +34,9 @@ UNASSIGNED = "Unassigned"
 #: Typicality of a cell is p / (p + NOVELTY_ALPHA), p its novelty p-value: one half for a cell
 #: as atypical as the most atypical 1% of held-out reference cells.
 NOVELTY_ALPHA = 0.01
+
+#: Candidate weights of the Transformer's logits next to the wide path's (chosen on validation
+#: cells after training by negative log-likelihood).
+DEEP_WEIGHT_GRID = tuple(i / 20 for i in range(21))
+#: Default weight of the Transformer's logits next to the wide path's (see ``TransAnno.train``).
+DEFAULT_DEEP_WEIGHT = 0.1

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
 from anndata import AnnData
 from safetensors.torch import load_file, save_file
 from scvi import settings
@@ -26,6 +27,8 @@ from scvi.utils import setup_anndata_dsp, track
 from scvi.utils._docstrings import devices_dsp
 
 from transanno_sc._constants import (
+    DEEP_WEIGHT_GRID,
+    DEFAULT_DEEP_WEIGHT,
     MIN_GENE_OVERLAP,
     MODULE_KEYS,
     NOVELTY_ALPHA,
@@ -69,6 +72,8 @@ _FORMAT_VERSION = 1
 _KEEP = object()  # sentinel: "use the layer the model was set up with"
 #: Training cells kept as the reference of the novelty score.
 _N_REFERENCE_CELLS = 5_000
+#: Training cells the wide path's logistic regression is fitted on (stratified subsample).
+_N_LINEAR_CELLS = 20_000
 #: Every type keeps at least this many reference cells (all of them when it has fewer).
 _MIN_REFERENCE_CELLS_PER_TYPE = 50
 
@@ -327,6 +332,9 @@ class TransAnno(BaseModelClass):
         finetune: Literal["full", "partial", "head"] = "full",
         trainable_layers: int = 1,
         backbone_lr: float | None = None,
+        wide_fit: Literal["logistic", "joint"] = "logistic",
+        wide_c: float = 0.1,
+        deep_weight: float | Literal["auto"] | None = None,
         datasplitter_kwargs: dict | None = None,
         plan_kwargs: dict | None = None,
         **trainer_kwargs,
@@ -368,6 +376,26 @@ class TransAnno(BaseModelClass):
         backbone_lr
             Peak learning rate of the backbone; ``lr`` when ``None``. A smaller value (e.g.
             ``lr / 10``) keeps more of a pretrained backbone.
+        wide_fit
+            How the linear "wide" path (model argument ``wide``) is trained. ``"logistic"``: it
+            is fitted first, as an L2-regularized multinomial logistic regression (inverse
+            regularization strength ``wide_c``, the class weights above) on the
+            log1p-normalized vocabulary expression of at most 20,000 training cells
+            (stratified), then kept fixed while the Transformer learns what the linear model
+            gets wrong; the model starts from, and stays close to, the baseline that matches
+            scBERT-style models in published evaluations. ``"joint"``: trained by gradient
+            descent together with the Transformer (the earlier default).
+        wide_c
+            Inverse L2 regularization strength of ``wide_fit="logistic"`` (scikit-learn's
+            ``C``; smaller is stronger).
+        deep_weight
+            Weight of the Transformer's logits added to the wide path's at prediction (1 while
+            training). ``"auto"``: the value in 0, 0.05, ..., 1 with the lowest validation
+            negative log-likelihood. ``None``: 0.1 with ``wide_fit="logistic"``, 1 with
+            ``"joint"``. 0.1 makes the Transformer a correction of the linear model: on cross-batch label transfer (benchmarks/README.md) the
+            query's macro-F1 peaked at weights of 0.1-0.25 and fell below the linear model's at
+            1, while validation cells, from the reference's own batches, kept asking for
+            weights of 0.5-1. Without a wide path the weight is 1.
         datasplitter_kwargs
             Passed to :class:`~scvi.dataloaders.DataSplitter`.
         plan_kwargs
@@ -466,6 +494,22 @@ class TransAnno(BaseModelClass):
         if max_epochs is None:
             max_epochs = _default_max_epochs(train_idx.size)
         frozen = self._finetuning_frozen_parts(finetune, trainable_layers)
+        if deep_weight is None:
+            deep_weight = DEFAULT_DEEP_WEIGHT if wide_fit == "logistic" else 1.0
+        if deep_weight != "auto" and not (
+            isinstance(deep_weight, int | float) and 0.0 <= deep_weight <= 1.0
+        ):
+            msg = f"deep_weight must be 'auto' or a number in [0, 1], got {deep_weight!r}."
+            raise ValueError(msg)
+        if wide_fit not in ("logistic", "joint"):
+            msg = f"wide_fit must be 'logistic' or 'joint', got {wide_fit!r}."
+            raise ValueError(msg)
+        if self.module.wide is not None and wide_fit == "logistic":
+            if not wide_c > 0:
+                msg = f"wide_c must be positive, got {wide_c!r}."
+                raise ValueError(msg)
+            self._fit_wide(codes, train_idx, weights, wide_c, batch_size)
+            frozen.append(self.module.wide)
         plan_kwargs = dict(plan_kwargs or {})
         plan_kwargs.setdefault("lr", lr)
         plan_kwargs.setdefault("backbone_lr", backbone_lr)
@@ -479,6 +523,7 @@ class TransAnno(BaseModelClass):
             max_epochs,
         )
         self.module.temperature.fill_(1.0)
+        self.module.deep_weight.fill_(1.0)
         self._run_plan(
             self._training_plan_cls,
             plan_kwargs,
@@ -495,7 +540,49 @@ class TransAnno(BaseModelClass):
             trainer_kwargs=trainer_kwargs,
         )
         self._merge_pretrain_history()
-        self._fit_confidence(codes, train_idx, val_idx, batch_size)
+        self._fit_confidence(codes, train_idx, val_idx, batch_size, deep_weight)
+
+    def _fit_wide(
+        self,
+        codes: np.ndarray,
+        train_idx: np.ndarray,
+        class_weights: np.ndarray,
+        c: float,
+        batch_size: int,
+    ) -> None:
+        """Fit the wide path as a weighted L2 logistic regression on training cells."""
+        from sklearn.linear_model import LogisticRegression
+
+        rng = np.random.default_rng(settings.seed)
+        cells = train_idx[_stratified_subsample(codes[train_idx], _N_LINEAR_CELLS, rng)]
+        X = self._log_expression(np.sort(cells), batch_size).numpy()
+        y = codes[np.sort(cells)]
+        t0 = time.perf_counter()
+        clf = LogisticRegression(C=c, max_iter=1000, tol=1e-4)
+        with warnings.catch_warnings():
+            # a not fully converged lbfgs is still a regularized linear classifier
+            warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
+            warnings.filterwarnings("ignore", message=".*converge.*")
+            clf.fit(X, y, sample_weight=class_weights[y])
+        n_classes, n_genes = self.module.wide.weight.shape
+        weight = np.zeros((n_classes, n_genes), dtype=np.float32)
+        bias = np.full(n_classes, -30.0, dtype=np.float32)  # classes without training cells
+        present = clf.classes_.astype(int)
+        if present.size == 2:  # scikit-learn keeps one row for two classes
+            weight[present] = np.stack([-clf.coef_[0], clf.coef_[0]]) / 2
+            bias[present] = np.array([-clf.intercept_[0], clf.intercept_[0]]) / 2
+        else:
+            weight[present] = clf.coef_
+            bias[present] = clf.intercept_
+        with torch.no_grad():
+            self.module.wide.weight.copy_(torch.from_numpy(weight))
+            self.module.wide.bias.copy_(torch.from_numpy(bias))
+        logger.info(
+            "Wide path: logistic regression (C=%g) on %d cells in %.1f s.",
+            c,
+            cells.size,
+            time.perf_counter() - t0,
+        )
 
     def _finetuning_frozen_parts(self, finetune: str, trainable_layers: int) -> list:
         """The modules that ``finetune`` leaves out, and the pretraining head."""
@@ -656,7 +743,7 @@ class TransAnno(BaseModelClass):
         n = self.adata.n_obs
         rng = np.random.default_rng(settings.seed)
         order = rng.permutation(n)
-        n_val = int(np.floor(n * (1.0 - train_size))) if n > 1 else 0
+        n_val = int(np.floor(round(n * (1.0 - train_size), 6))) if n > 1 else 0
         val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
         self._set_training_genes(self.adata)
         self.module.input_is_counts = self.input_scale_ == "counts"
@@ -828,7 +915,12 @@ class TransAnno(BaseModelClass):
         return out
 
     def _fit_confidence(
-        self, codes: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, batch_size: int
+        self,
+        codes: np.ndarray,
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        batch_size: int,
+        deep_weight: float | str = 1.0,
     ) -> None:
         """Temperature scaling and the novelty space, from the reference only.
 
@@ -842,8 +934,9 @@ class TransAnno(BaseModelClass):
         heldout = val_idx if val_idx.size else train_idx
         if not val_idx.size:
             warnings.warn(
-                "No validation cells (train_size=1): the temperature is fitted on training "
-                "cells and the confidence will be over-confident.",
+                "No validation cells (train_size=1, or too few labeled cells per type for one "
+                "to be held out): the temperature is fitted on training cells and the "
+                "confidence will be over-confident.",
                 UserWarning,
                 stacklevel=3,
             )
@@ -853,13 +946,19 @@ class TransAnno(BaseModelClass):
             self._log_expression(train_idx[reference], batch_size),
             self._log_expression(novelty_heldout, batch_size),
         )
-        held = self._forward(self.adata, indices=heldout, batch_size=batch_size)
         y = codes[heldout]
+        if self.module.wide is None:
+            deep_weight = 1.0
+        elif deep_weight == "auto":
+            deep_weight = self._fit_deep_weight(heldout, y, batch_size)
+        self.module.deep_weight.fill_(float(deep_weight))
+        held = self._forward(self.adata, indices=heldout, batch_size=batch_size)
         log_probs = np.log(np.clip(held.probs, 1e-30, None))
         temperature = fit_temperature(log_probs, y)
         self.module.temperature.fill_(temperature)
         calibrated = torch.softmax(torch.from_numpy(log_probs) / temperature, 1).numpy()
         self.calibration_ = {
+            "deep_weight": deep_weight,
             "temperature": temperature,
             "ece_uncalibrated": expected_calibration_error(held.probs, y),
             "ece_calibrated": expected_calibration_error(calibrated, y),
@@ -867,7 +966,7 @@ class TransAnno(BaseModelClass):
         }
         if isinstance(self.history_, dict):
             epoch = pd.Index([len(self.history_.get("train_loss", [])) - 1], name="epoch")
-            for key in ("temperature", "ece_uncalibrated", "ece_calibrated"):
+            for key in ("deep_weight", "temperature", "ece_uncalibrated", "ece_calibrated"):
                 name = f"calibration_{key}"
                 self.history_[name] = pd.DataFrame({name: [self.calibration_[key]]}, index=epoch)
         logger.info(
@@ -877,6 +976,26 @@ class TransAnno(BaseModelClass):
             self.calibration_["ece_uncalibrated"],
             self.calibration_["ece_calibrated"],
         )
+
+    def _fit_deep_weight(self, heldout: np.ndarray, y: np.ndarray, batch_size: int) -> float:
+        """Weight of the Transformer's logits added to the wide path's: the value in
+        ``DEEP_WEIGHT_GRID`` whose temperature-scaled mixture has the lowest negative
+        log-likelihood on the held-out cells (a stacking of the two classifiers)."""
+        self.module.deep_weight.fill_(0.0)
+        wide = np.log(np.clip(self._forward(self.adata, indices=heldout).probs, 1e-30, None))
+        self.module.deep_weight.fill_(1.0)
+        both = np.log(np.clip(self._forward(self.adata, indices=heldout).probs, 1e-30, None))
+        deep = both - wide  # the deep logits up to a per-cell constant
+        y_t = torch.as_tensor(y, dtype=torch.long)
+        best, best_nll = 1.0, np.inf
+        for w in DEEP_WEIGHT_GRID:
+            mix = wide + w * deep
+            t = fit_temperature(mix, y)
+            nll = float(F.cross_entropy(torch.as_tensor(mix / t), y_t))
+            if nll < best_nll - 1e-9:
+                best, best_nll = float(w), nll
+        logger.info("Transformer logits weighted %.2f next to the wide path's.", best)
+        return best
 
     # ------------------------------------------------------------------ inference
     def _query_layer(self, adata: AnnData, layer) -> str | None:
@@ -1207,6 +1326,9 @@ class TransAnno(BaseModelClass):
         model.input_scale_ = config["input_scale"]
         model._build_module()
         model.module.resize_fitted_buffers(state)
+        state.setdefault(
+            "deep_weight", torch.ones(())
+        )  # model folders written before the weight existed
         try:
             model.module.load_state_dict(state, strict=True)
         except RuntimeError as e:

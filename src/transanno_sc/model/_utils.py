@@ -368,7 +368,8 @@ def stratified_split(
     train, val = [], []
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
-        n_val = int(np.floor(len(idx) * (1.0 - train_size)))
+        # rounded first: 10 * (1 - 0.9) is 0.9999999999999998 in floating point
+        n_val = int(np.floor(round(len(idx) * (1.0 - train_size), 6)))
         n_val = min(n_val, len(idx) - 1)
         val.append(idx[:n_val])
         train.append(idx[n_val:])

@@ -114,6 +114,9 @@ class TransAnnoModule(BaseModuleClass):
         # (`pca_mean`, `pca_components`, `reference_pcs`), and `distance_quantiles` are
         # quantiles of that distance among held-out reference cells.
         self.register_buffer("temperature", torch.ones(()))
+        # weight of the Transformer's logits next to the wide path's, fitted on validation
+        # cells after training (1 while training)
+        self.register_buffer("deep_weight", torch.ones(()))
         self.register_buffer("pca_mean", torch.zeros(n_genes))
         self.register_buffer("pca_components", torch.zeros(n_genes, 0))
         self.register_buffer("reference_pcs", torch.zeros(0, 0))
@@ -166,7 +169,10 @@ class TransAnnoModule(BaseModuleClass):
         deep_logits = self.classifier(z)
         logits = deep_logits
         if self.wide is not None:
-            logits = logits + self.wide(self.wide_dropout(x_log))
+            logits = self.deep_weight * deep_logits
+            # gene dropout regularizes a wide path that learns, not a fitted (frozen) one
+            wide_in = self.wide_dropout(x_log) if self.wide.weight.requires_grad else x_log
+            logits = logits + self.wide(wide_in)
         return {
             MODULE_KEYS.Z_KEY: z,
             MODULE_KEYS.LOGITS_KEY: logits / self.temperature,
