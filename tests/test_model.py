@@ -7,9 +7,12 @@ import os
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
-from conftest import FAST_MODEL
+import scvi
+import torch
+from conftest import FAST_MODEL, FAST_TRAIN
 from sklearn.metrics import f1_score
 
 import transanno_sc as ta
@@ -180,3 +183,56 @@ def test_stratified_split_holds_out_one_of_ten():
     train, val = stratified_split(labels, 0.9, seed=0)
     assert np.bincount(labels[val], minlength=4).tolist() == [1, 1, 1, 1]
     assert np.intersect1d(train, val).size == 0 and train.size + val.size == labels.size
+
+
+def test_wide_path_is_a_fitted_logistic_regression(ref, query):
+    """With ``deep_weight=0`` the model predicts what an L2 logistic regression predicts."""
+    import scanpy as sc
+    from sklearn.linear_model import LogisticRegression
+
+    TransAnno.setup_anndata(ref, labels_key="cell_type")
+    model = TransAnno(ref, **FAST_MODEL)
+    model.train(**{**FAST_TRAIN, "max_epochs": 2}, deep_weight=0.0)
+    assert model.calibration_["deep_weight"] == 0.0
+    pred = model.predict(query)
+
+    # the same recipe on all labeled reference cells (the model saw its 90 % training split)
+    r, q = ref.copy(), query.copy()
+    for a in (r, q):
+        sc.pp.normalize_total(a, target_sum=1e4)
+        sc.pp.log1p(a)
+    y = r.obs["cell_type"].astype(str).to_numpy()
+    counts = pd.Series(y).value_counts()
+    w = np.sqrt(len(y) / (len(counts) * counts))
+    clf = LogisticRegression(C=0.1, max_iter=1000)
+    clf.fit(r[:, model.var_names_].X.toarray(), y, sample_weight=w[y].to_numpy())
+    ref_pred = clf.predict(q[:, model.var_names_].X.toarray())
+    assert np.mean(pred == ref_pred) > 0.95
+    truth = query.obs["cell_type"].astype(str).to_numpy()
+    assert f1_score(truth, pred, average="macro") > 0.85  # logistic regression: about 0.92
+
+
+def test_wide_path_stays_fixed_and_deep_weight_choices(ref):
+    TransAnno.setup_anndata(ref, labels_key="cell_type")
+    model = TransAnno(ref, **FAST_MODEL)
+    with pytest.raises(ValueError, match="deep_weight"):
+        model.train(**FAST_TRAIN, deep_weight=2.0)
+    with pytest.raises(ValueError, match="wide_fit"):
+        model.train(**FAST_TRAIN, wide_fit="sgd")
+    walls, encoders = [], []
+    for epochs in (1, 3):
+        scvi.settings.seed = 0
+        m = TransAnno(ref, **FAST_MODEL)
+        m.train(**{**FAST_TRAIN, "max_epochs": epochs}, deep_weight="auto")
+        assert 0.0 <= m.calibration_["deep_weight"] <= 1.0
+        assert float(m.module.deep_weight) == pytest.approx(m.calibration_["deep_weight"])
+        walls.append(m.module.wide.weight.detach().clone())
+        encoders.append(next(m.module.backbone.parameters()).detach().clone())
+    # the logistic regression is fitted before training and takes no gradient step
+    assert torch.equal(walls[0], walls[1]) and walls[0].abs().sum() > 0
+    assert not torch.equal(encoders[0], encoders[1])
+    # "joint": the wide path starts at zero and learns with the Transformer
+    m = TransAnno(ref, **FAST_MODEL)
+    m.train(**{**FAST_TRAIN, "max_epochs": 1}, wide_fit="joint")
+    assert m.calibration_["deep_weight"] == 1.0
+    assert m.module.wide.weight.abs().sum() > 0
