@@ -200,3 +200,34 @@ def test_float16_and_views(trained, query):
     ta.tl.transanno_annotate(view, trained)
     assert "transanno_label" not in parent.obs  # the parent is never changed
     assert view.obs["transanno_label"].notna().all()
+
+
+def test_loaded_model_on_anndata_of_another_shape(trained, query, tmp_path):
+    """A saved model meets data with other genes, in another order, and fewer cells."""
+    trained.save(str(tmp_path / "m"), overwrite=True)
+    model = TransAnno.load(str(tmp_path / "m"))
+    expected = model.predict(query[:50].copy())
+    genes = list(model.var_names_)
+    # every gene of the query in another order, plus 300 unknown all-zero genes: same library
+    # sizes, another shape, identical predictions
+    rng = np.random.default_rng(0)
+    base = query[:50, rng.permutation(query.n_vars)].copy()
+    extra = ad.AnnData(X=sp.csr_matrix((50, 300), dtype=np.float32), obs=base.obs[[]].copy())
+    extra.var_names = [f"unknown_{i}" for i in range(300)]
+    q = ad.concat([base, extra], axis=1, merge="first")
+    assert q.shape == (50, query.n_vars + 300)
+    np.testing.assert_array_equal(model.predict(q), expected)
+    # half of the model's genes missing: predictions still come, overlap reported
+    half = q[:, [g for g in q.var_names if g not in set(genes[: len(genes) // 2])]].copy()
+    ta.tl.transanno_annotate(half, model)
+    assert half.uns["transanno"]["gene_overlap"]["n_matched"] == len(genes) - len(genes) // 2
+    # one cell, and a query with the model's genes only
+    assert model.predict(query[:1, genes].copy()).shape == (1,)
+    # no gene in common: a ValueError naming the overlap
+    bad = ad.AnnData(
+        X=np.ones((5, 3), dtype=np.float32),
+        var={"symbol": ["geneA", "geneB", "geneC"]},
+    )
+    bad.var_names = ["geneA", "geneB", "geneC"]
+    with pytest.raises(ValueError, match=r"overlap|genes"):
+        model.predict(bad)
