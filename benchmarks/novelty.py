@@ -62,7 +62,8 @@ def held_out_run(tname: str, held: str, seed: int, model_kwargs: dict) -> dict:
     known = ~novel & np.isin(truth, model.classes_)
     pred = conf["label"].to_numpy()
     called = np.where(conf["confidence"].to_numpy() < 0.5, "Unassigned", pred)
-    y = np.searchsorted(np.asarray(model.classes_), truth[known])
+    # positions in model.classes_, which follows the labels' category order (not sorted)
+    y = pd.Index(model.classes_).get_indexer(truth[known])
     p_cal = probs.to_numpy()[known]
     temperature = model.calibration_["temperature"]
     logits = np.log(np.clip(p_cal, 1e-30, None)) * temperature
