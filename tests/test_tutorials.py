@@ -22,19 +22,24 @@ def _summary(nb) -> dict:
     return json.loads(text)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_label_transfer_notebook(tmp_path):
-    path = tmp_path / "label_transfer.ipynb"
-    shutil.copy(TUTORIALS / "label_transfer.ipynb", path)
+def _execute(name: str, tmp_path: Path):
+    """Run tutorials/``name`` in ``tmp_path`` (where it writes its files); no cell may fail."""
+    path = tmp_path / name
+    shutil.copy(TUTORIALS / name, path)
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     )
     client.execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    return nb
 
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in errors if o.output_type == "error"]
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_label_transfer_notebook(tmp_path):
+    nb = _execute("label_transfer.ipynb", tmp_path)
     summary = _summary(nb)
     # the published labels of the tumour-bearing animals are recovered
     assert summary["n_query"] == 513
@@ -63,17 +68,7 @@ def test_label_transfer_notebook(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_pretraining_notebook(tmp_path):
-    path = tmp_path / "pretraining_finetuning.ipynb"
-    shutil.copy(TUTORIALS / "pretraining_finetuning.ipynb", path)
-    nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    )
-    client.execute()
-
-    assert not [
-        o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
-    ]
+    nb = _execute("pretraining_finetuning.ipynb", tmp_path)
     summary = _summary(nb)
     # pretraining learned something: held-out masked value bins are predicted better
     assert summary["masked_accuracy_last"] > summary["masked_accuracy_first"], summary
