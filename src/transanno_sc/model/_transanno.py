@@ -392,10 +392,11 @@ class TransAnno(BaseModelClass):
             Weight of the Transformer's logits added to the wide path's at prediction (1 while
             training). ``"auto"``: the value in 0, 0.05, ..., 1 with the lowest validation
             negative log-likelihood. ``None``: 0.1 with ``wide_fit="logistic"``, 1 with
-            ``"joint"``. 0.1 makes the Transformer a correction of the linear model: on cross-batch label transfer (benchmarks/README.md) the
-            query's macro-F1 peaked at weights of 0.1-0.25 and fell below the linear model's at
-            1, while validation cells, from the reference's own batches, kept asking for
-            weights of 0.5-1. Without a wide path the weight is 1.
+            ``"joint"``. 0.1 makes the Transformer a correction of the linear model: on
+            cross-batch label transfer (``benchmarks/README.md``) the query's macro-F1 peaked
+            at weights of 0.1-0.25 and fell below the linear model's at 1, while validation
+            cells, from the reference's own batches, asked for weights of 0.5-1. Without a
+            wide path the weight is 1.
         datasplitter_kwargs
             Passed to :class:`~scvi.dataloaders.DataSplitter`.
         plan_kwargs
@@ -981,10 +982,12 @@ class TransAnno(BaseModelClass):
         """Weight of the Transformer's logits added to the wide path's: the value in
         ``DEEP_WEIGHT_GRID`` whose temperature-scaled mixture has the lowest negative
         log-likelihood on the held-out cells (a stacking of the two classifiers)."""
-        self.module.deep_weight.fill_(0.0)
-        wide = np.log(np.clip(self._forward(self.adata, indices=heldout).probs, 1e-30, None))
-        self.module.deep_weight.fill_(1.0)
-        both = np.log(np.clip(self._forward(self.adata, indices=heldout).probs, 1e-30, None))
+        log_probs = []
+        for weight in (0.0, 1.0):
+            self.module.deep_weight.fill_(weight)
+            out = self._forward(self.adata, indices=heldout, batch_size=batch_size)
+            log_probs.append(np.log(np.clip(out.probs, 1e-30, None)))
+        wide, both = log_probs
         deep = both - wide  # the deep logits up to a per-cell constant
         y_t = torch.as_tensor(y, dtype=torch.long)
         best, best_nll = 1.0, np.inf
@@ -1326,9 +1329,8 @@ class TransAnno(BaseModelClass):
         model.input_scale_ = config["input_scale"]
         model._build_module()
         model.module.resize_fitted_buffers(state)
-        state.setdefault(
-            "deep_weight", torch.ones(())
-        )  # model folders written before the weight existed
+        # model folders written before the weight existed: the Transformer at full weight
+        state.setdefault("deep_weight", torch.ones(()))
         try:
             model.module.load_state_dict(state, strict=True)
         except RuntimeError as e:

@@ -114,8 +114,8 @@ class TransAnnoModule(BaseModuleClass):
         # (`pca_mean`, `pca_components`, `reference_pcs`), and `distance_quantiles` are
         # quantiles of that distance among held-out reference cells.
         self.register_buffer("temperature", torch.ones(()))
-        # weight of the Transformer's logits next to the wide path's, fitted on validation
-        # cells after training (1 while training)
+        # weight of the Transformer's logits next to the wide path's: 1 while training, set
+        # after training (`TransAnno.train(deep_weight=...)`)
         self.register_buffer("deep_weight", torch.ones(()))
         self.register_buffer("pca_mean", torch.zeros(n_genes))
         self.register_buffer("pca_components", torch.zeros(n_genes, 0))
