@@ -121,6 +121,26 @@ def test_training_history_panels(history):
     assert metric_ax.get_ylim() == (0, 1.02)
 
 
+def test_training_history_of_pretraining_shows_masked_accuracy():
+    """A pretrain-only history: its validation accuracy goes to the metrics panel."""
+    epochs = pd.Index(range(3), name="epoch")
+    history = {
+        "pretrain_loss": pd.DataFrame({"pretrain_loss": [2.0, 1.6, 1.5]}, index=epochs),
+        "pretrain_validation_loss": pd.DataFrame(
+            {"pretrain_validation_loss": [1.8, 1.6, 1.5]}, index=epochs
+        ),
+        "pretrain_validation_accuracy": pd.DataFrame(
+            {"pretrain_validation_accuracy": [0.50, 0.52, 0.55]}, index=epochs
+        ),
+    }
+    loss_ax, metric_ax = ta.pl.training_history(history, show=False)
+    assert len(loss_ax.get_lines()) == 2
+    (line,) = metric_ax.get_lines()
+    np.testing.assert_allclose(line.get_ydata(), [0.50, 0.52, 0.55])
+    assert "masked-value accuracy" in metric_ax.get_legend().get_texts()[0].get_text()
+    plt.close("all")
+
+
 def test_training_history_keys_single_ax_and_save(history, tmp_path):
     _, ax = plt.subplots()
     path = tmp_path / "history.pdf"

@@ -20,6 +20,9 @@ _LABELS = {
     "validation_loss": "validation loss",
     "validation_accuracy": "validation accuracy",
     "validation_f1_macro": "validation macro-F1",
+    "pretrain_loss": "pretraining loss",
+    "pretrain_validation_loss": "pretraining validation loss",
+    "pretrain_validation_accuracy": "masked-value accuracy (validation)",
 }
 
 
@@ -91,7 +94,8 @@ def training_history(
         keys += sorted(
             k
             for k in history
-            if k not in keys and (k.endswith("_loss") or k.startswith("validation_"))
+            # validation_* of training, pretrain_validation_* of pretraining
+            if k not in keys and (k.endswith("_loss") or "validation_" in k)
         )
     else:
         keys = [keys] if isinstance(keys, str) else list(keys)
