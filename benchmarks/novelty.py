@@ -32,7 +32,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import task
+from run import save, task
 
 warnings.filterwarnings("ignore")
 
@@ -132,11 +132,7 @@ def main(argv=None):
     per_task.loc["all (median)"] = df[cols].median()
     table = per_task.T.to_markdown(floatfmt=".3f")
     print(table)
-    if args.out:
-        Path(f"{args.out}.json").write_text(
-            json.dumps({"rows": rows, "args": vars(args)}, indent=1)
-        )
-        Path(f"{args.out}.md").write_text(table + "\n")
+    save(args.out, rows, vars(args), table + "\n")
 
 
 if __name__ == "__main__":

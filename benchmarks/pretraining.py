@@ -34,7 +34,7 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import DATA, logreg, task
+from run import DATA, logreg, save, task
 
 warnings.filterwarnings("ignore")
 OTHER = {"zilionis": ["baron_mouse_pancreas.h5ad"], "baron": ["zilionis_mouse_lung.h5ad"]}
@@ -165,11 +165,7 @@ def main(argv=None):
     )
     table = agg.reset_index().to_markdown(index=False, floatfmt=".3f")
     print(table)
-    if args.out:
-        Path(f"{args.out}.json").write_text(
-            json.dumps({"rows": rows, "args": vars(args)}, indent=1)
-        )
-        Path(f"{args.out}.md").write_text(table + "\n")
+    save(args.out, rows, vars(args), table + "\n")
 
 
 if __name__ == "__main__":

@@ -532,13 +532,18 @@ def _env() -> dict:
     }
 
 
-def write(out: str | None, rows: list[dict], args: dict) -> str:
-    table = markdown(summarize(rows))
+def save(out: str | None, rows: list[dict], args: dict, table: str) -> None:
+    """Write ``OUT.json`` (rows, arguments, versions) and ``OUT.md`` (``table``)."""
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         payload = {"rows": rows, "args": args, "env": _env()}
         Path(f"{out}.json").write_text(json.dumps(payload, indent=1) + "\n")
         Path(f"{out}.md").write_text(table)
+
+
+def write(out: str | None, rows: list[dict], args: dict) -> str:
+    table = markdown(summarize(rows))
+    save(out, rows, args, table)
     return table
 
 

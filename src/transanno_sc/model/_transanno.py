@@ -555,9 +555,9 @@ class TransAnno(BaseModelClass):
         from sklearn.linear_model import LogisticRegression
 
         rng = np.random.default_rng(settings.seed)
-        cells = train_idx[_stratified_subsample(codes[train_idx], _N_LINEAR_CELLS, rng)]
-        X = self._log_expression(np.sort(cells), batch_size).numpy()
-        y = codes[np.sort(cells)]
+        cells = np.sort(train_idx[_stratified_subsample(codes[train_idx], _N_LINEAR_CELLS, rng)])
+        X = self._log_expression(cells, batch_size).numpy()
+        y = codes[cells]
         t0 = time.perf_counter()
         clf = LogisticRegression(C=c, max_iter=1000, tol=1e-4)
         with warnings.catch_warnings():
