@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parent
 WORK = ROOT / "results_tmp" / "scale"
 MODEL_DIR = WORK / "model"
 WRITE_CHUNK = 50_000
+#: Cells per progress report of the inference worker.
+PROGRESS_SLICE = 100_000
 
 
 def _log(msg: str) -> None:
@@ -123,10 +125,26 @@ def infer_worker(path: str, batch_size: int) -> dict:
     # warm-up on the first cells (allocator, kernels)
     model.predict(adata, indices=np.arange(min(2048, adata.n_obs)), batch_size=batch_size)
     rss_ready = _peak_rss_gb()
+    # slices of PROGRESS_SLICE cells (each streamed as predict always does), so that a long
+    # run reports throughput and memory as it goes
+    n_done, slices = 0, []
     t0 = time.perf_counter()
-    labels = model.predict(adata, batch_size=batch_size)
+    for start in range(0, adata.n_obs, PROGRESS_SLICE):
+        stop = min(start + PROGRESS_SLICE, adata.n_obs)
+        ts = time.perf_counter()
+        labels = model.predict(adata, indices=np.arange(start, stop), batch_size=batch_size)
+        assert len(labels) == stop - start
+        n_done = stop
+        slices.append(
+            {
+                "cells": stop,
+                "cells_per_s": (stop - start) / (time.perf_counter() - ts),
+                "peak_rss_gb": _peak_rss_gb(),
+            }
+        )
+        print(f"[infer] {json.dumps(slices[-1])}", file=sys.stderr, flush=True)
     elapsed = time.perf_counter() - t0
-    assert len(labels) == adata.n_obs
+    assert n_done == adata.n_obs
     return {
         "n_cells": adata.n_obs,
         "seconds": elapsed,
@@ -135,6 +153,7 @@ def infer_worker(path: str, batch_size: int) -> dict:
         "rss_after_imports_gb": rss_start,
         "rss_before_predict_gb": rss_ready,
         "threads": torch.get_num_threads(),
+        "slices": slices,
     }
 
 
@@ -157,9 +176,10 @@ def infer_sizes(sizes: list[int], batch_size: int, cleanup: bool) -> list[dict]:
     for n in sizes:
         path = make_file(n)
         cmd = [sys.executable, __file__, "_infer", str(path), "--batch-size", str(batch_size)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        # the worker's progress lines (stderr) go straight to this process's stderr
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
         if proc.returncode:
-            raise RuntimeError(proc.stderr[-3000:])
+            raise RuntimeError(f"inference worker failed with exit code {proc.returncode}")
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         _log(
             f"{n:>9,} cells: {res['cells_per_s']:7.0f} cells/s ({res['seconds']:.0f} s), "

@@ -67,12 +67,56 @@ def test_from_pretrained_reports_overlap_and_is_gene_order_invariant(pretrained,
         scvi.settings.seed = 0
         model = TransAnno.from_pretrained(r, str(folder))
         assert r.uns["transanno_backbone"]["fraction"] == 1.0
-        assert model.var_names_ == pretrained[0].var_names_
+        vocab = pretrained[0].var_names_
+        added = model.var_names_[len(vocab) :]
+        assert model.var_names_[: len(vocab)] == vocab
+        assert added == sorted(added) and not set(added) & set(vocab)
+        assert r.uns["transanno_backbone"]["n_added_genes"] == len(added)
         model.train(**FINETUNE, finetune="partial")
         preds.append(model.predict(query, soft=True).to_numpy())
     np.testing.assert_allclose(preds[0], preds[1], atol=1e-5)
     truth = query.obs["cell_type"].astype(str).to_numpy()
     assert np.mean(np.asarray(model.classes_)[preds[1].argmax(1)] == truth) > 0.5
+
+
+def test_from_pretrained_adds_the_reference_genes_the_backbone_lacks(pretrained, ref, query):
+    """A backbone from another panel: the reference's own variable genes join the vocabulary."""
+    model0, folder = pretrained
+    vocab = model0.var_names_
+    # 40 % of the backbone's genes carry other names in this reference (as if from another
+    # tissue or panel): they are missing for the backbone, and their new names are new genes
+    renamed = set(vocab[::5]) | set(vocab[1::5])
+    r = ref.copy()
+    r.var_names = [f"{g}-other" if g in renamed else g for g in r.var_names]
+    TransAnno.setup_anndata(r, labels_key="cell_type")
+    kept = TransAnno.from_pretrained(r, str(folder), reference_genes=0)
+    assert kept.var_names_ == vocab
+    assert r.uns["transanno_backbone"]["n_added_genes"] == 0
+    scvi.settings.seed = 0
+    model = TransAnno.from_pretrained(r, str(folder))
+    info = r.uns["transanno_backbone"]
+    assert info["fraction"] == pytest.approx(1 - len(renamed) / len(vocab))
+    added = model.var_names_[len(vocab) :]
+    assert info["n_added_genes"] == len(added) > 0
+    # about half of the renamed genes are among the reference's 2000 most variable ones
+    assert sum(g.endswith("-other") for g in added) > 0.4 * len(renamed)
+    # the pretrained gene embeddings are kept, the added genes get new ones of similar length
+    emb = model.module.backbone.gene_embeddings.weight.detach()
+    old = model0.module.backbone.gene_embeddings.weight.detach()
+    torch.testing.assert_close(emb[: old.shape[0]], old, rtol=0, atol=0)
+    ratio = emb[old.shape[0] :].norm(dim=1).mean() / old[3:].norm(dim=1).mean()
+    assert 0.9 < float(ratio) < 1.1
+    model.train(**FINETUNE)
+    # the wide path reads the added genes
+    weight = model.module.wide.weight.detach().abs()
+    assert weight[:, len(vocab) :].sum() > 0.1 * weight.sum()
+    q = query.copy()
+    q.var_names = r.var_names
+    pred = model.predict(q)
+    truth = query.obs["cell_type"].astype(str).to_numpy()
+    assert np.mean(np.asarray(pred) == truth) > 0.5
+    with pytest.raises(ValueError, match="reference_genes"):
+        TransAnno.from_pretrained(r, str(folder), reference_genes=-1)
 
 
 @pytest.mark.parametrize("finetune", ["head", "partial"])

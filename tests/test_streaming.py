@@ -11,6 +11,7 @@ import scipy.sparse as sp
 import torch
 
 import transanno_sc as ta
+from transanno_sc.model import TransAnno
 from transanno_sc._constants import MODULE_KEYS
 from transanno_sc.data import normalize_log1p, tokenize
 from transanno_sc.model import _utils
@@ -215,3 +216,17 @@ def test_tokenize_matches_stable_sort(max_tokens):
         for a, b in zip(alone, together, strict=True):
             assert torch.equal(a[0], b[i, :n])
             assert not b[i, n:].any()
+
+
+def test_compiled_backbone_predicts_as_eager_and_saves_unchanged(trained, query, tmp_path):
+    """``model.compile()``: same predictions (to float tolerance), same saved weights."""
+    trained.save(str(tmp_path / "eager"))
+    model = TransAnno.load(str(tmp_path / "eager"))
+    cells = query[:300].copy()
+    eager = model.predict(cells, soft=True).to_numpy()
+    model.compile()
+    compiled = model.predict(cells, soft=True).to_numpy()
+    np.testing.assert_allclose(compiled, eager, atol=1e-4)
+    model.save(str(tmp_path / "compiled"))
+    reloaded = TransAnno.load(str(tmp_path / "compiled"))
+    np.testing.assert_array_equal(reloaded.predict(cells, soft=True).to_numpy(), eager)

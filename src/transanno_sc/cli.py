@@ -380,7 +380,8 @@ def train(args: argparse.Namespace) -> int:
         model = ta.model.TransAnno.from_pretrained(ref, args.backbone, **model_kwargs)
         _progress(
             f"fine-tuning the backbone in {args.backbone} ({args.finetune}); gene overlap "
-            f"{model.gene_overlap_['fraction']:.0%}"
+            f"{ref.uns['transanno_backbone']['fraction']:.0%}, "
+            f"{ref.uns['transanno_backbone']['n_added_genes']} genes of the reference added"
         )
     else:
         model = ta.model.TransAnno(ref, **model_kwargs)
@@ -400,6 +401,16 @@ def train(args: argparse.Namespace) -> int:
     model.save(args.out, overwrite=True)
     _progress(f"saved the model to {args.out} in {time.perf_counter() - t0:.0f} s")
     return 0
+
+
+def _add_training_options(p: argparse.ArgumentParser, data: str, what: str) -> None:
+    """Options shared by ``transanno pretrain`` and ``transanno train``."""
+    p.add_argument("--layer", metavar="LAYER", help=f"layer with the {data} (default: X)")
+    p.add_argument(
+        "--max-epochs", type=_positive_int, default=None, metavar="N", help=f"{what} epochs"
+    )
+    p.add_argument("--model-kwargs", metavar="JSON", help="model settings as JSON")
+    _add_device_options(p)
 
 
 def _add_device_options(p: argparse.ArgumentParser) -> None:
@@ -557,12 +568,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--adata", required=True, nargs="+", metavar="CELLS.h5ad", help="unlabeled cells"
     )
     p_pre.add_argument("--out", required=True, metavar="FOLDER", help="backbone folder")
-    p_pre.add_argument("--layer", metavar="LAYER", help="layer with the counts (default: X)")
-    p_pre.add_argument(
-        "--max-epochs", type=_positive_int, default=None, metavar="N", help="pretraining epochs"
-    )
-    p_pre.add_argument("--model-kwargs", metavar="JSON", help="model settings as JSON")
-    _add_device_options(p_pre)
+    _add_training_options(p_pre, "counts", "pretraining")
 
     p_tr = sub.add_parser(
         "train",
@@ -583,12 +589,7 @@ def _build_parser() -> argparse.ArgumentParser:
         choices=["full", "partial", "head"],
         help="which part of the backbone is trained",
     )
-    p_tr.add_argument("--layer", metavar="LAYER", help="layer with the expression (default: X)")
-    p_tr.add_argument(
-        "--max-epochs", type=_positive_int, default=None, metavar="N", help="training epochs"
-    )
-    p_tr.add_argument("--model-kwargs", metavar="JSON", help="model settings as JSON")
-    _add_device_options(p_tr)
+    _add_training_options(p_tr, "expression", "training")
 
     p_ev = sub.add_parser(
         "evaluate",

@@ -230,36 +230,7 @@ class TransAnno(BaseModelClass):
 
     def _match(self, adata: AnnData, what: str) -> GeneMatch:
         """Match the model's genes to ``adata`` by name; warn or refuse on a poor overlap."""
-        match = match_genes(adata.var_names, self.var_names_)
-        if match.fraction < MIN_GENE_OVERLAP:
-            example = ", ".join(map(str, adata.var_names[:3]))
-            hint = (
-                " The data look like Ensembl IDs while the model uses gene symbols: map them "
-                "to symbols first."
-                if str(adata.var_names[0]).upper().startswith("ENS")
-                and not str(self.var_names_[0]).upper().startswith("ENS")
-                else " Check the species and the gene naming convention (symbols vs IDs)."
-            )
-            msg = (
-                f"Only {match.n_matched} of the model's {match.n_vocab} genes "
-                f"({match.fraction:.1%}) are in {what}.var_names (e.g. {example}); at least "
-                f"{MIN_GENE_OVERLAP:.0%} are needed.{hint}"
-            )
-            raise ValueError(msg)
-        if match.fraction < WARN_GENE_OVERLAP:
-            warnings.warn(
-                f"Only {match.fraction:.1%} of the model's genes are in {what}; missing genes "
-                "are treated as not expressed and predictions may suffer.",
-                UserWarning,
-                stacklevel=3,
-            )
-        logger.info(
-            "Gene overlap: %d of %d model genes found (%d by case-insensitive name).",
-            match.n_matched,
-            match.n_vocab,
-            match.n_case_insensitive,
-        )
-        return match
+        return _checked_match(adata.var_names, self.var_names_, what, stacklevel=4)
 
     # ------------------------------------------------------------------ setup
     @classmethod
@@ -824,21 +795,28 @@ class TransAnno(BaseModelClass):
         cls,
         adata: AnnData,
         backbone_dir: str,
+        reference_genes: int = 2000,
         **model_kwargs,
     ) -> TransAnno:
         """A new model on ``adata`` that starts from a saved backbone.
 
         ``adata`` (set up with :meth:`setup_anndata`) is mapped onto the backbone's gene
         vocabulary by name (exact, then case-insensitive); vocabulary genes it lacks are
-        treated as not expressed. The overlap is stored in ``adata.uns["transanno_backbone"]``
-        and in ``model.gene_overlap_``; below 50 % a warning is issued, below 10 % a
-        :class:`ValueError` is raised. Then :meth:`train` fine-tunes (see its ``finetune``).
+        treated as not expressed. The overlap with the backbone's vocabulary is stored in
+        ``adata.uns["transanno_backbone"]`` (with ``n_added_genes``, see below); below 50 % a
+        warning is issued, below 10 % a :class:`ValueError` is raised. Then :meth:`train`
+        fine-tunes (see its ``finetune``).
 
-        The gene vocabulary, and with it the genes the wide path reads, comes from the
-        backbone: a backbone pretrained on another tissue can leave out the reference's marker
-        genes however high the name overlap (``benchmarks/README.md``: a lung immune-cell
-        backbone on pancreas cells lowered macro-F1 from 0.88 to 0.49). Pretrain on a corpus
-        that covers the reference's tissue.
+        The vocabulary is then extended with ``adata``'s own highly variable genes: a backbone
+        pretrained on another tissue or panel lacks many of the reference's marker genes
+        however high the name overlap, and a model restricted to the backbone's genes cannot
+        see them (``benchmarks/README.md``: a lung immune-cell backbone on pancreas cells
+        lowered macro-F1 from 0.88 to 0.49 before this extension). The added genes come after
+        the backbone's, in alphabetical order (so the model does not depend on the AnnData's
+        gene order); their gene embeddings start at random, with the pretrained embeddings'
+        typical length, and are learned with ``finetune="full"`` (with ``"partial"`` and
+        ``"head"`` the embeddings stay fixed, the added genes still reach the trained layers
+        as distinct tokens, and the wide path reads them in every mode).
 
         Parameters
         ----------
@@ -846,6 +824,10 @@ class TransAnno(BaseModelClass):
             AnnData registered with :meth:`setup_anndata`.
         backbone_dir
             Folder written by :meth:`save_backbone`.
+        reference_genes
+            Number of highly variable genes of ``adata`` considered for the extension; those
+            already in the backbone's vocabulary are not added again. ``0`` keeps the
+            backbone's vocabulary as it is.
         **model_kwargs
             Non-architecture arguments of :class:`TransAnno` (``n_latent``, ``dropout``,
             ``wide``); the architecture comes from the backbone.
@@ -858,6 +840,7 @@ class TransAnno(BaseModelClass):
         >>> model = ta.model.TransAnno.from_pretrained(adata, "lung_backbone")  # doctest: +SKIP
         >>> model.train(finetune="partial")  # doctest: +SKIP
         """
+        from transanno_sc.data import N_SPECIAL_GENE_TOKENS
         from transanno_sc.nn import TransAnnoBackbone, TransAnnoConfig
 
         fixed = {"n_hidden", "n_layers", "n_heads", "max_tokens", "n_bins", "value_encoding"}
@@ -867,6 +850,11 @@ class TransAnno(BaseModelClass):
         if clash:
             msg = f"{clash} come from the backbone in {backbone_dir!r} and cannot be passed."
             raise TypeError(msg)
+        if isinstance(reference_genes, bool) or not (
+            isinstance(reference_genes, int | np.integer) and reference_genes >= 0
+        ):
+            msg = f"reference_genes must be a non-negative integer, got {reference_genes!r}."
+            raise ValueError(msg)
         vocab = _read_vocabulary(backbone_dir)
         try:
             config = TransAnnoConfig.from_pretrained(backbone_dir)
@@ -881,28 +869,48 @@ class TransAnno(BaseModelClass):
                 f"{_VOCAB_FILE} lists {len(vocab)}."
             )
             raise ValueError(msg)
+        manager = cls._get_most_recent_anndata_manager(adata, required=True)
+        setup_args = manager.registry["setup_args"]
+        overlap = _checked_match(adata.var_names, vocab, "adata").to_dict()
+        added = _added_genes(adata, setup_args, vocab, reference_genes, settings.seed)
         model_kwargs.setdefault("dropout", config.hidden_dropout_prob)
-        model = cls(
-            adata,
-            n_hidden=config.hidden_size,
-            n_layers=config.num_hidden_layers,
-            n_heads=config.num_attention_heads,
-            max_tokens=config.max_tokens,
-            n_bins=config.n_bins,
-            value_encoding=config.value_encoding,
-            gene_vocabulary=vocab,
-            **model_kwargs,
-        )
+        with warnings.catch_warnings():
+            # the overlap was checked (and warned about) against the backbone's vocabulary
+            warnings.filterwarnings("ignore", message="Only .* of the model's genes")
+            model = cls(
+                adata,
+                n_hidden=config.hidden_size,
+                n_layers=config.num_hidden_layers,
+                n_heads=config.num_attention_heads,
+                max_tokens=config.max_tokens,
+                n_bins=config.n_bins,
+                value_encoding=config.value_encoding,
+                gene_vocabulary=vocab + added,
+                **model_kwargs,
+            )
+        state = backbone.state_dict()
+        if added:
+            # pretrained gene embeddings first, the added genes' after them: random
+            # directions with the pretrained embeddings' mean length
+            old = state["gene_embeddings.weight"]
+            length = old[N_SPECIAL_GENE_TOKENS:].norm(dim=1).mean()
+            new = torch.randn(len(added), old.shape[1], dtype=old.dtype)
+            new = F.normalize(new, dim=1) * length
+            state["gene_embeddings.weight"] = torch.cat([old, new])
         try:
-            model.module.backbone.load_state_dict(backbone.state_dict(), strict=True)
+            model.module.backbone.load_state_dict(state, strict=True)
         except RuntimeError as e:
             msg = f"The backbone in {backbone_dir!r} does not fit its own config: {e}"
             raise ValueError(msg) from e
         model.is_pretrained_ = True
-        adata.uns["transanno_backbone"] = {
-            "backbone_dir": str(backbone_dir),
-            **model.gene_overlap_,
-        }
+        overlap["n_added_genes"] = len(added)
+        adata.uns["transanno_backbone"] = {"backbone_dir": str(backbone_dir), **overlap}
+        if added:
+            logger.info(
+                "Vocabulary: %d backbone genes + %d highly variable genes of adata.",
+                len(vocab),
+                len(added),
+            )
         return model
 
     @torch.inference_mode()
@@ -1218,6 +1226,26 @@ class TransAnno(BaseModelClass):
         """
         return self._forward(adata, indices=indices, batch_size=batch_size).latent
 
+    def compile(self, **compile_kwargs) -> None:
+        """Compile the Transformer backbone with :func:`torch.compile`, in place.
+
+        Later :meth:`train`, :meth:`pretrain`, :meth:`predict` and the other forward passes
+        run the compiled encoder (element-wise operations fused with the matrix products);
+        weights, :meth:`save` and :meth:`save_backbone` are unchanged. The first batches pay
+        the compilation (tens of seconds on CPU; each new batch shape may add a little), so
+        compile for long runs: millions of cells, many epochs. ``benchmarks/README.md`` has
+        the measured speed-up. Needs a C++ compiler on CPU and Triton on GPU (both come with
+        the usual PyTorch installations on Linux).
+
+        Parameters
+        ----------
+        **compile_kwargs
+            Passed to :meth:`torch.nn.Module.compile`; ``dynamic=True`` by default (batch
+            sizes and token lengths vary from batch to batch).
+        """
+        compile_kwargs.setdefault("dynamic", True)
+        self.module.backbone.compile(**compile_kwargs)
+
     # ------------------------------------------------------------------ persistence
     def save(
         self,
@@ -1404,6 +1432,56 @@ def _check_vocabulary(genes: Sequence[str]) -> list[str]:
         msg = "gene_vocabulary has duplicate genes."
         raise ValueError(msg)
     return genes
+
+
+def _checked_match(
+    var_names: pd.Index, vocab: Sequence[str], what: str, stacklevel: int = 3
+) -> GeneMatch:
+    """Match ``vocab`` to ``var_names`` by name; warn or refuse on a poor overlap."""
+    match = match_genes(var_names, vocab)
+    if match.fraction < MIN_GENE_OVERLAP:
+        example = ", ".join(map(str, var_names[:3]))
+        hint = (
+            " The data look like Ensembl IDs while the model uses gene symbols: map them "
+            "to symbols first."
+            if str(var_names[0]).upper().startswith("ENS")
+            and not str(vocab[0]).upper().startswith("ENS")
+            else " Check the species and the gene naming convention (symbols vs IDs)."
+        )
+        msg = (
+            f"Only {match.n_matched} of the model's {match.n_vocab} genes "
+            f"({match.fraction:.1%}) are in {what}.var_names (e.g. {example}); at least "
+            f"{MIN_GENE_OVERLAP:.0%} are needed.{hint}"
+        )
+        raise ValueError(msg)
+    if match.fraction < WARN_GENE_OVERLAP:
+        warnings.warn(
+            f"Only {match.fraction:.1%} of the model's genes are in {what}; missing genes "
+            "are treated as not expressed and predictions may suffer.",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+    logger.info(
+        "Gene overlap: %d of %d model genes found (%d by case-insensitive name).",
+        match.n_matched,
+        match.n_vocab,
+        match.n_case_insensitive,
+    )
+    return match
+
+
+def _added_genes(
+    adata: AnnData, setup_args: dict, vocab: list[str], n_top_genes: int, seed: int
+) -> list[str]:
+    """Highly variable genes of ``adata`` that ``vocab`` lacks (none matched by name)."""
+    if n_top_genes == 0:
+        return []
+    X = get_matrix(adata, setup_args["layer"])
+    hvg = _select_genes(
+        X, adata.var_names, n_top_genes, setup_args["input_scale"] == "counts", seed
+    )
+    matched = set(adata.var_names[match_genes(adata.var_names, vocab).source].astype(str))
+    return sorted(g for g in hvg if g not in matched)
 
 
 def _read_vocabulary(backbone_dir: str) -> list[str]:
