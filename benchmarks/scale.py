@@ -5,6 +5,7 @@ Run from the repository root (heavy: prefix with ``nice -n 10``)::
     python benchmarks/scale.py all --sizes 10000 100000 1000000
     python benchmarks/scale.py infer-sizes --sizes 10000 100000   # throughput + peak RSS
     python benchmarks/scale.py mfu                                # FLOP utilization, padding
+    python benchmarks/scale.py compile                            # model.compile() vs eager
     python benchmarks/scale.py train-ddp --repeats 3              # devices=1 vs devices=2
 
 Data: the bundled Zilionis mouse-lung cells (raw counts, 24,248 genes, ~840 expressed genes and
@@ -309,6 +310,69 @@ def mfu(n_cells: int = 10_000, batch_size: int = 128, repeats: int = 5) -> dict:
     return stats
 
 
+def compile_speedup(n_cells: int = 10_000, batch_size: int = 128, repeats: int = 5) -> dict:
+    """Encoder time of ``model.compile()`` against eager on the same bucketed batches."""
+    import anndata as ad
+    import torch
+
+    import transanno_sc as ta
+    from transanno_sc._constants import TARGET_SUM
+    from transanno_sc.data import normalize_log1p, tokenize
+    from transanno_sc.model._utils import iter_vocab_batches
+
+    torch.set_num_threads(int(os.environ.get("SCALE_THREADS", "2")))
+    train_model()
+    model = ta.model.TransAnno.load(str(MODEL_DIR), accelerator="cpu")
+    module = model.module.eval()
+    cfg = module.config
+    adata = ad.read_h5ad(make_file(n_cells), backed="r")
+    match = model._match(adata, "adata")
+    sample = list(
+        iter_vocab_batches(
+            adata.X,
+            match.source,
+            match.target,
+            match.n_vocab,
+            batch_size,
+            max_tokens=cfg.max_tokens,
+        )
+    )[:16]  # the first chunk (2,048 cells), bucketed: 16 different token lengths
+    toks = []
+    for _, x, lib in sample:
+        xl = normalize_log1p(torch.from_numpy(x), torch.from_numpy(lib), TARGET_SUM)
+        toks.append(tokenize(xl, cfg.max_tokens, cfg.n_bins, cfg.value_encoding))
+    eager = ta.model.TransAnno.load(str(MODEL_DIR), accelerator="cpu").module.eval().backbone
+    model.compile()
+    compiled = module.backbone
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        for t in toks:
+            compiled(*t)
+        first = time.perf_counter() - t0
+        diff = max(float((compiled(*t) - eager(*t)).abs().max()) for t in toks)
+        te, tc = [], []
+        for _ in range(repeats):  # interleaved
+            t0 = time.perf_counter()
+            for t in toks:
+                eager(*t)
+            te.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for t in toks:
+                compiled(*t)
+            tc.append(time.perf_counter() - t0)
+    res = {
+        "compile_and_first_pass_s": first,
+        "eager_s": statistics.median(te),
+        "compiled_s": statistics.median(tc),
+        "speedup": statistics.median(te) / statistics.median(tc),
+        "max_abs_difference": diff,
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+    }
+    _log(json.dumps(res, indent=1))
+    return res
+
+
 # ---------------------------------------------------------------------------------- training
 TRAIN_SCRIPT = r"""
 import json, os, sys, time
@@ -391,7 +455,9 @@ def train_ddp(repeats: int) -> dict:
 # -------------------------------------------------------------------------------------- main
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("what", choices=["all", "infer-sizes", "mfu", "train-ddp", "_infer", "clean"])
+    p.add_argument(
+        "what", choices=["all", "infer-sizes", "mfu", "compile", "train-ddp", "_infer", "clean"]
+    )
     p.add_argument("path", nargs="?")
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--batch-size", type=int, default=128)
@@ -408,6 +474,8 @@ def main(argv=None) -> None:
     results = json.loads(a.out.read_text()) if a.out.exists() else {}
     if a.what in ("all", "mfu"):
         results["mfu"] = mfu(batch_size=a.batch_size, repeats=a.repeats)
+    if a.what in ("all", "compile"):
+        results["compile"] = compile_speedup(batch_size=a.batch_size, repeats=a.repeats)
     if a.what in ("all", "infer-sizes"):
         for _ in range(a.repeats if a.what == "infer-sizes" else 1):
             res = infer_sizes(a.sizes, a.batch_size, a.cleanup)
