@@ -200,33 +200,58 @@ def _layer_flops(lengths_padded: np.ndarray, d: int, ff: int, n_layers: int) -> 
     return float(n_layers * per_layer.sum())
 
 
-def mfu(n_cells: int = 10_000, batch_size: int = 128, repeats: int = 5) -> dict:
-    """Encoder FLOP utilization vs dense matmul, and padding with/without bucketing."""
+def _model_and_data(n_cells: int):
+    """The benchmark model (eval mode, CPU) and ``n_cells`` backed cells matched to it."""
     import anndata as ad
     import torch
 
     import transanno_sc as ta
-    from transanno_sc.model._utils import iter_vocab_batches
 
     torch.set_num_threads(int(os.environ.get("SCALE_THREADS", "2")))
     train_model()
     model = ta.model.TransAnno.load(str(MODEL_DIR), accelerator="cpu")
-    module = model.module.eval()
-    cfg = module.config
+    model.module.eval()
     adata = ad.read_h5ad(make_file(n_cells), backed="r")
-    match = model._match(adata, "adata")
+    return model, adata, model._match(adata, "adata")
+
+
+def _batches(model, adata, match, batch_size: int, bucket: bool) -> list:
+    """Forward batches ``(positions, x, library)`` as prediction makes them."""
+    from transanno_sc.model._utils import iter_vocab_batches
+
+    max_tokens = model.module.config.max_tokens if bucket else None
+    return list(
+        iter_vocab_batches(
+            adata.X, match.source, match.target, match.n_vocab, batch_size, max_tokens=max_tokens
+        )
+    )
+
+
+def _tokens(model, sample) -> list:
+    """Tokenized forward batches."""
+    import torch
+
+    from transanno_sc._constants import TARGET_SUM
+    from transanno_sc.data import normalize_log1p, tokenize
+
+    cfg = model.module.config
+    out = []
+    for _, x, lib in sample:
+        xl = normalize_log1p(torch.from_numpy(x), torch.from_numpy(lib), TARGET_SUM)
+        out.append(tokenize(xl, cfg.max_tokens, cfg.n_bins, cfg.value_encoding))
+    return out
+
+
+def mfu(n_cells: int = 10_000, batch_size: int = 128, repeats: int = 5) -> dict:
+    """Encoder FLOP utilization vs dense matmul, and padding with/without bucketing."""
+    import torch
+
+    model, adata, match = _model_and_data(n_cells)
+    module = model.module
+    cfg = module.config
 
     def batches(bucket: bool):
-        return list(
-            iter_vocab_batches(
-                adata.X,
-                match.source,
-                match.target,
-                match.n_vocab,
-                batch_size,
-                max_tokens=cfg.max_tokens if bucket else None,
-            )
-        )
+        return _batches(model, adata, match, batch_size, bucket)
 
     stats = {}
     for name, bucket in (("unbucketed", False), ("bucketed", True)):
@@ -248,15 +273,8 @@ def mfu(n_cells: int = 10_000, batch_size: int = 128, repeats: int = 5) -> dict:
     stats["mean_tokens_per_cell"] = real / adata.n_obs
 
     # a sample of bucketed batches spanning all lengths, tokenized once
-    from transanno_sc._constants import TARGET_SUM
-    from transanno_sc.data import normalize_log1p, tokenize
-
     def tokens(sample):
-        out = []
-        for _, x, lib in sample:
-            xl = normalize_log1p(torch.from_numpy(x), torch.from_numpy(lib), TARGET_SUM)
-            out.append(tokenize(xl, cfg.max_tokens, cfg.n_bins, cfg.value_encoding))
-        return out
+        return _tokens(model, sample)
 
     sample = batches(True)[:16]  # the first chunk (2,048 cells), bucketed
     toks = tokens(sample)
@@ -312,35 +330,14 @@ def mfu(n_cells: int = 10_000, batch_size: int = 128, repeats: int = 5) -> dict:
 
 def compile_speedup(n_cells: int = 10_000, batch_size: int = 128, repeats: int = 5) -> dict:
     """Encoder time of ``model.compile()`` against eager on the same bucketed batches."""
-    import anndata as ad
     import torch
 
     import transanno_sc as ta
-    from transanno_sc._constants import TARGET_SUM
-    from transanno_sc.data import normalize_log1p, tokenize
-    from transanno_sc.model._utils import iter_vocab_batches
 
-    torch.set_num_threads(int(os.environ.get("SCALE_THREADS", "2")))
-    train_model()
-    model = ta.model.TransAnno.load(str(MODEL_DIR), accelerator="cpu")
-    module = model.module.eval()
-    cfg = module.config
-    adata = ad.read_h5ad(make_file(n_cells), backed="r")
-    match = model._match(adata, "adata")
-    sample = list(
-        iter_vocab_batches(
-            adata.X,
-            match.source,
-            match.target,
-            match.n_vocab,
-            batch_size,
-            max_tokens=cfg.max_tokens,
-        )
-    )[:16]  # the first chunk (2,048 cells), bucketed: 16 different token lengths
-    toks = []
-    for _, x, lib in sample:
-        xl = normalize_log1p(torch.from_numpy(x), torch.from_numpy(lib), TARGET_SUM)
-        toks.append(tokenize(xl, cfg.max_tokens, cfg.n_bins, cfg.value_encoding))
+    model, adata, match = _model_and_data(n_cells)
+    module = model.module
+    # the first chunk (2,048 cells), bucketed: 16 different token lengths
+    toks = _tokens(model, _batches(model, adata, match, batch_size, bucket=True)[:16])
     eager = ta.model.TransAnno.load(str(MODEL_DIR), accelerator="cpu").module.eval().backbone
     model.compile()
     compiled = module.backbone
