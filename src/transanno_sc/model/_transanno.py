@@ -874,8 +874,9 @@ class TransAnno(BaseModelClass):
             raise ValueError(msg)
         manager = cls._get_most_recent_anndata_manager(adata, required=True)
         setup_args = manager.registry["setup_args"]
-        overlap = _checked_match(adata.var_names, vocab, "adata").to_dict()
-        added = _added_genes(adata, setup_args, vocab, reference_genes, settings.seed)
+        match = _checked_match(adata.var_names, vocab, "adata")
+        overlap = match.to_dict()
+        added = _added_genes(adata, setup_args, match, reference_genes, settings.seed)
         model_kwargs.setdefault("dropout", config.hidden_dropout_prob)
         with warnings.catch_warnings():
             # the overlap was checked (and warned about) against the backbone's vocabulary
@@ -1474,16 +1475,17 @@ def _checked_match(
 
 
 def _added_genes(
-    adata: AnnData, setup_args: dict, vocab: list[str], n_top_genes: int, seed: int
+    adata: AnnData, setup_args: dict, match: GeneMatch, n_top_genes: int, seed: int
 ) -> list[str]:
-    """Highly variable genes of ``adata`` that ``vocab`` lacks (none matched by name)."""
+    """Highly variable genes of ``adata`` that a vocabulary lacks (``match``: the
+    vocabulary matched to ``adata``; its matched genes are not added)."""
     if n_top_genes == 0:
         return []
     X = get_matrix(adata, setup_args["layer"])
     hvg = _select_genes(
         X, adata.var_names, n_top_genes, setup_args["input_scale"] == "counts", seed
     )
-    matched = set(adata.var_names[match_genes(adata.var_names, vocab).source].astype(str))
+    matched = set(adata.var_names[match.source].astype(str))
     return sorted(g for g in hvg if g not in matched)
 
 
