@@ -126,7 +126,10 @@ class TransAnno(BaseModelClass):
     adata
         AnnData registered with :meth:`setup_anndata`.
     n_hidden
-        Width of the Transformer.
+        Width of the Transformer. The default 64 (with ``max_tokens=128``) gave the same query
+        macro-F1 as 128 (with 256) on every benchmark task in about a quarter of the training
+        time (``benchmarks/README.md``). Wider models for pretraining on large corpora have not
+        been benchmarked.
     n_layers
         Number of encoder layers.
     n_heads
@@ -134,7 +137,8 @@ class TransAnno(BaseModelClass):
     n_latent
         Dimension of the cell embedding.
     max_tokens
-        Maximum number of expressed genes per cell used as tokens (highest first).
+        Maximum number of expressed genes per cell used as tokens (highest first). The wide
+        path reads every vocabulary gene whatever this is.
     n_top_genes
         Size of the gene vocabulary: highly variable genes of ``adata``. ``None`` uses all genes.
     n_bins
@@ -168,11 +172,11 @@ class TransAnno(BaseModelClass):
     def __init__(
         self,
         adata: AnnData,
-        n_hidden: int = 128,
+        n_hidden: int = 64,
         n_layers: int = 2,
         n_heads: int = 4,
         n_latent: int = 32,
-        max_tokens: int = 256,
+        max_tokens: int = 128,
         n_top_genes: int | None = 2000,
         n_bins: int = 16,
         value_encoding: Literal["bins", "quantile"] = "bins",
