@@ -19,6 +19,7 @@ Methods
 transanno            TransAnno with ``--model-kwargs``/``--train-kwargs`` (defaults: none), trained
                      like ``tl.transanno_annotate`` does and applied with
                      ``tl.transanno_annotate(query, model=...)``, ``unassigned_threshold=None``.
+                     ``batch_key="batch"`` where the reference has several batches.
 logreg_l1/_l2        scikit-learn logistic regression (C=0.1) on log1p CP10k of the reference's
                      2,000 highly variable genes (Seurat flavour, reference cells only).
 celltypist           ``celltypist.train`` on all genes of the log1p CP10k reference
@@ -32,7 +33,8 @@ scanvi               scvi-tools' reference-mapping recipe (scArches): SCVI (2 la
                      flavour on log1p CP10k where loess fails) for 100 epochs, ``SCANVI.from_scvi_model`` for 30
                      epochs (``n_samples_per_label=100``), ``SCANVI.prepare_query_anndata`` +
                      ``load_query_data`` and 50 query epochs (``weight_decay=0``).
-                     Batch covariate: reference vs query.
+                     Batch covariate: the reference's batches (Zilionis animals; one
+                     "reference" batch elsewhere) and "query".
 scanvi_semi          semi-supervised scANVI: the same models trained on reference + query
                      concatenated, the query labelled "Unknown"; SCVI 100 + SCANVI 30 epochs.
 
@@ -259,7 +261,9 @@ def celltypist_method(ref, query, labels, seed, majority):
     return pred, train, clk.lap()
 
 
-def _scanvi_inputs(ref, query, labels):
+def _scanvi_inputs(ref, query, labels, ref_batches=None):
+    """Counts on the reference's HVGs; batch covariate: the reference's own batches (where it
+    has them) and "query"."""
     import scanpy as sc
 
     r, q = _counts(ref), _counts(query)
@@ -272,7 +276,8 @@ def _scanvi_inputs(ref, query, labels):
         r.var["highly_variable"] = hv.var["highly_variable"]
     r = r[:, r.var.highly_variable].copy()
     r.var = r.var[[]]
-    r.obs = pd.DataFrame({"batch": "reference", "label": labels}, index=r.obs_names)
+    batch = "reference" if ref_batches is None else "reference " + pd.Series(ref_batches)
+    r.obs = pd.DataFrame({"batch": np.asarray(batch), "label": labels}, index=r.obs_names)
     q.obs = pd.DataFrame({"batch": "query", "label": UNKNOWN}, index=q.obs_names)
     return r, q
 
@@ -286,13 +291,13 @@ _SCVI_KWARGS = {
 }
 
 
-def scanvi(ref, query, labels, seed, semi):
+def scanvi(ref, query, labels, seed, semi, ref_batches=None):
     import scvi
 
     scvi.settings.seed = seed
     trainer = {"enable_progress_bar": False}
     clk = Clock()
-    r, q = _scanvi_inputs(ref, query, labels)
+    r, q = _scanvi_inputs(ref, query, labels, ref_batches)
     if semi:
         import anndata as ad
 
@@ -324,8 +329,12 @@ def scanvi(ref, query, labels, seed, semi):
     return pred, train, clk.lap()
 
 
-def transanno(ref, query, key, seed, model_kwargs, train_kwargs):
-    """Train as ``tl.transanno_annotate(reference=...)`` does, then annotate through it."""
+def transanno(ref, query, key, seed, model_kwargs, train_kwargs, ref_batches=None):
+    """Train as ``tl.transanno_annotate(reference=...)`` does, then annotate through it.
+
+    Where the reference has several batches (the Zilionis animals; Baron has one, PBMC none)
+    they are registered as ``batch_key``, which lets ``n_top_genes="auto"`` choose the gene
+    count by leave-one-batch-out validation."""
     import scvi
 
     import transanno_sc as ta
@@ -333,7 +342,11 @@ def transanno(ref, query, key, seed, model_kwargs, train_kwargs):
     scvi.settings.seed = seed
     clk = Clock()
     r = ref.copy()
-    ta.model.TransAnno.setup_anndata(r, labels_key=key)
+    batch_key = None
+    if ref_batches is not None and np.unique(ref_batches).size > 1:
+        batch_key = "batch"
+        r.obs[batch_key] = pd.Categorical(ref_batches)
+    ta.model.TransAnno.setup_anndata(r, labels_key=key, batch_key=batch_key)
     model = ta.model.TransAnno(r, **model_kwargs)
     model.train(**{"enable_progress_bar": False, **train_kwargs})
     train = clk.lap()
@@ -369,6 +382,8 @@ def run_one(name: str, method: str, seed: int, model_kwargs: dict, train_kwargs:
     ref, query, key = task(name, seed)
     ref_labels = ref.obs[key].astype(str).to_numpy()
     true = query.obs[key].astype(str).to_numpy()  # read by `score` only
+    # the reference's batches (animals), for methods that take them; every method gets labels
+    ref_batches = ref.obs["batch"].astype(str).to_numpy() if "batch" in ref.obs else None
     ref = ref.copy()
     ref.obs = ref.obs[[key]].copy()
     blind = _blind(query)
@@ -379,7 +394,9 @@ def run_one(name: str, method: str, seed: int, model_kwargs: dict, train_kwargs:
                 del a.layers[k]
     load_peak = _peak_rss_mb()  # peak so far: libraries and data, before the method runs
     if method == "transanno":
-        pred, t_train, t_pred = transanno(ref, blind, key, seed, model_kwargs, train_kwargs)
+        pred, t_train, t_pred = transanno(
+            ref, blind, key, seed, model_kwargs, train_kwargs, ref_batches
+        )
     elif method.startswith("logreg_"):
         pred, t_train, t_pred = logreg(ref, blind, ref_labels, seed, method.split("_")[1])
     elif method in ("celltypist", "celltypist_majority"):
@@ -387,7 +404,9 @@ def run_one(name: str, method: str, seed: int, model_kwargs: dict, train_kwargs:
             ref, blind, ref_labels, seed, method == "celltypist_majority"
         )
     elif method in ("scanvi", "scanvi_semi"):
-        pred, t_train, t_pred = scanvi(ref, blind, ref_labels, seed, method == "scanvi_semi")
+        pred, t_train, t_pred = scanvi(
+            ref, blind, ref_labels, seed, method == "scanvi_semi", ref_batches
+        )
     else:
         raise ValueError(f"unknown method {method!r}")
     return {
@@ -560,14 +579,19 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     parser.add_argument(
-        "--merge", nargs="+", default=None, help="tabulate these JSON files; run nothing"
+        "--merge",
+        nargs="+",
+        default=None,
+        help="tabulate these JSON files (a later file's run of a task, method and seed "
+        "replaces an earlier one's); run nothing",
     )
     args = parser.parse_args(argv)
     if args.merge:
-        rows = []
+        merged = {}  # a later file's run of the same (task, method, seed) replaces an earlier
         for f in args.merge:
-            rows += json.loads(Path(f).read_text())["rows"]
-        print(write(args.out, rows, {"merge": args.merge}))
+            for row in json.loads(Path(f).read_text())["rows"]:
+                merged[(row["task"], row["method"], row["seed"])] = row
+        print(write(args.out, list(merged.values()), {"merge": args.merge}))
         return 0
     mk, tk = json.loads(args.model_kwargs), json.loads(args.train_kwargs)
     rows = []

@@ -175,6 +175,42 @@ def test_unlabeled_cells_are_ignored(ref):
     assert not np.isin(np.arange(50), model.train_indices).any()
 
 
+def test_auto_gene_count_by_leave_one_batch_out(ref, tmp_path):
+    """n_top_genes="auto" scores 2,000 / 4,000 / 8,000 genes by training on one reference animal
+    and predicting the other (h_1 <-> t_1), keeps the smallest count within 0.005 of the best,
+    saves the scores with the model, and keeps 2,000 genes when most types occur in one batch
+    only or there is no batch to hold out."""
+    TransAnno.setup_anndata(ref, labels_key="cell_type", batch_key="batch")
+    model = TransAnno(ref, n_hidden=16, n_heads=2, max_tokens=32)
+    sel = model.gene_count_selection_
+    assert sel["n_batches"] == 2 and sel["validated_types"] == 1.0
+    assert set(sel["scores"]) == {2000, 4000, 8000}
+    # a held-out animal's four types are told apart far above chance (macro-F1 0.25)
+    assert all(0.6 < v <= 1.0 for v in sel["scores"].values())
+    best = max(sel["scores"].values())
+    assert sel["n_top_genes"] == min(k for k, v in sel["scores"].items() if v >= best - 0.005)
+    assert sel["n_top_genes"] <= len(model.var_names_) < sel["n_top_genes"] + 20
+    model.train(max_epochs=1, enable_progress_bar=False)
+    model.save(str(tmp_path / "m"))
+    assert TransAnno.load(str(tmp_path / "m")).gene_count_selection_ == sel
+
+    # 7 of the 11 subtypes occur in one animal only: the validation cannot judge them
+    TransAnno.setup_anndata(ref, labels_key="cell_subtype", batch_key="batch")
+    model = TransAnno(ref, n_hidden=16, n_heads=2, max_tokens=32)
+    assert model.gene_count_selection_["validated_types"] < 0.9
+    assert model.gene_count_selection_["n_top_genes"] == 2000
+    assert 2000 <= len(model.var_names_) < 2020
+
+    plain = ref.copy()
+    TransAnno.setup_anndata(plain, labels_key="cell_type")
+    model = TransAnno(plain, n_hidden=16, n_heads=2, max_tokens=32)
+    assert model.gene_count_selection_ is None
+    assert 2000 <= len(model.var_names_) < 2020
+    for bad in ("many", 0, -5, 1.5):
+        with pytest.raises(ValueError, match="n_top_genes"):
+            TransAnno(plain, n_top_genes=bad)
+
+
 def test_stratified_split_holds_out_one_of_ten():
     """10 cells of a type at train_size=0.9 give one validation cell (not 0: float rounding)."""
     from transanno_sc.model._utils import stratified_split

@@ -11,10 +11,9 @@ import scipy.sparse as sp
 import torch
 
 import transanno_sc as ta
-from transanno_sc.model import TransAnno
 from transanno_sc._constants import MODULE_KEYS
 from transanno_sc.data import normalize_log1p, tokenize
-from transanno_sc.model import _utils
+from transanno_sc.model import TransAnno, _utils
 
 ATOL = 1e-5
 

@@ -79,17 +79,24 @@ _TRAIN_PRESENTATIONS = 15_000
 _N_LINEAR_CELLS = 20_000
 #: Every type keeps at least this many reference cells (all of them when it has fewer).
 _MIN_REFERENCE_CELLS_PER_TYPE = 50
+#: ``n_top_genes="auto"``: the gene counts compared, the count without a batch to hold out,
+#: labeled cells (stratified subsample) and held-out batches used, and the macro-F1 margin a
+#: larger count must win by.
+_GENE_COUNT_CANDIDATES = (2000, 4000, 8000)
+_DEFAULT_GENE_COUNT = 2000
+_N_GENE_COUNT_CELLS = 5_000
+_MAX_HELD_OUT_BATCHES = 5
+_GENE_COUNT_TOLERANCE = 0.005
+#: Fraction of the labeled types that some held-out batch must share with the other batches.
+_MIN_VALIDATED_TYPES = 0.9
 
 
-def _select_genes(
-    X, var_names: pd.Index, n_top_genes: int | None, is_counts: bool, seed: int
-) -> list[str]:
-    """Pick the gene vocabulary: highly variable genes of (a subsample of) the reference."""
+def _log_hvg_subsample(X, var_names: pd.Index, is_counts: bool, seed: int):
+    """Log1p CP10k AnnData of (at most 20,000 random rows of) X, with Seurat-flavour dispersions
+    in ``var`` (``dispersions_norm``), and the rows it holds (``None``: all of them)."""
     import scanpy as sc
 
-    n_obs, n_vars = X.shape
-    if n_top_genes is None or n_top_genes >= n_vars:
-        return [str(g) for g in var_names]
+    n_obs = X.shape[0]
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n_obs, 20_000, replace=False)) if n_obs > 20_000 else None
     sub = X[rows] if rows is not None else X[:]
@@ -101,9 +108,108 @@ def _select_genes(
         if is_counts:
             sc.pp.normalize_total(tmp, target_sum=1e4)
             sc.pp.log1p(tmp)
+    return tmp, rows
+
+
+def _select_genes(
+    X, var_names: pd.Index, n_top_genes: int | None, is_counts: bool, seed: int
+) -> list[str]:
+    """Pick the gene vocabulary: highly variable genes of (a subsample of) the reference."""
+    import scanpy as sc
+
+    n_vars = X.shape[1]
+    if n_top_genes is None or n_top_genes >= n_vars:
+        return [str(g) for g in var_names]
+    tmp, _ = _log_hvg_subsample(X, var_names, is_counts, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         sc.pp.highly_variable_genes(tmp, n_top_genes=n_top_genes, flavor="seurat")
     hvg = tmp.var["highly_variable"].to_numpy()
     return [str(g) for g in var_names[hvg]]
+
+
+def _choose_gene_count(
+    X,
+    var_names: pd.Index,
+    codes: np.ndarray,
+    batches: np.ndarray,
+    is_counts: bool,
+    seed: int,
+) -> dict | None:
+    """``n_top_genes="auto"``: the number of highly variable genes (of
+    :data:`_GENE_COUNT_CANDIDATES`) whose class-weighted L2 logistic regression (the wide
+    path's recipe) transfers labels best from some reference batches to another, by
+    leave-one-batch-out macro-F1 on labeled cells. ``None`` when fewer than two batches hold
+    labeled cells (nothing to hold out)."""
+    import scanpy as sc
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+
+    labeled = codes >= 0
+    if np.unique(batches[labeled]).size < 2:
+        return None
+    tmp, rows = _log_hvg_subsample(X, var_names, is_counts, seed)
+    codes = codes if rows is None else codes[rows]
+    batches = batches if rows is None else batches[rows]
+    candidates = [k for k in _GENE_COUNT_CANDIDATES if k < X.shape[1]] or [X.shape[1]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc.pp.highly_variable_genes(tmp, n_top_genes=max(candidates), flavor="seurat")
+    dispersion = tmp.var["dispersions_norm"].to_numpy(dtype=np.float64)
+    order = np.argsort(-np.nan_to_num(dispersion, nan=-np.inf), kind="stable")
+    rng = np.random.default_rng(seed)
+    cells = np.flatnonzero(codes >= 0)
+    cells = np.sort(cells[_stratified_subsample(codes[cells], _N_GENE_COUNT_CELLS, rng)])
+    y, b = codes[cells], batches[cells]
+    held_batches = np.unique(b)
+    if held_batches.size > _MAX_HELD_OUT_BATCHES:
+        held_batches = np.sort(rng.choice(held_batches, _MAX_HELD_OUT_BATCHES, replace=False))
+    # Types a held-out batch shares with the others are the only ones the validation sees;
+    # more genes cost rare types most, so the validation must see (nearly) every type.
+    validated = set()
+    for batch in held_batches:
+        validated |= set(np.unique(y[b == batch])) & set(np.unique(y[b != batch]))
+    coverage = len(validated) / np.unique(y).size
+    if coverage < _MIN_VALIDATED_TYPES:
+        return {
+            "n_top_genes": _DEFAULT_GENE_COUNT,
+            "scores": {},
+            "n_batches": int(held_batches.size),
+            "validated_types": float(coverage),
+        }
+    M = tmp.X[cells][:, order[: max(candidates)]]
+    M = M.toarray() if sp.issparse(M) else np.asarray(M)
+    scores = {}
+    for k in candidates:
+        folds = []
+        for batch in held_batches:
+            held, kept = b == batch, b != batch
+            if np.unique(y[kept]).size < 2:
+                continue
+            counts = np.bincount(y[kept])
+            weight = counts.sum() / (np.count_nonzero(counts) * np.maximum(counts, 1))
+            clf = LogisticRegression(C=0.1, max_iter=1000, tol=1e-4)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                clf.fit(M[kept, :k], y[kept], sample_weight=weight[y[kept]])
+            shared = np.intersect1d(np.unique(y[held]), clf.classes_)
+            keep = np.isin(y[held], shared)
+            if keep.any():
+                pred = clf.predict(M[held, :k][keep])
+                folds.append(f1_score(y[held][keep], pred, labels=shared, average="macro"))
+        if folds:
+            scores[int(k)] = float(np.mean(folds))
+    if not scores:
+        return None
+    best = max(scores.values())
+    # the smallest count within the tolerance of the best: fewer genes unless more clearly help
+    chosen = min(k for k, v in scores.items() if v >= best - _GENE_COUNT_TOLERANCE)
+    return {
+        "n_top_genes": chosen,
+        "scores": scores,
+        "n_batches": int(held_batches.size),
+        "validated_types": float(coverage),
+    }
 
 
 def _default_max_epochs(n_cells: int) -> int:
@@ -141,6 +247,14 @@ class TransAnno(BaseModelClass):
         path reads every vocabulary gene whatever this is.
     n_top_genes
         Size of the gene vocabulary: highly variable genes of ``adata``. ``None`` uses all genes.
+        ``"auto"``: 2,000, unless the labeled cells come from several batches (``batch_key`` of
+        :meth:`setup_anndata`); then the count among 2,000 / 4,000 / 8,000 whose logistic
+        regression (the wide path's recipe) transfers labels best from the other batches to a
+        held-out one (mean macro-F1 over held-out batches; a larger count must win by 0.005).
+        More genes help across batches and can hurt rare types within one batch
+        (``benchmarks/README.md``), so a type that only one batch has cannot be judged this
+        way: when fewer than 90 % of the types occur in two batches, 2,000 it is. The scores
+        are kept in ``gene_count_selection_``.
     n_bins
         Number of expression-value bins.
     value_encoding
@@ -177,7 +291,7 @@ class TransAnno(BaseModelClass):
         n_heads: int = 4,
         n_latent: int = 32,
         max_tokens: int = 128,
-        n_top_genes: int | None = 2000,
+        n_top_genes: int | Literal["auto"] | None = "auto",
         n_bins: int = 16,
         value_encoding: Literal["bins", "quantile"] = "bins",
         dropout: float = 0.1,
@@ -192,12 +306,24 @@ class TransAnno(BaseModelClass):
         ).categorical_mapping
         # LabelsWithUnlabeledObsField always puts the unlabeled category last
         self.classes_ = [str(c) for c in mapping[:-1]] if setup_args["labels_key"] else []
+        self.gene_count_selection_: dict | None = None
         if gene_vocabulary is not None:
             self.var_names_ = _check_vocabulary(gene_vocabulary)
         else:
             X = get_matrix(adata, setup_args["layer"])
+            is_counts = self.input_scale_ == "counts"
+            if isinstance(n_top_genes, str):
+                if n_top_genes != "auto":
+                    msg = f"n_top_genes must be an int, None or 'auto', got {n_top_genes!r}."
+                    raise ValueError(msg)
+                n_top_genes = self._auto_gene_count(X, adata.var_names, is_counts)
+            elif n_top_genes is not None and not (
+                isinstance(n_top_genes, int | np.integer) and n_top_genes > 0
+            ):
+                msg = f"n_top_genes must be a positive int, None or 'auto', got {n_top_genes!r}."
+                raise ValueError(msg)
             self.var_names_ = _select_genes(
-                X, adata.var_names, n_top_genes, self.input_scale_ == "counts", settings.seed
+                X, adata.var_names, n_top_genes, is_counts, settings.seed
             )
         self.calibration_: dict | None = None
         self.is_pretrained_ = False
@@ -206,6 +332,34 @@ class TransAnno(BaseModelClass):
         self._set_training_genes(adata)
 
     # ------------------------------------------------------------------ construction
+    def _auto_gene_count(self, X, var_names: pd.Index, is_counts: bool) -> int:
+        """``n_top_genes="auto"`` (see the class docstring); sets ``gene_count_selection_``."""
+        n_classes = len(self.classes_)
+        if not n_classes:
+            return _DEFAULT_GENE_COUNT
+        codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).reshape(
+            -1
+        )
+        codes = np.where(codes < n_classes, codes, -1).astype(np.int64)
+        batches = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).reshape(
+            -1
+        )
+        t0 = time.perf_counter()
+        choice = _choose_gene_count(X, var_names, codes, batches, is_counts, settings.seed)
+        if choice is None:
+            return _DEFAULT_GENE_COUNT
+        self.gene_count_selection_ = choice
+        logger.info(
+            "n_top_genes='auto': %d genes (leave-one-batch-out macro-F1 %s, %d batches, "
+            "%.0f %% of the types validated, %.1f s).",
+            choice["n_top_genes"],
+            {k: round(v, 3) for k, v in choice["scores"].items()},
+            choice["n_batches"],
+            100 * choice["validated_types"],
+            time.perf_counter() - t0,
+        )
+        return choice["n_top_genes"]
+
     def _build_module(self) -> None:
         p = self.init_params_["non_kwargs"]
         self.module = self._module_cls(
@@ -1302,6 +1456,7 @@ class TransAnno(BaseModelClass):
             "input_scale": self.input_scale_,
             "is_trained": bool(self.is_trained_),
             "calibration": getattr(self, "calibration_", None),
+            "gene_count_selection": getattr(self, "gene_count_selection_", None),
             "is_pretrained": bool(getattr(self, "is_pretrained_", False)),
             "history": history_to_json(self.history_ if isinstance(self.history_, dict) else None),
         }
@@ -1380,6 +1535,10 @@ class TransAnno(BaseModelClass):
             raise ValueError(msg) from e
         model.is_trained_ = bool(config["is_trained"])
         model.calibration_ = config.get("calibration")
+        selection = config.get("gene_count_selection")
+        if selection is not None:  # JSON keys are strings
+            selection["scores"] = {int(k): v for k, v in selection["scores"].items()}
+        model.gene_count_selection_ = selection
         model.is_pretrained_ = bool(config.get("is_pretrained", False))
         model.history_ = history_from_json(config.get("history", {}))
         model.module.eval()

@@ -168,7 +168,9 @@ def transanno_annotate(
         Value of ``reference.obs[labels_key]`` marking reference cells without a label (not
         trained on; used by ``pretrain``).
     batch_key
-        Column of ``reference.obs`` with the batch.
+        Column of ``reference.obs`` with the batch (sample, donor, animal). With several
+        batches the default ``n_top_genes="auto"`` chooses the number of genes by
+        leave-one-batch-out validation (see :class:`~transanno_sc.model.TransAnno`).
     layer
         Layer holding the expression in both ``reference`` and ``adata``; ``adata.X`` if
         ``None``.
