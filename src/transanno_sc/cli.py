@@ -52,7 +52,10 @@ def demo(out: str, max_epochs: int | None, seed: int) -> int:
     print(
         f"Zilionis et al. 2019 mouse lung: {ref.n_obs} reference and {query.n_obs} query cells ({how})."
     )
-    ta.tl.transanno_annotate(query, reference=ref, labels_key="cell_type", max_epochs=max_epochs)
+    # the reference animals as batches: n_top_genes="auto" compares gene counts across them
+    ta.tl.transanno_annotate(
+        query, reference=ref, labels_key="cell_type", batch_key="batch", max_epochs=max_epochs
+    )
     metrics = ta.tl.evaluate(query, "cell_type")
     print(
         f"Query accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['f1_macro']:.3f}, "
