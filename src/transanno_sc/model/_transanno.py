@@ -128,6 +128,19 @@ def _select_genes(
     return [str(g) for g in var_names[hvg]]
 
 
+def _logistic_regression(X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray, c: float):
+    """The wide path's recipe: a weighted L2 logistic regression (lbfgs) fitted on ``X``."""
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(C=c, max_iter=1000, tol=1e-4)
+    with warnings.catch_warnings():
+        # a not fully converged lbfgs is still a regularized linear classifier
+        warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
+        warnings.filterwarnings("ignore", message=".*converge.*")
+        clf.fit(X, y, sample_weight=sample_weight)
+    return clf
+
+
 def _choose_gene_count(
     X,
     var_names: pd.Index,
@@ -142,7 +155,6 @@ def _choose_gene_count(
     leave-one-batch-out macro-F1 on labeled cells. ``None`` when fewer than two batches hold
     labeled cells (nothing to hold out)."""
     import scanpy as sc
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
 
     labeled = codes >= 0
@@ -188,10 +200,7 @@ def _choose_gene_count(
                 continue
             counts = np.bincount(y[kept])
             weight = counts.sum() / (np.count_nonzero(counts) * np.maximum(counts, 1))
-            clf = LogisticRegression(C=0.1, max_iter=1000, tol=1e-4)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                clf.fit(M[kept, :k], y[kept], sample_weight=weight[y[kept]])
+            clf = _logistic_regression(M[kept, :k], y[kept], weight[y[kept]], 0.1)
             shared = np.intersect1d(np.unique(y[held]), clf.classes_)
             keep = np.isin(y[held], shared)
             if keep.any():
@@ -684,19 +693,12 @@ class TransAnno(BaseModelClass):
         batch_size: int,
     ) -> None:
         """Fit the wide path as a weighted L2 logistic regression on training cells."""
-        from sklearn.linear_model import LogisticRegression
-
         rng = np.random.default_rng(settings.seed)
         cells = np.sort(train_idx[_stratified_subsample(codes[train_idx], _N_LINEAR_CELLS, rng)])
         X = self._log_expression(cells, batch_size).numpy()
         y = codes[cells]
         t0 = time.perf_counter()
-        clf = LogisticRegression(C=c, max_iter=1000, tol=1e-4)
-        with warnings.catch_warnings():
-            # a not fully converged lbfgs is still a regularized linear classifier
-            warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
-            warnings.filterwarnings("ignore", message=".*converge.*")
-            clf.fit(X, y, sample_weight=class_weights[y])
+        clf = _logistic_regression(X, y, class_weights[y], c)
         n_classes, n_genes = self.module.wide.weight.shape
         weight = np.zeros((n_classes, n_genes), dtype=np.float32)
         bias = np.full(n_classes, -30.0, dtype=np.float32)  # classes without training cells
