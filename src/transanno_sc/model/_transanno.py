@@ -112,20 +112,38 @@ def _log_hvg_subsample(X, var_names: pd.Index, is_counts: bool, seed: int):
 
 
 def _select_genes(
-    X, var_names: pd.Index, n_top_genes: int | None, is_counts: bool, seed: int
+    X,
+    var_names: pd.Index,
+    n_top_genes: int | None,
+    is_counts: bool,
+    seed: int,
+    tmp: AnnData | None = None,
 ) -> list[str]:
-    """Pick the gene vocabulary: highly variable genes of (a subsample of) the reference."""
+    """Pick the gene vocabulary: highly variable genes of (a subsample of) the reference
+    (``tmp``: that subsample from :func:`_log_hvg_subsample`, when already made)."""
     import scanpy as sc
 
     n_vars = X.shape[1]
     if n_top_genes is None or n_top_genes >= n_vars:
         return [str(g) for g in var_names]
-    tmp, _ = _log_hvg_subsample(X, var_names, is_counts, seed)
+    if tmp is None:
+        tmp, _ = _log_hvg_subsample(X, var_names, is_counts, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sc.pp.highly_variable_genes(tmp, n_top_genes=n_top_genes, flavor="seurat")
     hvg = tmp.var["highly_variable"].to_numpy()
     return [str(g) for g in var_names[hvg]]
+
+
+def _class_weights(counts: np.ndarray, power: float) -> np.ndarray:
+    """Per-class weights (count / (n_types x class count)) ** ``power``, averaging 1 over the
+    cells; 1 for classes without cells."""
+    counts = counts.astype(np.float64)
+    weights = np.ones(counts.size)
+    seen = counts > 0
+    weights[seen] = (counts[seen].sum() / (seen.sum() * counts[seen])) ** power
+    weights[seen] /= np.average(weights[seen], weights=counts[seen])
+    return weights
 
 
 def _logistic_regression(X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray, c: float):
@@ -142,28 +160,21 @@ def _logistic_regression(X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray
 
 
 def _choose_gene_count(
-    X,
-    var_names: pd.Index,
-    codes: np.ndarray,
-    batches: np.ndarray,
-    is_counts: bool,
-    seed: int,
+    tmp: AnnData, rows: np.ndarray | None, codes: np.ndarray, batches: np.ndarray, seed: int
 ) -> dict | None:
     """``n_top_genes="auto"``: the number of highly variable genes (of
     :data:`_GENE_COUNT_CANDIDATES`) whose class-weighted L2 logistic regression (the wide
     path's recipe) transfers labels best from some reference batches to another, by
-    leave-one-batch-out macro-F1 on labeled cells. ``None`` when fewer than two batches hold
-    labeled cells (nothing to hold out)."""
+    leave-one-batch-out macro-F1 on labeled cells (``codes`` >= 0). ``tmp`` and ``rows``:
+    the reference subsample of :func:`_log_hvg_subsample`. ``None`` when no held-out batch
+    could be scored."""
     import scanpy as sc
     from sklearn.metrics import f1_score
 
-    labeled = codes >= 0
-    if np.unique(batches[labeled]).size < 2:
-        return None
-    tmp, rows = _log_hvg_subsample(X, var_names, is_counts, seed)
     codes = codes if rows is None else codes[rows]
     batches = batches if rows is None else batches[rows]
-    candidates = [k for k in _GENE_COUNT_CANDIDATES if k < X.shape[1]] or [X.shape[1]]
+    n_vars = tmp.n_vars
+    candidates = [k for k in _GENE_COUNT_CANDIDATES if k < n_vars] or [n_vars]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sc.pp.highly_variable_genes(tmp, n_top_genes=max(candidates), flavor="seurat")
@@ -198,8 +209,7 @@ def _choose_gene_count(
             held, kept = b == batch, b != batch
             if np.unique(y[kept]).size < 2:
                 continue
-            counts = np.bincount(y[kept])
-            weight = counts.sum() / (np.count_nonzero(counts) * np.maximum(counts, 1))
+            weight = _class_weights(np.bincount(y[kept]), 1.0)  # "balanced"
             clf = _logistic_regression(M[kept, :k], y[kept], weight[y[kept]], 0.1)
             shared = np.intersect1d(np.unique(y[held]), clf.classes_)
             keep = np.isin(y[held], shared)
@@ -325,15 +335,18 @@ class TransAnno(BaseModelClass):
                 if n_top_genes != "auto":
                     msg = f"n_top_genes must be an int, None or 'auto', got {n_top_genes!r}."
                     raise ValueError(msg)
-                n_top_genes = self._auto_gene_count(X, adata.var_names, is_counts)
-            elif n_top_genes is not None and not (
-                isinstance(n_top_genes, int | np.integer) and n_top_genes > 0
-            ):
-                msg = f"n_top_genes must be a positive int, None or 'auto', got {n_top_genes!r}."
-                raise ValueError(msg)
-            self.var_names_ = _select_genes(
-                X, adata.var_names, n_top_genes, is_counts, settings.seed
-            )
+                self.var_names_ = self._auto_vocabulary(X, adata.var_names, is_counts)
+            else:
+                if n_top_genes is not None and not (
+                    isinstance(n_top_genes, int | np.integer) and n_top_genes > 0
+                ):
+                    msg = (
+                        f"n_top_genes must be a positive int, None or 'auto', got {n_top_genes!r}."
+                    )
+                    raise ValueError(msg)
+                self.var_names_ = _select_genes(
+                    X, adata.var_names, n_top_genes, is_counts, settings.seed
+                )
         self.calibration_: dict | None = None
         self.is_pretrained_ = False
         self.init_params_ = self._get_init_params(locals())
@@ -341,11 +354,12 @@ class TransAnno(BaseModelClass):
         self._set_training_genes(adata)
 
     # ------------------------------------------------------------------ construction
-    def _auto_gene_count(self, X, var_names: pd.Index, is_counts: bool) -> int:
+    def _auto_vocabulary(self, X, var_names: pd.Index, is_counts: bool) -> list[str]:
         """``n_top_genes="auto"`` (see the class docstring); sets ``gene_count_selection_``."""
         n_classes = len(self.classes_)
+        seed = settings.seed
         if not n_classes:
-            return _DEFAULT_GENE_COUNT
+            return _select_genes(X, var_names, _DEFAULT_GENE_COUNT, is_counts, seed)
         codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).reshape(
             -1
         )
@@ -353,10 +367,13 @@ class TransAnno(BaseModelClass):
         batches = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).reshape(
             -1
         )
+        if np.unique(batches[codes >= 0]).size < 2:  # no batch to hold out
+            return _select_genes(X, var_names, _DEFAULT_GENE_COUNT, is_counts, seed)
         t0 = time.perf_counter()
-        choice = _choose_gene_count(X, var_names, codes, batches, is_counts, settings.seed)
+        tmp, rows = _log_hvg_subsample(X, var_names, is_counts, seed)
+        choice = _choose_gene_count(tmp, rows, codes, batches, seed)
         if choice is None:
-            return _DEFAULT_GENE_COUNT
+            return _select_genes(X, var_names, _DEFAULT_GENE_COUNT, is_counts, seed, tmp=tmp)
         self.gene_count_selection_ = choice
         logger.info(
             "n_top_genes='auto': %d genes (leave-one-batch-out macro-F1 %s, %d batches, "
@@ -367,7 +384,7 @@ class TransAnno(BaseModelClass):
             100 * choice["validated_types"],
             time.perf_counter() - t0,
         )
-        return choice["n_top_genes"]
+        return _select_genes(X, var_names, choice["n_top_genes"], is_counts, seed, tmp=tmp)
 
     def _build_module(self) -> None:
         p = self.init_params_["non_kwargs"]
@@ -620,14 +637,12 @@ class TransAnno(BaseModelClass):
 
         counts = np.bincount(codes[train_idx], minlength=n_classes).astype(np.float64)
         weights = np.ones(n_classes)
-        seen = counts > 0
         if class_weighting != "none":
             power = {"balanced": 1.0, "sqrt": 0.5}.get(class_weighting)
             if power is None:
                 msg = f"class_weighting must be 'balanced', 'sqrt' or 'none', got {class_weighting!r}."
                 raise ValueError(msg)
-            weights[seen] = (counts[seen].sum() / (seen.sum() * counts[seen])) ** power
-            weights[seen] /= np.average(weights[seen], weights=counts[seen])
+            weights = _class_weights(counts, power)
         label_map = torch.full((n_classes + 1,), -100, dtype=torch.long)
         label_map[:n_classes] = torch.arange(n_classes)
 
