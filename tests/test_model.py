@@ -211,6 +211,41 @@ def test_auto_gene_count_by_leave_one_batch_out(ref, tmp_path):
             TransAnno(plain, n_top_genes=bad)
 
 
+def test_pretraining_on_the_query_keeps_the_auto_vocabulary(ref, query, tmp_path):
+    """tl.transanno_annotate(pretrain=True) chooses the genes from the reference cells as a model
+    on the reference alone does, "auto" included (it used to fall back to 2,000 genes and to
+    fail with a TypeError on an explicit n_top_genes="auto")."""
+    arch = {"n_hidden": 16, "n_heads": 2, "max_tokens": 32}
+    alone = ref.copy()
+    TransAnno.setup_anndata(alone, labels_key="cell_type", batch_key="batch")
+    expected = TransAnno(alone, **arch)
+    assert expected.gene_count_selection_["n_top_genes"] > 2000  # the test needs a non-default
+    for model_kwargs in (arch, {**arch, "n_top_genes": "auto"}):
+        ta.tl.transanno_annotate(
+            query,
+            reference=ref,
+            labels_key="cell_type",
+            batch_key="batch",
+            pretrain=True,
+            pretrain_kwargs={"max_epochs": 1},
+            model_kwargs=model_kwargs,
+            max_epochs=1,
+            enable_progress_bar=False,
+            save_model=str(tmp_path / "m"),
+        )
+        model = TransAnno.load(str(tmp_path / "m"))
+        assert model.var_names_ == expected.var_names_
+        assert model.gene_count_selection_ == expected.gene_count_selection_
+    with pytest.raises(ValueError, match="n_top_genes"):
+        ta.tl.transanno_annotate(
+            query,
+            reference=ref,
+            labels_key="cell_type",
+            pretrain=True,
+            model_kwargs={"n_top_genes": "many"},
+        )
+
+
 def test_stratified_split_holds_out_one_of_ten():
     """10 cells of a type at train_size=0.9 give one validation cell (not 0: float rounding)."""
     from transanno_sc.model._utils import stratified_split

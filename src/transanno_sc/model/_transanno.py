@@ -231,6 +231,49 @@ def _choose_gene_count(
     }
 
 
+def _choose_vocabulary(
+    X,
+    var_names: pd.Index,
+    n_top_genes: int | str | None,
+    is_counts: bool,
+    codes: np.ndarray,
+    batches: np.ndarray,
+    seed: int,
+) -> tuple[list[str], dict | None]:
+    """The gene vocabulary for ``n_top_genes`` (see :class:`TransAnno`) and, for ``"auto"``
+    with several labeled batches, its leave-one-batch-out scores (else ``None``). ``codes``:
+    label codes of the rows of ``X``, -1 where unlabeled; ``batches``: batch codes."""
+    if isinstance(n_top_genes, str):
+        if n_top_genes != "auto":
+            msg = f"n_top_genes must be an int, None or 'auto', got {n_top_genes!r}."
+            raise ValueError(msg)
+    elif n_top_genes is not None and not (
+        isinstance(n_top_genes, int | np.integer) and n_top_genes > 0
+    ):
+        msg = f"n_top_genes must be a positive int, None or 'auto', got {n_top_genes!r}."
+        raise ValueError(msg)
+    if n_top_genes != "auto":
+        return _select_genes(X, var_names, n_top_genes, is_counts, seed), None
+    if np.unique(batches[codes >= 0]).size < 2:  # no labels, or no batch to hold out
+        return _select_genes(X, var_names, _DEFAULT_GENE_COUNT, is_counts, seed), None
+    t0 = time.perf_counter()
+    tmp, rows = _log_hvg_subsample(X, var_names, is_counts, seed)
+    choice = _choose_gene_count(tmp, rows, codes, batches, seed)
+    if choice is None:
+        return _select_genes(X, var_names, _DEFAULT_GENE_COUNT, is_counts, seed, tmp=tmp), None
+    logger.info(
+        "n_top_genes='auto': %d genes (leave-one-batch-out macro-F1 %s, %d batches, "
+        "%.0f %% of the types validated, %.1f s).",
+        choice["n_top_genes"],
+        {k: round(v, 3) for k, v in choice["scores"].items()},
+        choice["n_batches"],
+        100 * choice["validated_types"],
+        time.perf_counter() - t0,
+    )
+    genes = _select_genes(X, var_names, choice["n_top_genes"], is_counts, seed, tmp=tmp)
+    return genes, choice
+
+
 def _default_max_epochs(n_cells: int) -> int:
     """About :data:`_TRAIN_PRESENTATIONS` cell presentations, between 10 and 100 epochs."""
     return int(np.clip(np.ceil(_TRAIN_PRESENTATIONS / max(n_cells, 1)), 10, 100))
@@ -329,24 +372,22 @@ class TransAnno(BaseModelClass):
         if gene_vocabulary is not None:
             self.var_names_ = _check_vocabulary(gene_vocabulary)
         else:
-            X = get_matrix(adata, setup_args["layer"])
-            is_counts = self.input_scale_ == "counts"
-            if isinstance(n_top_genes, str):
-                if n_top_genes != "auto":
-                    msg = f"n_top_genes must be an int, None or 'auto', got {n_top_genes!r}."
-                    raise ValueError(msg)
-                self.var_names_ = self._auto_vocabulary(X, adata.var_names, is_counts)
-            else:
-                if n_top_genes is not None and not (
-                    isinstance(n_top_genes, int | np.integer) and n_top_genes > 0
-                ):
-                    msg = (
-                        f"n_top_genes must be a positive int, None or 'auto', got {n_top_genes!r}."
-                    )
-                    raise ValueError(msg)
-                self.var_names_ = _select_genes(
-                    X, adata.var_names, n_top_genes, is_counts, settings.seed
-                )
+            n_classes = len(self.classes_)
+            codes = np.asarray(
+                self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)
+            ).reshape(-1)
+            batches = np.asarray(
+                self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)
+            ).reshape(-1)
+            self.var_names_, self.gene_count_selection_ = _choose_vocabulary(
+                get_matrix(adata, setup_args["layer"]),
+                adata.var_names,
+                n_top_genes,
+                self.input_scale_ == "counts",
+                np.where(codes < n_classes, codes, -1).astype(np.int64),
+                batches,
+                settings.seed,
+            )
         self.calibration_: dict | None = None
         self.is_pretrained_ = False
         self.init_params_ = self._get_init_params(locals())
@@ -354,38 +395,6 @@ class TransAnno(BaseModelClass):
         self._set_training_genes(adata)
 
     # ------------------------------------------------------------------ construction
-    def _auto_vocabulary(self, X, var_names: pd.Index, is_counts: bool) -> list[str]:
-        """``n_top_genes="auto"`` (see the class docstring); sets ``gene_count_selection_``."""
-        n_classes = len(self.classes_)
-        seed = settings.seed
-        if not n_classes:
-            return _select_genes(X, var_names, _DEFAULT_GENE_COUNT, is_counts, seed)
-        codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).reshape(
-            -1
-        )
-        codes = np.where(codes < n_classes, codes, -1).astype(np.int64)
-        batches = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).reshape(
-            -1
-        )
-        if np.unique(batches[codes >= 0]).size < 2:  # no batch to hold out
-            return _select_genes(X, var_names, _DEFAULT_GENE_COUNT, is_counts, seed)
-        t0 = time.perf_counter()
-        tmp, rows = _log_hvg_subsample(X, var_names, is_counts, seed)
-        choice = _choose_gene_count(tmp, rows, codes, batches, seed)
-        if choice is None:
-            return _select_genes(X, var_names, _DEFAULT_GENE_COUNT, is_counts, seed, tmp=tmp)
-        self.gene_count_selection_ = choice
-        logger.info(
-            "n_top_genes='auto': %d genes (leave-one-batch-out macro-F1 %s, %d batches, "
-            "%.0f %% of the types validated, %.1f s).",
-            choice["n_top_genes"],
-            {k: round(v, 3) for k, v in choice["scores"].items()},
-            choice["n_batches"],
-            100 * choice["validated_types"],
-            time.perf_counter() - t0,
-        )
-        return _select_genes(X, var_names, choice["n_top_genes"], is_counts, seed, tmp=tmp)
-
     def _build_module(self) -> None:
         p = self.init_params_["non_kwargs"]
         self.module = self._module_cls(

@@ -69,16 +69,42 @@ def _private_reference(
 _UNLABELED = "__transanno_query__"
 
 
-def _reference_vocabulary(private: AnnData, model_kwargs: dict) -> list[str]:
-    """The model's default gene vocabulary, chosen from the reference cells only."""
+def _reference_vocabulary(
+    private: AnnData,
+    model_kwargs: dict,
+    labels_key: str,
+    batch_key: str | None,
+    unlabeled_category: str,
+) -> tuple[list[str], dict | None]:
+    """The gene vocabulary (and ``n_top_genes="auto"``'s scores) the model would choose from
+    the reference cells alone."""
+    import inspect
+
     from scvi import settings
 
-    from transanno_sc.model._transanno import _select_genes
+    from transanno_sc.model import TransAnno
+    from transanno_sc.model._transanno import _choose_vocabulary
     from transanno_sc.model._utils import resolve_input_scale
 
     scale = resolve_input_scale(private.X, "auto", "reference.X")
-    n_top = model_kwargs.pop("n_top_genes", 2000)
-    return _select_genes(private.X, private.var_names, n_top, scale == "counts", settings.seed)
+    default = inspect.signature(TransAnno).parameters["n_top_genes"].default
+    labels = private.obs[labels_key].astype(str)
+    types = sorted(set(labels) - {unlabeled_category})
+    codes = pd.Categorical(labels, categories=types).codes.astype(np.int64)  # unlabeled: -1
+    batches = (
+        pd.Categorical(private.obs[batch_key].astype(str)).codes
+        if batch_key is not None
+        else np.zeros(private.n_obs, dtype=np.int64)
+    )
+    return _choose_vocabulary(
+        private.X,
+        private.var_names,
+        model_kwargs.pop("n_top_genes", default),
+        scale == "counts",
+        codes,
+        np.asarray(batches),
+        settings.seed,
+    )
 
 
 def _with_query_cells(
@@ -257,8 +283,13 @@ def transanno_annotate(
     if model is None:
         private = _private_reference(reference, labels_key, batch_key, layer)
         model_kwargs = dict(model_kwargs or {})
+        selection = None
+        if pretrain and "gene_vocabulary" not in model_kwargs:
+            # chosen from the reference's cells only, as without pretraining
+            model_kwargs["gene_vocabulary"], selection = _reference_vocabulary(
+                private, model_kwargs, labels_key, batch_key, unlabeled_category
+            )
         if pretrain:
-            model_kwargs.setdefault("gene_vocabulary", _reference_vocabulary(private, model_kwargs))
             private = _with_query_cells(private, rna, layer, labels_key, unlabeled_category)
         TransAnno.setup_anndata(
             private,
@@ -267,6 +298,8 @@ def transanno_annotate(
             unlabeled_category=_UNLABELED if pretrain else unlabeled_category,
         )
         model = TransAnno(private, **model_kwargs)
+        if selection is not None:
+            model.gene_count_selection_ = selection
         if pretrain:
             pretrain_kwargs = dict(pretrain_kwargs or {})
             for key in ("accelerator", "devices", "enable_progress_bar"):
