@@ -257,7 +257,8 @@ def test_stratified_split_holds_out_one_of_ten():
 
 
 def test_wide_path_is_a_fitted_logistic_regression(ref, query):
-    """With ``deep_weight=0`` the model predicts what an L2 logistic regression predicts."""
+    """With ``deep_weight=0`` the model predicts what a class-balanced L2 logistic regression
+    predicts."""
     import scanpy as sc
     from sklearn.linear_model import LogisticRegression
 
@@ -267,18 +268,28 @@ def test_wide_path_is_a_fitted_logistic_regression(ref, query):
     assert model.calibration_["deep_weight"] == 0.0
     pred = model.predict(query)
 
-    # the same recipe on all labeled reference cells (the model saw its 90 % training split)
-    r, q = ref.copy(), query.copy()
-    for a in (r, q):
-        sc.pp.normalize_total(a, target_sum=1e4)
-        sc.pp.log1p(a)
+    # the same recipe on the model's training cells gives the same coefficients; the weighting
+    # is what makes them the same ("sqrt", the Transformer's weighting, is far off)
+    r = ref[np.sort(model.train_indices)].copy()
+    sc.pp.normalize_total(r, target_sum=1e4)
+    sc.pp.log1p(r)
+    X = r[:, model.var_names_].X.toarray()
     y = r.obs["cell_type"].astype(str).to_numpy()
     counts = pd.Series(y).value_counts()
-    w = np.sqrt(len(y) / (len(counts) * counts))
-    clf = LogisticRegression(C=0.1, max_iter=1000)
-    clf.fit(r[:, model.var_names_].X.toarray(), y, sample_weight=w[y].to_numpy())
-    ref_pred = clf.predict(q[:, model.var_names_].X.toarray())
-    assert np.mean(pred == ref_pred) > 0.95
+    wide = model.module.wide.weight.detach().numpy()
+    rows = [model.classes_.index(c) for c in sorted(counts.index)]
+    errors = {}
+    for name, power in (("balanced", 1.0), ("sqrt", 0.5)):
+        w = (len(y) / (len(counts) * counts)) ** power
+        w = w / np.average(w[y].to_numpy())
+        clf = LogisticRegression(C=0.1, max_iter=1000).fit(X, y, sample_weight=w[y].to_numpy())
+        errors[name] = np.abs(clf.coef_ - wide[rows]).max()
+        if name == "balanced":
+            ref_pred = clf.predict(
+                np.log1p(query[:, model.var_names_].X.toarray() * 1e4 / query.X.sum(1).A)
+            )
+    assert errors["balanced"] < 0.2 * errors["sqrt"], errors
+    assert np.mean(pred == ref_pred) > 0.98
     truth = query.obs["cell_type"].astype(str).to_numpy()
     assert f1_score(truth, pred, average="macro") > 0.85  # logistic regression: about 0.92
 
@@ -290,6 +301,8 @@ def test_wide_path_stays_fixed_and_deep_weight_choices(ref):
         model.train(**FAST_TRAIN, deep_weight=2.0)
     with pytest.raises(ValueError, match="wide_fit"):
         model.train(**FAST_TRAIN, wide_fit="sgd")
+    with pytest.raises(ValueError, match="wide_class_weighting must be"):
+        model.train(**FAST_TRAIN, wide_class_weighting="inverse")
     walls, encoders = [], []
     for epochs in (1, 3):
         scvi.settings.seed = 0
