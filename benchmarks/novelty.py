@@ -43,7 +43,7 @@ def ece(probs: np.ndarray, correct_labels: np.ndarray) -> float:
     return expected_calibration_error(probs, correct_labels)
 
 
-def held_out_run(tname: str, held: str, seed: int, model_kwargs: dict) -> dict:
+def held_out_run(tname: str, held: str, seed: int, model_kwargs: dict, train_kwargs: dict) -> dict:
     import scvi
 
     import transanno_sc as ta
@@ -54,7 +54,7 @@ def held_out_run(tname: str, held: str, seed: int, model_kwargs: dict) -> dict:
     t0 = time.perf_counter()
     ta.model.TransAnno.setup_anndata(ref, labels_key=key)
     model = ta.model.TransAnno(ref, **model_kwargs)
-    model.train(enable_progress_bar=False)
+    model.train(**{"enable_progress_bar": False, **train_kwargs})
     conf = model.predict_confidence(query)
     probs = model.predict(query, soft=True)
     truth = query.obs[key].astype(str).to_numpy()
@@ -99,7 +99,8 @@ def main(argv=None):
     )
     parser.add_argument("--n-types", type=int, default=5, help="most frequent types held out")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model-kwargs", default="{}")
+    parser.add_argument("--model-kwargs", default="{}", help="JSON, passed to TransAnno(...)")
+    parser.add_argument("--train-kwargs", default="{}", help="JSON, passed to TransAnno.train")
     parser.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     args = parser.parse_args(argv)
     logging.getLogger("lightning").setLevel(logging.ERROR)
@@ -111,7 +112,13 @@ def main(argv=None):
         in_query = set(query.obs[key].astype(str))
         held_types = [t for t in counts.index if t in in_query][: args.n_types]
         for held in held_types:
-            row = held_out_run(tname, held, args.seed, json.loads(args.model_kwargs))
+            row = held_out_run(
+                tname,
+                held,
+                args.seed,
+                json.loads(args.model_kwargs),
+                json.loads(args.train_kwargs),
+            )
             rows.append(row)
             print(json.dumps(row), flush=True)
     df = pd.DataFrame(rows)
