@@ -1144,9 +1144,7 @@ class TransAnno(BaseModelClass):
             return sp.csr_matrix((0, len(self.var_names_)), dtype=np.float32)
         rows = np.concatenate([pos for pos, _ in blocks])
         stacked = sp.vstack([block for _, block in blocks], format="csr")
-        order = np.empty_like(rows)
-        order[rows] = np.arange(rows.size)
-        return stacked[order]
+        return stacked[np.argsort(rows)]  # row i: the cell at output position i
 
     def _fit_confidence(
         self,
