@@ -19,11 +19,10 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import TASKS, _blind, score, task  # noqa: E402
+from run import TASKS, _blind, score, task
 
 
 def sweep(name: str, seed: int, weights: list[float]) -> list[dict]:
@@ -76,9 +75,7 @@ def main(argv=None):
     )
     parser.add_argument("--tasks", nargs="+", default=TASKS, choices=TASKS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument(
-        "--weights", nargs="+", type=float, default=[0.0, 0.1, 0.2, 0.3, 0.5, 1.0]
-    )
+    parser.add_argument("--weights", nargs="+", type=float, default=[0.0, 0.1, 0.2, 0.3, 0.5, 1.0])
     parser.add_argument("--baseline", type=float, default=0.1, help="weight gains are against")
     parser.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     args = parser.parse_args(argv)
