@@ -22,22 +22,14 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import TASKS, _blind, score, task
+from run import TASKS, _blind, score, task, train_transanno
 
 
 def sweep(name: str, seed: int, weights: list[float]) -> list[dict]:
     """Train the default model on the task's reference and score the query at each weight."""
-    import scvi
-
-    import transanno_sc as ta
-
     ref, query, key = task(name, seed)
-    scvi.settings.seed = seed
-    r = ref.copy()
-    batch_key = "batch" if "batch" in r.obs and r.obs["batch"].nunique() > 1 else None
-    ta.model.TransAnno.setup_anndata(r, labels_key=key, batch_key=batch_key)
-    model = ta.model.TransAnno(r)
-    model.train(enable_progress_bar=False)
+    batches = ref.obs["batch"].astype(str).to_numpy() if "batch" in ref.obs else None
+    model = train_transanno(ref, key, seed, ref_batches=batches)
     blind = _blind(query)
     true = query.obs[key].astype(str).to_numpy()
     rows = []

@@ -329,8 +329,8 @@ def scanvi(ref, query, labels, seed, semi, ref_batches=None):
     return pred, train, clk.lap()
 
 
-def transanno(ref, query, key, seed, model_kwargs, train_kwargs, ref_batches=None):
-    """Train as ``tl.transanno_annotate(reference=...)`` does, then annotate through it.
+def train_transanno(ref, key, seed, model_kwargs=None, train_kwargs=None, ref_batches=None):
+    """Train TransAnno on a copy of ``ref`` as ``tl.transanno_annotate(reference=...)`` does.
 
     Where the reference has several batches (the Zilionis animals; Baron has one, PBMC none)
     they are registered as ``batch_key``, which lets ``n_top_genes="auto"`` choose the gene
@@ -340,15 +340,23 @@ def transanno(ref, query, key, seed, model_kwargs, train_kwargs, ref_batches=Non
     import transanno_sc as ta
 
     scvi.settings.seed = seed
-    clk = Clock()
     r = ref.copy()
     batch_key = None
     if ref_batches is not None and np.unique(ref_batches).size > 1:
         batch_key = "batch"
         r.obs[batch_key] = pd.Categorical(ref_batches)
     ta.model.TransAnno.setup_anndata(r, labels_key=key, batch_key=batch_key)
-    model = ta.model.TransAnno(r, **model_kwargs)
-    model.train(**{"enable_progress_bar": False, **train_kwargs})
+    model = ta.model.TransAnno(r, **(model_kwargs or {}))
+    model.train(**{"enable_progress_bar": False, **(train_kwargs or {})})
+    return model
+
+
+def transanno(ref, query, key, seed, model_kwargs, train_kwargs, ref_batches=None):
+    """Train with :func:`train_transanno`, then annotate through ``tl.transanno_annotate``."""
+    import transanno_sc as ta
+
+    clk = Clock()
+    model = train_transanno(ref, key, seed, model_kwargs, train_kwargs, ref_batches)
     train = clk.lap()
     ta.tl.transanno_annotate(query, model=model, unassigned_threshold=None)
     pred = query.obs["transanno_label"].astype(str).to_numpy()
