@@ -231,3 +231,18 @@ def test_loaded_model_on_anndata_of_another_shape(trained, query, tmp_path):
     bad.var_names = ["geneA", "geneB", "geneC"]
     with pytest.raises(ValueError, match=r"overlap|genes"):
         model.predict(bad)
+
+
+def test_ensembl_version_suffixes_are_matched(trained, query):
+    # a model and a query annotated with Ensembl IDs, the query's from GENCODE (versioned)
+    ids = {g: f"ENSMUSG{i:011d}" for i, g in enumerate(query.var_names)}
+    versioned = query[:40].copy()
+    versioned.var_names = [f"{ids[g]}.{i % 7 + 1}" for i, g in enumerate(versioned.var_names)]
+    match = ta.data.match_genes(versioned.var_names, [ids[g] for g in trained.var_names_])
+    assert match.n_exact == 0
+    assert match.n_unversioned == match.n_matched == len(trained.var_names_)
+    assert match.to_dict()["n_unversioned"] == match.n_matched
+    # a name that is not an Ensembl ID keeps its suffix: "Gene.1" is not "Gene"
+    assert ta.data.match_genes(["Gm1.1"], ["Gm1"]).n_matched == 0
+    # two versions of one ID are ambiguous: neither is taken
+    assert ta.data.match_genes(["ENSG01.1", "ENSG01.2"], ["ENSG01"]).n_matched == 0

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+#: An Ensembl ID with a version suffix (``ENSG00000141510.17``, ``ENSMUSG00000059552.8``).
+_ENSEMBL_VERSION = re.compile(r"^(ENS[A-Z]*G\d+)\.\d+(_PAR_Y)?$")
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,9 @@ class GeneMatch:
         Genes matched by their exact name.
     n_case_insensitive
         Further genes matched only after upper-casing both names (``Cd3e`` ~ ``CD3E``).
+    n_unversioned
+        Further genes matched only after dropping Ensembl version suffixes
+        (``ENSG00000141510.17`` ~ ``ENSG00000141510``).
     """
 
     source: np.ndarray
@@ -31,6 +38,7 @@ class GeneMatch:
     n_vocab: int
     n_exact: int
     n_case_insensitive: int
+    n_unversioned: int = 0
 
     @property
     def n_matched(self) -> int:
@@ -49,15 +57,27 @@ class GeneMatch:
             "n_matched": self.n_matched,
             "n_exact": int(self.n_exact),
             "n_case_insensitive": int(self.n_case_insensitive),
+            "n_unversioned": int(self.n_unversioned),
             "fraction": float(self.fraction),
         }
+
+
+def _loose_name(gene: str) -> str:
+    """Upper-cased name without an Ensembl version suffix (the key of the fallback match)."""
+    upper = gene.upper()
+    m = _ENSEMBL_VERSION.match(upper)
+    if m is None:
+        return upper
+    return m.group(1) + (m.group(2) or "")
 
 
 def match_genes(dataset_genes: Sequence[str], vocab: Sequence[str]) -> GeneMatch:
     """Match ``vocab`` genes to ``dataset_genes`` by name.
 
-    Exact names first; the remaining genes are matched case-insensitively when that is
-    unambiguous (mouse ``Gnai3`` against an upper-case ``GNAI3`` panel).
+    Exact names first; the remaining genes are matched when that is unambiguous after
+    upper-casing both names (mouse ``Gnai3`` against an upper-case ``GNAI3`` panel) and
+    dropping Ensembl version suffixes (``ENSG00000141510.17`` against ``ENSG00000141510``,
+    GENCODE against Ensembl annotations).
     """
     dataset_genes = [str(g) for g in dataset_genes]
     vocab = [str(g) for g in vocab]
@@ -72,19 +92,22 @@ def match_genes(dataset_genes: Sequence[str], vocab: Sequence[str]) -> GeneMatch
             source.append(i)
             target.append(j)
     n_exact = len(source)
-    n_ci = 0
+    n_ci = n_unversioned = 0
     if unmatched:
         used = set(source)
-        upper: dict[str, list[int]] = {}
+        loose: dict[str, list[int]] = {}
         for i, g in enumerate(dataset_genes):
-            upper.setdefault(g.upper(), []).append(i)
+            loose.setdefault(_loose_name(g), []).append(i)
         for j in unmatched:
-            cand = [i for i in upper.get(vocab[j].upper(), []) if i not in used]
+            cand = [i for i in loose.get(_loose_name(vocab[j]), []) if i not in used]
             if len(cand) == 1:
                 source.append(cand[0])
                 target.append(j)
                 used.add(cand[0])
-                n_ci += 1
+                if dataset_genes[cand[0]].upper() == vocab[j].upper():
+                    n_ci += 1
+                else:
+                    n_unversioned += 1
     order = np.argsort(np.asarray(target, dtype=np.int64), kind="stable")
     return GeneMatch(
         source=np.asarray(source, dtype=np.int64)[order],
@@ -92,4 +115,5 @@ def match_genes(dataset_genes: Sequence[str], vocab: Sequence[str]) -> GeneMatch
         n_vocab=len(vocab),
         n_exact=n_exact,
         n_case_insensitive=n_ci,
+        n_unversioned=n_unversioned,
     )

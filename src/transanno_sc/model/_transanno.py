@@ -1686,10 +1686,12 @@ def _checked_match(
             stacklevel=stacklevel,
         )
     logger.info(
-        "Gene overlap: %d of %d model genes found (%d by case-insensitive name).",
+        "Gene overlap: %d of %d model genes found (%d by case-insensitive name, %d without "
+        "Ensembl version suffix).",
         match.n_matched,
         match.n_vocab,
         match.n_case_insensitive,
+        match.n_unversioned,
     )
     return match
 

@@ -27,7 +27,8 @@ def gene_overlap(adata: AnnData, model: TransAnno) -> dict:
     Returns
     -------
     A dict with ``n_model_genes``, ``n_matched``, ``n_exact``, ``n_case_insensitive``,
-    ``fraction`` and ``missing`` (the model genes absent from ``adata``).
+    ``n_unversioned`` (matched without Ensembl version suffixes), ``fraction`` and ``missing``
+    (the model genes absent from ``adata``).
 
     Examples
     --------
