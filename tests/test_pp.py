@@ -33,6 +33,19 @@ def test_merge_outer_join_sources_and_unique_names(lung, tmp_path):
     merged.write_h5ad(tmp_path / "merged.h5ad")
 
 
+def test_merge_folds_ensembl_versions(lung, tmp_path):
+    ids = [f"ENSMUSG{i:011d}" for i in range(100)]
+    a = lung[:50, :100].copy()
+    a.var_names = [f"{g}.{i % 5 + 1}" for i, g in enumerate(ids)]  # GENCODE: versioned
+    b = lung[50:80, :100].copy()
+    b.var_names = ids
+    merged = ta.pp.merge({"a": a, "b": b})
+    assert merged.n_vars == 100 and list(merged.var_names) == list(a.var_names)
+    np.testing.assert_array_equal(merged.X[50:].toarray(), b.X.toarray())
+    apart = ta.pp.merge({"a": a, "b": b}, drop_ensembl_versions=False)
+    assert apart.n_vars == 200
+
+
 def test_merge_errors(lung):
     with pytest.raises(ValueError, match="empty"):
         ta.pp.merge({})

@@ -62,13 +62,17 @@ class GeneMatch:
         }
 
 
+def _strip_ensembl_version(gene: str) -> str:
+    """``gene`` without an Ensembl version suffix (unchanged if it is not a versioned ID)."""
+    m = _ENSEMBL_VERSION.match(gene.upper())
+    if m is None:
+        return gene
+    return gene[: len(m.group(1))] + (m.group(2) or "")
+
+
 def _loose_name(gene: str) -> str:
     """Upper-cased name without an Ensembl version suffix (the key of the fallback match)."""
-    upper = gene.upper()
-    m = _ENSEMBL_VERSION.match(upper)
-    if m is None:
-        return upper
-    return m.group(1) + (m.group(2) or "")
+    return _strip_ensembl_version(gene).upper()
 
 
 def match_genes(dataset_genes: Sequence[str], vocab: Sequence[str]) -> GeneMatch:

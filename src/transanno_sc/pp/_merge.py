@@ -11,7 +11,14 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
+from transanno_sc.data._vocab import _strip_ensembl_version
+
 logger = logging.getLogger(__name__)
+
+
+def _gene_key(gene: str, *, case_insensitive: bool, drop_versions: bool) -> str:
+    key = _strip_ensembl_version(gene) if drop_versions else gene
+    return key.upper() if case_insensitive else key
 
 
 def merge(
@@ -20,13 +27,16 @@ def merge(
     source_key: str = "source",
     layer: str | None = None,
     case_insensitive: bool = True,
+    drop_ensembl_versions: bool = True,
 ) -> AnnData:
     """Merge datasets into one corpus for pretraining or a joint reference.
 
     Genes are joined by name (an outer join: a gene missing from a source is 0 there). With
     ``case_insensitive`` names differing only in case are one gene (mouse ``Gnai3`` and
     upper-case ``GNAI3``), spelled as in the first source that has it (names that differ only
-    in case within one source stay apart). Expression stays sparse
+    in case within one source stay apart); with ``drop_ensembl_versions`` so are Ensembl IDs
+    that differ only in their version suffix (``ENSG00000141510.17`` and ``ENSG00000141510``).
+    Expression stays sparse
     (CSR, float32); cell names that clash are made unique by appending the source name; every
     cell's source is recorded in ``obs[source_key]``. ``obs`` columns shared by all sources are
     kept. Values are not normalized: merge raw counts with raw counts.
@@ -41,6 +51,8 @@ def merge(
         Layer holding the expression in every source; ``X`` when ``None``.
     case_insensitive
         Treat gene names that differ only in case as the same gene.
+    drop_ensembl_versions
+        Treat Ensembl IDs that differ only in their version suffix as the same gene.
 
     Returns
     -------
@@ -74,11 +86,14 @@ def merge(
         X = a.X if layer is None else a.layers[layer]
         X = sp.csr_matrix(X, dtype=np.float32)
         genes = [str(g) for g in a.var_names]
-        if case_insensitive:
-            upper = [g.upper() for g in genes]
-            n_upper = Counter(upper)
-            # names that clash within this source only by case keep their exact spelling
-            keys = [u if n_upper[u] == 1 else g for g, u in zip(genes, upper)]
+        if case_insensitive or drop_ensembl_versions:
+            loose = [
+                _gene_key(g, case_insensitive=case_insensitive, drop_versions=drop_ensembl_versions)
+                for g in genes
+            ]
+            n_loose = Counter(loose)
+            # names that clash within this source only by case or version keep their spelling
+            keys = [k if n_loose[k] == 1 else g for g, k in zip(genes, loose)]
             for g, k in zip(genes, keys):
                 spelling.setdefault(k, g)
             genes = keys
@@ -98,7 +113,7 @@ def merge(
             f"{cell}-{src}" for cell, src in zip(merged.obs_names, merged.obs[source_key])
         ]
         merged.obs_names_make_unique()
-    if case_insensitive:
+    if case_insensitive or drop_ensembl_versions:
         merged.var_names = [spelling[g] for g in merged.var_names]
     merged.X = sp.csr_matrix(merged.X, dtype=np.float32)
     logger.info("Merged %d sources: %d cells x %d genes.", len(items), merged.n_obs, merged.n_vars)
