@@ -102,8 +102,14 @@ def test_scale_detection(rng):
 def test_no_gene_overlap_with_model(trained, query):
     other = query.copy()
     other.var_names = [f"ENSMUSG{i:011d}" for i in range(other.n_vars)]
-    with pytest.raises(ValueError, match="Ensembl"):
+    with pytest.raises(ValueError, match="look like Ensembl IDs while the model uses gene sym"):
         trained.predict(other)
+    # the reverse: a model over Ensembl IDs (a CELLxGENE reference) and a query with symbols
+    from transanno_sc.model._transanno import _checked_match
+
+    ids = [f"ENSMUSG{i:011d}" for i in range(50)]
+    with pytest.raises(ValueError, match="model uses Ensembl IDs while the data look like"):
+        _checked_match(query.var_names, ids, "adata")
 
 
 def test_query_with_negative_values(trained, query):

@@ -1665,13 +1665,20 @@ def _checked_match(
     match = match_genes(var_names, vocab)
     if match.fraction < MIN_GENE_OVERLAP:
         example = ", ".join(map(str, var_names[:3]))
-        hint = (
-            " The data look like Ensembl IDs while the model uses gene symbols: map them "
-            "to symbols first."
-            if str(var_names[0]).upper().startswith("ENS")
-            and not str(vocab[0]).upper().startswith("ENS")
-            else " Check the species and the gene naming convention (symbols vs IDs)."
-        )
+        data_ids = str(var_names[0]).upper().startswith("ENS")
+        model_ids = str(vocab[0]).upper().startswith("ENS")
+        if data_ids and not model_ids:
+            hint = (
+                " The data look like Ensembl IDs while the model uses gene symbols: map them "
+                "to symbols first (e.g. from a `var` column such as 'feature_name')."
+            )
+        elif model_ids and not data_ids:
+            hint = (
+                " The model uses Ensembl IDs while the data look like gene symbols: use the "
+                "same IDs (e.g. from a `var` column such as 'gene_ids')."
+            )
+        else:
+            hint = " Check the species and the gene naming convention (symbols vs IDs)."
         msg = (
             f"Only {match.n_matched} of the model's {match.n_vocab} genes "
             f"({match.fraction:.1%}) are in {what}.var_names (e.g. {example}); at least "
