@@ -109,6 +109,42 @@ def test_trains_from_reference_without_touching_it(ref, query, tmp_path):
     )
 
 
+def test_reference_with_cluster_numbers_as_labels(ref, query):
+    import scvi
+
+    names = ref.obs["cell_type"].cat.categories
+    numbered = ref.copy()
+    # integer codes, and a category without cells left from subsetting
+    numbered.obs["cluster"] = pd.Categorical(
+        ref.obs["cell_type"].cat.codes.to_numpy(), categories=[*range(len(names)), 99]
+    )
+    before = numbered.obs["cluster"].copy()
+    with pytest.raises(TypeError, match=r"not strings.*astype\(str\)"):
+        ta.model.TransAnno.setup_anndata(numbered.copy(), labels_key="cluster")
+    kwargs = {"model_kwargs": FAST_MODEL, "max_epochs": 2, "enable_progress_bar": False}
+    scvi.settings.seed = 0
+    by_name = ta.tl.transanno_annotate(
+        query, reference=ref, labels_key="cell_type", unassigned_threshold=None, copy=True, **kwargs
+    )
+    scvi.settings.seed = 0
+    by_number = ta.tl.transanno_annotate(
+        query,
+        reference=numbered,
+        labels_key="cluster",
+        unassigned_threshold=None,
+        copy=True,
+        **kwargs,
+    )
+    pd.testing.assert_series_equal(numbered.obs["cluster"], before)  # the user's column kept
+    assert list(by_number.obsm["transanno_probabilities"].columns) == [
+        str(i) for i in range(len(names))
+    ]  # the empty category is no cell type
+    as_names = [
+        names[int(v)] if v.isdigit() else v for v in by_number.obs["transanno_label"].astype(str)
+    ]
+    assert (np.asarray(as_names) == by_name.obs["transanno_label"].astype(str).to_numpy()).all()
+
+
 def test_mudata_rna_modality(trained, query, tmp_path):
     from mudata import MuData
 

@@ -327,8 +327,21 @@ def resolve_input_scale(X, input_scale: InputScale, what: str = "adata.X") -> st
     return input_scale
 
 
+def labels_are_strings(labels: pd.Series) -> bool:
+    """Whether every non-missing label is a string (scvi-tools' label field needs that)."""
+    values = labels.cat.categories if isinstance(labels.dtype, pd.CategoricalDtype) else labels
+    return all(isinstance(v, str) for v in pd.Series(values).dropna().unique())
+
+
+def string_labels(labels: pd.Series) -> pd.Series:
+    """``labels`` with every non-missing value as a string (``3`` -> ``"3"``), NaN kept."""
+    if isinstance(labels.dtype, pd.CategoricalDtype):
+        return labels.cat.rename_categories([str(c) for c in labels.cat.categories])
+    return labels.map(lambda v: v if pd.isna(v) else str(v)).astype(object)
+
+
 def check_labels(adata: AnnData, labels_key: str | None, unlabeled_category: str) -> None:
-    """Refuse a missing ``labels_key`` or labels with missing values."""
+    """Refuse a missing ``labels_key``, labels that are not strings, or missing labels."""
     if labels_key is None:
         return
     if labels_key not in adata.obs:
@@ -338,6 +351,15 @@ def check_labels(adata: AnnData, labels_key: str | None, unlabeled_category: str
         )
         raise KeyError(msg)
     labels = adata.obs[labels_key]
+    if not labels_are_strings(labels):
+        values = labels.cat.categories if isinstance(labels.dtype, pd.CategoricalDtype) else labels
+        example = next(v for v in pd.Series(values).dropna().unique() if not isinstance(v, str))
+        msg = (
+            f"adata.obs[{labels_key!r}] holds labels that are not strings (e.g. {example} of type "
+            f"{type(example).__name__}): cell types must be named by strings. Convert them "
+            f"first: adata.obs[{labels_key!r}] = adata.obs[{labels_key!r}].astype(str)."
+        )
+        raise TypeError(msg)
     values = set(map(str, labels.dropna().unique()))
     if unlabeled_category not in values:
         lookalike = sorted(v for v in values if v.lower() == str(unlabeled_category).lower())

@@ -47,7 +47,7 @@ def _private_reference(
     reference: AnnData, labels_key: str, batch_key: str | None, layer: str | None
 ) -> AnnData:
     """A light AnnData sharing the reference's matrix, so scvi-tools' keys stay off the user's."""
-    from transanno_sc.model._utils import get_matrix
+    from transanno_sc.model._utils import get_matrix, labels_are_strings, string_labels
 
     if not isinstance(reference, AnnData):
         reference = get_rna(reference, "reference")
@@ -61,6 +61,12 @@ def _private_reference(
         )
         raise KeyError(msg)
     obs = reference.obs[cols].copy()
+    if not labels_are_strings(obs[labels_key]):
+        # cluster numbers as labels: named by their strings here (the user's column is kept)
+        obs[labels_key] = string_labels(obs[labels_key])
+    if isinstance(obs[labels_key].dtype, pd.CategoricalDtype):
+        # a category without cells (left from subsetting) is no cell type to predict
+        obs[labels_key] = obs[labels_key].cat.remove_unused_categories()
     private = AnnData(X=X, obs=obs, var=pd.DataFrame(index=reference.var_names.copy()))
     return private
 
@@ -189,7 +195,9 @@ def transanno_annotate(
     reference
         Labeled reference cells to train a model on (when ``model`` is ``None``).
     labels_key
-        Column of ``reference.obs`` with the cell types.
+        Column of ``reference.obs`` with the cell types. Labels that are not strings (cluster
+        numbers) are used as their strings (``3`` -> ``"3"``), and categories without cells
+        are no cell types; ``reference`` itself is not changed.
     unlabeled_category
         Value of ``reference.obs[labels_key]`` marking reference cells without a label (not
         trained on; used by ``pretrain``).
