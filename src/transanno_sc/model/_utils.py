@@ -327,10 +327,11 @@ def resolve_input_scale(X, input_scale: InputScale, what: str = "adata.X") -> st
     return input_scale
 
 
-def labels_are_strings(labels: pd.Series) -> bool:
-    """Whether every non-missing label is a string (scvi-tools' label field needs that)."""
+def non_string_labels(labels: pd.Series) -> list:
+    """The distinct non-missing labels (categories) that are not strings; scvi-tools' label
+    field needs strings."""
     values = labels.cat.categories if isinstance(labels.dtype, pd.CategoricalDtype) else labels
-    return all(isinstance(v, str) for v in pd.Series(values).dropna().unique())
+    return [v for v in pd.Series(values).dropna().unique() if not isinstance(v, str)]
 
 
 def string_labels(labels: pd.Series) -> pd.Series:
@@ -351,9 +352,9 @@ def check_labels(adata: AnnData, labels_key: str | None, unlabeled_category: str
         )
         raise KeyError(msg)
     labels = adata.obs[labels_key]
-    if not labels_are_strings(labels):
-        values = labels.cat.categories if isinstance(labels.dtype, pd.CategoricalDtype) else labels
-        example = next(v for v in pd.Series(values).dropna().unique() if not isinstance(v, str))
+    not_strings = non_string_labels(labels)
+    if not_strings:
+        example = not_strings[0]
         msg = (
             f"adata.obs[{labels_key!r}] holds labels that are not strings (e.g. {example} of type "
             f"{type(example).__name__}): cell types must be named by strings. Convert them "

@@ -47,7 +47,7 @@ def _private_reference(
     reference: AnnData, labels_key: str, batch_key: str | None, layer: str | None
 ) -> AnnData:
     """A light AnnData sharing the reference's matrix, so scvi-tools' keys stay off the user's."""
-    from transanno_sc.model._utils import get_matrix, labels_are_strings, string_labels
+    from transanno_sc.model._utils import get_matrix, non_string_labels, string_labels
 
     if not isinstance(reference, AnnData):
         reference = get_rna(reference, "reference")
@@ -61,7 +61,7 @@ def _private_reference(
         )
         raise KeyError(msg)
     obs = reference.obs[cols].copy()
-    if not labels_are_strings(obs[labels_key]):
+    if non_string_labels(obs[labels_key]):
         # cluster numbers as labels: named by their strings here (the user's column is kept)
         obs[labels_key] = string_labels(obs[labels_key])
     if isinstance(obs[labels_key].dtype, pd.CategoricalDtype):
