@@ -33,7 +33,7 @@ def test_merge_outer_join_sources_and_unique_names(lung, tmp_path):
     merged.write_h5ad(tmp_path / "merged.h5ad")
 
 
-def test_merge_folds_ensembl_versions(lung, tmp_path):
+def test_merge_folds_ensembl_versions(lung):
     ids = [f"ENSMUSG{i:011d}" for i in range(100)]
     a = lung[:50, :100].copy()
     a.var_names = [f"{g}.{i % 5 + 1}" for i, g in enumerate(ids)]  # GENCODE: versioned

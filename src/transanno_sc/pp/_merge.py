@@ -11,14 +11,9 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
-from transanno_sc.data._vocab import _strip_ensembl_version
+from transanno_sc.data._vocab import _gene_key
 
 logger = logging.getLogger(__name__)
-
-
-def _gene_key(gene: str, *, case_insensitive: bool, drop_versions: bool) -> str:
-    key = _strip_ensembl_version(gene) if drop_versions else gene
-    return key.upper() if case_insensitive else key
 
 
 def merge(
