@@ -1,0 +1,135 @@
+"""``transanno annotate``: annotate a query with a model trained on a reference, or a saved one."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ._common import (
+    CLIError,
+    _check_input_file,
+    _check_obs_key,
+    _check_out_path,
+    _is_secondary_rank,
+    _parse_devices,
+    _parse_json_dict,
+    _progress,
+    _read_h5ad,
+)
+
+
+def annotate(args: argparse.Namespace) -> int:
+    """``transanno annotate``: train on a reference (or load a model) and annotate a query."""
+    import scvi
+
+    import transanno_sc as ta
+
+    t0 = time.perf_counter()
+    scvi.settings.seed = args.seed
+    # validate everything that is cheap to check before any training
+    if args.model is None:
+        if args.labels_key is None:
+            msg = "--labels-key is required with --reference (the column with the cell types)."
+            raise CLIError(msg)
+    else:
+        for option in ("labels_key", "batch_key", "save_model", "max_epochs", "model_kwargs"):
+            if getattr(args, option) is not None:
+                flag = "--" + option.replace("_", "-")
+                msg = f"{flag} only applies when training from --reference, not with --model."
+                raise CLIError(msg)
+        if not Path(args.model).is_dir():
+            msg = f"--model folder {args.model!r} not found."
+            raise CLIError(msg)
+        if not (Path(args.model) / "transanno.json").exists():
+            msg = f"--model {args.model!r} is not a folder written by `TransAnno.save` (no transanno.json)."
+            raise CLIError(msg)
+    model_kwargs = _parse_json_dict(args.model_kwargs, "--model-kwargs")
+    _check_out_path(args.out, "--out")
+    if args.save_model is not None:
+        _check_out_path(args.save_model, "--save-model")
+    devices = _parse_devices(args.devices)
+    _check_input_file(args.query, "query")
+    if args.reference is not None:
+        _check_input_file(args.reference, "reference")
+
+    query = _read_h5ad(args.query, "query")
+    if args.layer is not None and args.layer not in query.layers:
+        msg = f"--layer {args.layer!r} is not a layer of the query (layers: {list(query.layers)})."
+        raise CLIError(msg)
+
+    if args.model is not None:
+        _progress(f"loading model {args.model}")
+        model = ta.model.TransAnno.load(args.model, accelerator=args.accelerator)
+    else:
+        ref = _read_h5ad(args.reference, "reference")
+        _check_obs_key(ref, args.labels_key, "reference", "--labels-key")
+        if args.batch_key is not None:
+            _check_obs_key(ref, args.batch_key, "reference", "--batch-key")
+        if args.layer is not None and args.layer not in ref.layers:
+            msg = f"--layer {args.layer!r} is not a layer of the reference (layers: {list(ref.layers)})."
+            raise CLIError(msg)
+        shared = ta.data.match_genes(query.var_names, ref.var_names)
+        if shared.n_matched == 0:
+            msg = (
+                f"no gene of the query matches a reference gene by name (query genes such as "
+                f"{list(query.var_names[:3])}, reference genes such as {list(ref.var_names[:3])}): "
+                "use the same gene identifiers (symbols or Ensembl ids) in both files."
+            )
+            raise CLIError(msg)
+        _progress(
+            f"{shared.n_matched:,} of the reference's {ref.n_vars:,} genes found in the query"
+        )
+        counts = ref.obs[args.labels_key].astype(str).value_counts()
+        _progress(
+            f"training TransAnno on {ref.n_obs:,} reference cells, {counts.size} cell types "
+            f"({', '.join(f'{k}: {v}' for k, v in counts.items())})"
+        )
+        ta.model.TransAnno.setup_anndata(
+            ref, labels_key=args.labels_key, batch_key=args.batch_key, layer=args.layer
+        )
+        model = ta.model.TransAnno(ref, **model_kwargs)
+        train_kwargs = {"batch_size": args.batch_size} if args.batch_size is not None else {}
+        model.train(
+            max_epochs=args.max_epochs,
+            accelerator=args.accelerator,
+            devices=devices,
+            enable_progress_bar=sys.stderr.isatty(),  # a bar on a terminal, not in log files
+            **train_kwargs,
+        )
+        if _is_secondary_rank(model):
+            return 0
+        history = model.history or {}
+        if "validation_accuracy" in history and len(history["validation_accuracy"]):
+            acc = float(history["validation_accuracy"].iloc[-1, 0])
+            epochs = len(history["validation_accuracy"])
+            _progress(f"trained {epochs} epochs, validation accuracy {acc:.3f}")
+        if args.save_model is not None:
+            model.save(args.save_model, overwrite=True)
+            _progress(f"saved the model to {args.save_model}")
+
+    _progress(f"annotating {query.n_obs:,} query cells")
+    ta.tl.transanno_annotate(
+        query,
+        model,
+        layer=args.layer,
+        unassigned_threshold=args.unassigned_threshold,
+        key_added=args.key_added,
+        batch_size=args.batch_size,
+    )
+    overlap = query.uns[args.key_added].get("gene_overlap", {})
+    if "n_matched" in overlap and "n_model_genes" in overlap:
+        _progress(
+            f"gene overlap: {int(overlap['n_matched']):,} of the model's "
+            f"{int(overlap['n_model_genes']):,} genes"
+        )
+    labels = query.obs[f"{args.key_added}_label"].value_counts()
+    _progress("predicted: " + ", ".join(f"{k}: {v}" for k, v in labels.items() if v))
+    query.write_h5ad(args.out)
+    _progress(
+        f"wrote {args.out} (obs '{args.key_added}_label', '{args.key_added}_confidence'; "
+        f"obsm 'X_{args.key_added}', '{args.key_added}_probabilities') "
+        f"in {time.perf_counter() - t0:.0f} s"
+    )
+    return 0

@@ -1,0 +1,162 @@
+"""What every ``transanno`` command shares: errors, the parser, input checks, options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+class CLIError(Exception):
+    """A user mistake on the command line: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors reported on one line like every other error."""
+
+    def error(self, message: str):
+        print(f"transanno: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show ``(default: ...)`` only where there is a default worth showing."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _progress(msg: str) -> None:
+    print(f"[transanno] {msg}", flush=True)
+
+
+def _check_input_file(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        msg = f"{what} file {path!r} not found."
+        raise CLIError(msg)
+    if p.is_dir():
+        msg = f"{what} {path!r} is a folder, expected an .h5ad file."
+        raise CLIError(msg)
+    return p
+
+
+def _read_h5ad(path: str, what: str):
+    import anndata as ad
+
+    p = _check_input_file(path, what)
+    try:
+        adata = ad.read_h5ad(p)
+    except Exception as e:  # h5py/anndata raise many types on a bad file
+        msg = f"could not read {what} {path!r} as .h5ad ({type(e).__name__}: {e})."
+        raise CLIError(msg) from e
+    _progress(f"read {what} {path}: {adata.n_obs:,} cells x {adata.n_vars:,} genes")
+    return adata
+
+
+def _check_obs_key(adata, key: str, what: str, option: str) -> None:
+    if key not in adata.obs:
+        msg = (
+            f"{option} {key!r} is not a column of the {what}'s obs "
+            f"(columns: {', '.join(map(str, adata.obs.columns)) or 'none'})."
+        )
+        raise CLIError(msg)
+
+
+def _check_out_path(path: str, option: str) -> None:
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        msg = f"{option} {path!r}: folder {str(parent)!r} does not exist."
+        raise CLIError(msg)
+
+
+def _parse_json_dict(text: str | None, option: str) -> dict:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        msg = f"{option} is not valid JSON ({e}): {text!r}."
+        raise CLIError(msg) from e
+    if not isinstance(value, dict):
+        msg = f"{option} must be a JSON object such as '{{\"n_layers\": 2}}', got {text!r}."
+        raise CLIError(msg)
+    return value
+
+
+def _parse_devices(text: str) -> int | str | list[int]:
+    """``auto``, ``2`` or ``0,1`` as Lightning takes them."""
+    if text.strip().lstrip("-").isdigit():
+        return int(text)
+    if "," in text:
+        try:
+            return [int(d) for d in text.split(",") if d.strip()]
+        except ValueError:
+            pass
+    return text
+
+
+def _threshold(text: str) -> float | None:
+    if text.strip().lower() in {"none", "off"}:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        msg = f"expected a number in [0, 1] or 'none', got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not 0.0 <= value <= 1.0:
+        msg = f"must be in [0, 1] or 'none', got {value:g}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        msg = f"expected a positive integer, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if value < 1:
+        msg = f"expected a positive integer, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _is_secondary_rank(model) -> bool:
+    """True on the non-zero ranks of a multi-process (DDP) run: they must not write files."""
+    trainer = getattr(model, "trainer", None)
+    if trainer is not None and hasattr(trainer, "is_global_zero"):
+        return not trainer.is_global_zero
+    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) != "0"
+
+
+def _add_training_options(p: argparse.ArgumentParser, data: str, what: str) -> None:
+    """Options shared by ``transanno pretrain`` and ``transanno train``."""
+    p.add_argument("--layer", metavar="LAYER", help=f"layer with the {data} (default: X)")
+    p.add_argument(
+        "--max-epochs", type=_positive_int, default=None, metavar="N", help=f"{what} epochs"
+    )
+    p.add_argument("--model-kwargs", metavar="JSON", help="model settings as JSON")
+    _add_device_options(p)
+
+
+def _add_device_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--accelerator", default="auto", metavar="NAME", help="'cpu', 'gpu', 'mps' or 'auto'"
+    )
+    p.add_argument(
+        "--devices",
+        default="auto",
+        metavar="N",
+        help="number of devices, a list such as 0,1, or 'auto'",
+    )
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed")
+
+
+def _error_message(e: BaseException) -> str:
+    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(str(text).split())  # one line
