@@ -46,6 +46,7 @@ from transanno_sc.train import (
     fit_temperature,
 )
 
+from ._markers import MarkersMixin
 from ._utils import (
     InputScale,
     check_labels,
@@ -289,7 +290,7 @@ def _default_max_epochs(n_cells: int) -> int:
     return int(np.clip(np.ceil(_TRAIN_PRESENTATIONS / max(n_cells, 1)), 10, 100))
 
 
-class TransAnno(BaseModelClass):
+class TransAnno(MarkersMixin, BaseModelClass):
     """Transformer cell-type annotation :cite:p:`Vaswani2017`.
 
     Each cell becomes a sequence of tokens, one per expressed gene of the model's vocabulary
