@@ -9,15 +9,64 @@ from pathlib import Path
 
 from ._common import (
     CLIError,
+    _add_training_options,
     _check_input_file,
+    _check_layer,
     _check_obs_key,
     _check_out_path,
+    _HelpFormatter,
     _is_secondary_rank,
     _parse_devices,
     _parse_json_dict,
+    _positive_int,
     _progress,
     _read_h5ad,
+    _threshold,
 )
+
+
+def add_annotate_parser(sub) -> None:
+    """``transanno annotate``'s options."""
+    p = sub.add_parser(
+        "annotate",
+        help="train on a labeled reference (or load a model) and annotate a query",
+        description="Annotate the cells of QUERY with cell types: train a TransAnno model on a "
+        "labeled REFERENCE (or load one saved with --save-model / TransAnno.save), then write "
+        "QUERY with obs['transanno_label'], obs['transanno_confidence'], obsm['X_transanno'] and "
+        "obsm['transanno_probabilities'] to OUT. Both files hold raw counts or log1p values; "
+        "genes are matched by name.",
+        formatter_class=_HelpFormatter,
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--reference", metavar="REF.h5ad", help="labeled reference cells")
+    src.add_argument("--model", metavar="FOLDER", help="a saved TransAnno model")
+    p.add_argument("--query", required=True, metavar="QUERY.h5ad", help="cells to annotate")
+    p.add_argument("--out", required=True, metavar="OUT.h5ad", help="annotated query file")
+    p.add_argument("--labels-key", metavar="KEY", help="reference obs column with the cell types")
+    p.add_argument("--batch-key", metavar="KEY", help="reference obs column with the batch")
+    p.add_argument(
+        "--save-model", metavar="FOLDER", help="save the model trained from --reference here"
+    )
+    p.add_argument(
+        "--unassigned-threshold",
+        type=_threshold,
+        default=0.5,
+        metavar="P",
+        help="cells whose confidence is below P are labeled Unassigned; 'none' turns it off",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="cells per minibatch in training and prediction; lower it when out of memory "
+        "(default: the model's)",
+    )
+    p.add_argument(
+        "--key-added", default="transanno", metavar="KEY", help="prefix of the keys written to OUT"
+    )
+    _add_training_options(p, "expression", "training")
+    p.set_defaults(func=annotate)
 
 
 def annotate(args: argparse.Namespace) -> int:
@@ -55,9 +104,7 @@ def annotate(args: argparse.Namespace) -> int:
         _check_input_file(args.reference, "reference")
 
     query = _read_h5ad(args.query, "query")
-    if args.layer is not None and args.layer not in query.layers:
-        msg = f"--layer {args.layer!r} is not a layer of the query (layers: {list(query.layers)})."
-        raise CLIError(msg)
+    _check_layer(query, args.layer, "query")
 
     if args.model is not None:
         _progress(f"loading model {args.model}")
@@ -67,9 +114,7 @@ def annotate(args: argparse.Namespace) -> int:
         _check_obs_key(ref, args.labels_key, "reference", "--labels-key")
         if args.batch_key is not None:
             _check_obs_key(ref, args.batch_key, "reference", "--batch-key")
-        if args.layer is not None and args.layer not in ref.layers:
-            msg = f"--layer {args.layer!r} is not a layer of the reference (layers: {list(ref.layers)})."
-            raise CLIError(msg)
+        _check_layer(ref, args.layer, "reference")
         shared = ta.data.match_genes(query.var_names, ref.var_names)
         if shared.n_matched == 0:
             msg = (
@@ -87,7 +132,11 @@ def annotate(args: argparse.Namespace) -> int:
             f"({', '.join(f'{k}: {v}' for k, v in counts.items())})"
         )
         ta.model.TransAnno.setup_anndata(
-            ref, labels_key=args.labels_key, batch_key=args.batch_key, layer=args.layer
+            ref,
+            labels_key=args.labels_key,
+            batch_key=args.batch_key,
+            layer=args.layer,
+            input_scale=args.input_scale,
         )
         model = ta.model.TransAnno(ref, **model_kwargs)
         train_kwargs = {"batch_size": args.batch_size} if args.batch_size is not None else {}
@@ -114,6 +163,7 @@ def annotate(args: argparse.Namespace) -> int:
         query,
         model,
         layer=args.layer,
+        input_scale=args.input_scale,
         unassigned_threshold=args.unassigned_threshold,
         key_added=args.key_added,
         batch_size=args.batch_size,

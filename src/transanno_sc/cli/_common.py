@@ -8,6 +8,12 @@ import os
 import sys
 from pathlib import Path
 
+#: Exceptions that are the user's to fix: one line on stderr and exit code 2 (unless --debug).
+USER_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError)
+
+#: Environment variable that turns ``--debug`` on for every command.
+DEBUG_ENV = "TRANSANNO_DEBUG"
+
 
 class CLIError(Exception):
     """A user mistake on the command line: printed as one line, exit code 2."""
@@ -27,11 +33,24 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action):
         if action.default is None or isinstance(action.default, bool):
             return action.help
+        if action.default is argparse.SUPPRESS:
+            return action.help
         return super()._get_help_string(action)
 
 
 def _progress(msg: str) -> None:
     print(f"[transanno] {msg}", flush=True)
+
+
+def _error_message(e: BaseException) -> str:
+    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(str(text).split())  # one line
+
+
+def _debug_requested(args: argparse.Namespace) -> bool:
+    """``--debug`` on the command line, or ``TRANSANNO_DEBUG`` set to 1/true/yes/on."""
+    env = os.environ.get(DEBUG_ENV, "").strip().lower()
+    return bool(getattr(args, "debug", False)) or env in {"1", "true", "yes", "on"}
 
 
 def _check_input_file(path: str, what: str) -> Path:
@@ -64,6 +83,12 @@ def _check_obs_key(adata, key: str, what: str, option: str) -> None:
             f"{option} {key!r} is not a column of the {what}'s obs "
             f"(columns: {', '.join(map(str, adata.obs.columns)) or 'none'})."
         )
+        raise CLIError(msg)
+
+
+def _check_layer(adata, layer: str | None, what: str) -> None:
+    if layer is not None and layer not in adata.layers:
+        msg = f"--layer {layer!r} is not a layer of the {what} (layers: {list(adata.layers)})."
         raise CLIError(msg)
 
 
@@ -126,22 +151,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _is_secondary_rank(model) -> bool:
-    """True on the non-zero ranks of a multi-process (DDP) run: they must not write files."""
+def _is_secondary_rank(model=None) -> bool:
+    """True on the non-zero ranks of a multi-process (DDP) run: they must not write files.
+
+    Lightning starts the extra processes with ``LOCAL_RANK`` set (torchrun with ``RANK``), so
+    this holds before training too; after it, the trainer or the process group says.
+    """
     trainer = getattr(model, "trainer", None)
     if trainer is not None and hasattr(trainer, "is_global_zero"):
         return not trainer.is_global_zero
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank() != 0
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
     return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) != "0"
-
-
-def _add_training_options(p: argparse.ArgumentParser, data: str, what: str) -> None:
-    """Options shared by ``transanno pretrain`` and ``transanno train``."""
-    p.add_argument("--layer", metavar="LAYER", help=f"layer with the {data} (default: X)")
-    p.add_argument(
-        "--max-epochs", type=_positive_int, default=None, metavar="N", help=f"{what} epochs"
-    )
-    p.add_argument("--model-kwargs", metavar="JSON", help="model settings as JSON")
-    _add_device_options(p)
 
 
 def _add_device_options(p: argparse.ArgumentParser) -> None:
@@ -157,6 +183,52 @@ def _add_device_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed")
 
 
-def _error_message(e: BaseException) -> str:
-    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    return " ".join(str(text).split())  # one line
+def _add_training_options(p: argparse.ArgumentParser, data: str, what: str) -> None:
+    """Options shared by ``transanno annotate``, ``transanno pretrain`` and ``transanno train``."""
+    p.add_argument("--layer", metavar="LAYER", help=f"layer with the {data} (default: X)")
+    p.add_argument(
+        "--input-scale",
+        default="auto",
+        choices=["auto", "counts", "log1p"],
+        help="what the values are: raw counts (or TPM/CPM), log1p-normalized, or detected",
+    )
+    p.add_argument(
+        "--max-epochs",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help=f"{what} epochs (default: automatic, by the number of cells)",
+    )
+    p.add_argument(
+        "--model-kwargs",
+        metavar="JSON",
+        help='model settings as JSON, e.g. \'{"n_layers": 2, "max_tokens": 128}\'',
+    )
+    _add_device_options(p)
+
+
+def _add_debug_option(p: argparse.ArgumentParser, *, top_level: bool) -> None:
+    """``--debug`` before the command (``top_level``) or after it, where it keeps the other's."""
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=False if top_level else argparse.SUPPRESS,
+        help=f"show the traceback behind an error (or set {DEBUG_ENV}=1)",
+    )
+
+
+def _trainer_options(args: argparse.Namespace) -> dict:
+    """``max_epochs``, ``accelerator``, ``devices`` and the progress bar, for ``train``."""
+    return {
+        "max_epochs": args.max_epochs,
+        "accelerator": args.accelerator,
+        "devices": _parse_devices(args.devices),
+        "enable_progress_bar": sys.stderr.isatty(),  # a bar on a terminal, not in log files
+    }
+
+
+def _report_validation(history: dict | None, key: str, what: str) -> None:
+    """One progress line with the last validation value of ``history[key]``, if any."""
+    history = history or {}
+    if key in history and len(history[key]):
+        _progress(f"{what} {float(history[key].iloc[-1, 0]):.3f}")

@@ -6,7 +6,65 @@ import argparse
 import time
 from pathlib import Path
 
-from ._common import _check_obs_key, _check_out_path, _progress, _read_h5ad
+from ._common import (
+    _check_obs_key,
+    _check_out_path,
+    _HelpFormatter,
+    _positive_int,
+    _progress,
+    _read_h5ad,
+)
+
+
+def add_demo_parser(sub) -> None:
+    """``transanno demo``'s options."""
+    p = sub.add_parser(
+        "demo",
+        help="annotate the bundled mouse-lung data end to end",
+        description="Train on half of the bundled mouse-lung animals, annotate the others, "
+        "print accuracy and macro-F1, and write the annotated cells and two plots.",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--out", default="transanno_demo", help="output folder")
+    p.add_argument(
+        "--max-epochs",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="training epochs (default: automatic)",
+    )
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed")
+    p.set_defaults(func=demo)
+
+
+def add_evaluate_parser(sub) -> None:
+    """``transanno evaluate``'s options."""
+    p = sub.add_parser(
+        "evaluate",
+        help="score predicted against known cell types",
+        description="Print accuracy, macro/weighted F1, the Unassigned fraction and a per-type "
+        "report of the predictions in ADATA against known labels.",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--adata", required=True, metavar="ADATA.h5ad", help="annotated cells")
+    p.add_argument(
+        "--true-key", required=True, metavar="KEY", help="obs column with the known types"
+    )
+    p.add_argument(
+        "--pred-key", default="transanno_label", metavar="KEY", help="obs column with predictions"
+    )
+    p.add_argument("--out", metavar="REPORT.csv", help="write the per-type report as CSV")
+    p.add_argument(
+        "--confusion",
+        metavar="FILE",
+        help="write the confusion matrix: a table (.csv) or a plot (.png, .pdf, .svg)",
+    )
+    p.add_argument(
+        "--all-cells",
+        action="store_true",
+        help="also score cells whose true type the model does not know",
+    )
+    p.set_defaults(func=evaluate)
 
 
 def _split_by_batch(adata, labels_key: str, batch_key: str | None, seed: int):
@@ -27,49 +85,69 @@ def _split_by_batch(adata, labels_key: str, batch_key: str | None, seed: int):
     return is_ref, "stratified random 50/50 split"
 
 
-def demo(out: str, max_epochs: int | None, seed: int) -> int:
-    """Train on half the bundled mouse-lung animals, annotate the others, score and plot."""
+def _print_scores(metrics: dict) -> None:
+    print(
+        f"Query accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['f1_macro']:.3f}, "
+        f"Unassigned {metrics['unassigned_fraction']:.1%}"
+    )
+    print(metrics["report"][["precision", "recall", "f1-score", "support"]].round(3).to_string())
+
+
+def _write_demo_outputs(query, out_dir: Path, seed: int) -> list[Path]:
+    """The annotated query with a UMAP, the UMAP plot and the confusion matrix."""
+    import scanpy as sc
+
+    import transanno_sc as ta
+
+    sc.pp.neighbors(query, use_rep="X_transanno")
+    sc.tl.umap(query, random_state=seed)
+    h5ad, umap, confusion = (
+        out_dir / "query_annotated.h5ad",
+        out_dir / "umap.png",
+        out_dir / "confusion_matrix.png",
+    )
+    query.write_h5ad(h5ad)
+    fig = sc.pl.umap(
+        query, color=["transanno_label", "cell_type"], wspace=0.45, show=False, return_fig=True
+    )
+    fig.savefig(umap, dpi=120, bbox_inches="tight")
+    ta.pl.confusion_matrix(query, "cell_type", save=str(confusion), show=False)
+    return [h5ad, umap, confusion]
+
+
+def demo(args: argparse.Namespace) -> int:
+    """``transanno demo``: train on half the bundled mouse-lung animals, annotate the others,
+    score and plot."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import scanpy as sc
     import scvi
 
     import transanno_sc as ta
 
     t0 = time.perf_counter()
-    scvi.settings.seed = seed
-    out_dir = Path(out)
+    scvi.settings.seed = args.seed
+    out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     adata = ta.datasets.zilionis_mouse_lung()
-    is_ref, how = _split_by_batch(adata, "cell_type", "batch", seed)
+    is_ref, how = _split_by_batch(adata, "cell_type", "batch", args.seed)
     ref, query = adata[is_ref].copy(), adata[~is_ref].copy()
     print(
         f"Zilionis et al. 2019 mouse lung: {ref.n_obs} reference and {query.n_obs} query cells ({how})."
     )
     # the reference animals as batches: n_top_genes="auto" compares gene counts across them
     ta.tl.transanno_annotate(
-        query, reference=ref, labels_key="cell_type", batch_key="batch", max_epochs=max_epochs
+        query,
+        reference=ref,
+        labels_key="cell_type",
+        batch_key="batch",
+        max_epochs=args.max_epochs,
+        random_state=args.seed,
     )
-    metrics = ta.tl.evaluate(query, "cell_type")
+    _print_scores(ta.tl.evaluate(query, "cell_type"))
+    written = _write_demo_outputs(query, out_dir, args.seed)
     print(
-        f"Query accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['f1_macro']:.3f}, "
-        f"Unassigned {metrics['unassigned_fraction']:.1%}"
-    )
-    print(metrics["report"][["precision", "recall", "f1-score", "support"]].round(3).to_string())
-    sc.pp.neighbors(query, use_rep="X_transanno")
-    sc.tl.umap(query, random_state=seed)
-    h5ad = out_dir / "query_annotated.h5ad"
-    query.write_h5ad(h5ad)
-    fig = sc.pl.umap(
-        query, color=["transanno_label", "cell_type"], wspace=0.45, show=False, return_fig=True
-    )
-    fig.savefig(out_dir / "umap.png", dpi=120, bbox_inches="tight")
-    ta.pl.confusion_matrix(
-        query, "cell_type", save=str(out_dir / "confusion_matrix.png"), show=False
-    )
-    print(
-        f"Wrote {h5ad}, {out_dir / 'umap.png'} and {out_dir / 'confusion_matrix.png'} "
+        f"Wrote {', '.join(map(str, written[:-1]))} and {written[-1]} "
         f"in {time.perf_counter() - t0:.0f} s."
     )
     return 0
@@ -99,14 +177,19 @@ def evaluate(args: argparse.Namespace) -> int:
         report.to_csv(args.out)
         _progress(f"wrote the per-type report to {args.out}")
     if args.confusion is not None:
-        if args.confusion.endswith(".csv"):
-            metrics["confusion"].to_csv(args.confusion)
-        else:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            ta.pl.confusion_matrix(
-                adata, args.true_key, args.pred_key, save=args.confusion, show=False
-            )
+        _write_confusion(adata, args, metrics["confusion"])
         _progress(f"wrote the confusion matrix to {args.confusion}")
     return 0
+
+
+def _write_confusion(adata, args: argparse.Namespace, confusion) -> None:
+    """The confusion matrix as a table (``.csv``) or a plot (any other suffix)."""
+    if args.confusion.endswith(".csv"):
+        confusion.to_csv(args.confusion)
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import transanno_sc as ta
+
+    ta.pl.confusion_matrix(adata, args.true_key, args.pred_key, save=args.confusion, show=False)
