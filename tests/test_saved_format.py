@@ -26,3 +26,68 @@ def test_model_saved_by_0_1_0_predicts_identically(old_query):
     probs = model.predict(query, soft=True)
     assert list(probs.columns) == list(expected.columns)
     np.testing.assert_allclose(probs.to_numpy(), expected.to_numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_save_records_the_weights_checksum_and_load_refuses_other_weights(trained, tmp_path):
+    import json
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    trained.save(str(a))
+    config = json.loads((a / "transanno.json").read_text())
+    assert len(config["weights_sha256"]) == 64
+    # weights from another save (other bytes) next to this config
+    trained.module.temperature.add_(0.5)
+    try:
+        trained.save(str(b))
+    finally:
+        trained.module.temperature.sub_(0.5)
+    (a / "model.safetensors").write_bytes((b / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="does not match the SHA-256"):
+        ta.model.TransAnno.load(str(a))
+
+
+def test_overwrite_keeps_other_files_and_leaves_no_temporary_folder(trained, tmp_path):
+    target = tmp_path / "m"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    trained.save(str(target), overwrite=True)
+    trained.save(str(target), overwrite=True)
+    assert (target / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+_SAVE_LOOP = """
+import sys, transanno_sc as ta
+model = ta.model.TransAnno.load(sys.argv[1])
+print("ready", flush=True)
+while True:
+    model.module.temperature.add_(1.0)
+    model.save(sys.argv[2], overwrite=True)
+"""
+
+
+def test_killed_save_leaves_a_loadable_model(trained, tmp_path, query):
+    """kill -9 in the middle of repeated saves: the folder holds one whole model, never a mix."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src, target = tmp_path / "src", tmp_path / "target"
+    trained.save(str(src))
+    trained.save(str(target))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SAVE_LOOP, str(src), str(target)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(1.5)  # many saves, each several writes and two renames
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    loaded = ta.model.TransAnno.load(str(target))  # checksum verified inside
+    assert float(loaded.module.temperature) >= float(trained.module.temperature)
+    # the temperature leaves the labels as they were: the weights are the trained ones
+    np.testing.assert_array_equal(loaded.predict(query[:40]), trained.predict(query[:40]))

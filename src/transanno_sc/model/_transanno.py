@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -977,23 +981,22 @@ class TransAnno(MarkersMixin, BaseModelClass):
         if os.path.exists(vocab_path) and not overwrite:
             msg = f"{vocab_path} already exists. Pass `overwrite=True` to replace it."
             raise ValueError(msg)
-        import transanno_sc
-
-        os.makedirs(dir_path, exist_ok=True)
-        self.module.backbone.save_pretrained(dir_path, safe_serialization=True)
-        with open(vocab_path, "w") as f:
-            json.dump(
-                {
-                    "format_version": _FORMAT_VERSION,
-                    "transanno_sc_version": transanno_sc.__version__,
-                    "genes": list(self.var_names_),
-                    "target_sum": TARGET_SUM,
-                    "pretrained": bool(getattr(self, "is_pretrained_", False)),
-                    "input_scale": self.input_scale_,
-                },
-                f,
-                indent=1,
-            )
+        ours = {_VOCAB_FILE, "config.json", "model.safetensors"}
+        with _staged_folder(dir_path, keep=lambda name: name not in ours) as tmp:
+            self.module.backbone.save_pretrained(tmp, safe_serialization=True)
+            with open(os.path.join(tmp, _VOCAB_FILE), "w") as f:
+                json.dump(
+                    {
+                        "format_version": _FORMAT_VERSION,
+                        "transanno_sc_version": _package_version(),
+                        "genes": list(self.var_names_),
+                        "target_sum": TARGET_SUM,
+                        "pretrained": bool(getattr(self, "is_pretrained_", False)),
+                        "input_scale": self.input_scale_,
+                    },
+                    f,
+                    indent=1,
+                )
 
     @classmethod
     def from_pretrained(
@@ -1498,32 +1501,35 @@ class TransAnno(MarkersMixin, BaseModelClass):
         if os.path.exists(config_path) and not overwrite:
             msg = f"{config_path} already exists. Pass `overwrite=True` to replace it."
             raise ValueError(msg)
-        os.makedirs(dir_path, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
-        save_file(state, os.path.join(dir_path, f"{prefix}{_WEIGHTS_FILE}"))
-        import transanno_sc
-
-        config = {
-            "format_version": _FORMAT_VERSION,
-            "transanno_sc_version": transanno_sc.__version__,
-            "model_class": type(self).__name__,
-            "init_params": self.init_params_,
-            "setup_args": dict(self.registry_["setup_args"]),
-            "classes": list(self.classes_),
-            "var_names": list(self.var_names_),
-            "input_scale": self.input_scale_,
-            "is_trained": bool(self.is_trained_),
-            "calibration": getattr(self, "calibration_", None),
-            "gene_count_selection": getattr(self, "gene_count_selection_", None),
-            "is_pretrained": bool(getattr(self, "is_pretrained_", False)),
-            "history": history_to_json(self.history_ if isinstance(self.history_, dict) else None),
-        }
-        with open(config_path, "w") as f:
-            json.dump(config, f, indent=1)
-        if save_anndata and self.adata is not None:
-            self.adata.write_h5ad(
-                os.path.join(dir_path, f"{prefix}adata.h5ad"), **anndata_write_kwargs
-            )
+        ours = {f"{prefix}{name}" for name in (_CONFIG_FILE, _WEIGHTS_FILE, "adata.h5ad")}
+        with _staged_folder(dir_path, keep=lambda name: name not in ours) as tmp:
+            state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+            weights_path = os.path.join(tmp, f"{prefix}{_WEIGHTS_FILE}")
+            save_file(state, weights_path)
+            config = {
+                "format_version": _FORMAT_VERSION,
+                "transanno_sc_version": _package_version(),
+                "model_class": type(self).__name__,
+                "init_params": self.init_params_,
+                "setup_args": dict(self.registry_["setup_args"]),
+                "classes": list(self.classes_),
+                "var_names": list(self.var_names_),
+                "input_scale": self.input_scale_,
+                "is_trained": bool(self.is_trained_),
+                "calibration": getattr(self, "calibration_", None),
+                "gene_count_selection": getattr(self, "gene_count_selection_", None),
+                "is_pretrained": bool(getattr(self, "is_pretrained_", False)),
+                "history": history_to_json(
+                    self.history_ if isinstance(self.history_, dict) else None
+                ),
+                "weights_sha256": _sha256(weights_path),
+            }
+            with open(os.path.join(tmp, f"{prefix}{_CONFIG_FILE}"), "w") as f:
+                json.dump(config, f, indent=1)
+            if save_anndata and self.adata is not None:
+                self.adata.write_h5ad(
+                    os.path.join(tmp, f"{prefix}adata.h5ad"), **anndata_write_kwargs
+                )
 
     @classmethod
     @devices_dsp.dedent
@@ -1564,6 +1570,13 @@ class TransAnno(MarkersMixin, BaseModelClass):
         if not os.path.exists(weights_path):
             msg = f"{weights_path} is missing: {dir_path} is not a complete TransAnno model."
             raise FileNotFoundError(msg)
+        expected = config.get("weights_sha256")  # folders saved before 0.2 have none
+        if expected is not None and _sha256(weights_path) != expected:
+            msg = (
+                f"{weights_path} does not match the SHA-256 recorded in {_CONFIG_FILE}: the "
+                "folder is corrupt or its files come from different saves. Save the model again."
+            )
+            raise ValueError(msg)
         try:
             state = load_file(weights_path)
         except Exception as e:
@@ -1615,6 +1628,58 @@ class TransAnno(MarkersMixin, BaseModelClass):
         return model
 
 
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("transanno-sc")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _staged_folder(dir_path: str, keep=lambda name: True):
+    """Write a folder crash-safely: yield a temporary folder beside ``dir_path`` to write into;
+    on success it replaces ``dir_path`` by renames (the files of an existing ``dir_path`` for
+    which ``keep(name)`` is true are carried over, as hard links where possible). An
+    interrupted write leaves ``dir_path`` as it was and at most a hidden temporary folder."""
+    dir_path = os.path.abspath(dir_path)
+    parent, name = os.path.split(dir_path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.saving-", dir=parent)
+    try:
+        yield tmp
+        if os.path.isdir(dir_path):
+            for entry in os.listdir(dir_path):
+                src = os.path.join(dir_path, entry)
+                if keep(entry) and not os.path.exists(os.path.join(tmp, entry)):
+                    if os.path.isdir(src):
+                        shutil.copytree(src, os.path.join(tmp, entry))
+                    else:
+                        try:
+                            os.link(src, os.path.join(tmp, entry))
+                        except OSError:
+                            shutil.copy2(src, os.path.join(tmp, entry))
+            old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
+            os.rmdir(old)
+            os.rename(dir_path, old)
+            os.rename(tmp, dir_path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, dir_path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _stratified_subsample(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """Positions of at most about ``n`` cells, proportional per label but at least
     :data:`_MIN_REFERENCE_CELLS_PER_TYPE` of each (all of a smaller type)."""
@@ -1659,6 +1724,13 @@ def _check_vocabulary(genes: Sequence[str]) -> list[str]:
     return genes
 
 
+#: How to train for a query's own genes (named in gene-overlap errors and warnings).
+_RETRAIN_HINT = (
+    "`ta.tl.transanno_annotate(adata, reference=ref, labels_key=...)` (CLI: `transanno annotate "
+    "--reference ref.h5ad --labels-key ...`) uses only the genes the reference and the query share."
+)
+
+
 def _checked_match(
     var_names: pd.Index, vocab: Sequence[str], what: str, stacklevel: int = 3
 ) -> GeneMatch:
@@ -1683,13 +1755,15 @@ def _checked_match(
         msg = (
             f"Only {match.n_matched} of the model's {match.n_vocab} genes "
             f"({match.fraction:.1%}) are in {what}.var_names (e.g. {example}); at least "
-            f"{MIN_GENE_OVERLAP:.0%} are needed.{hint}"
+            f"{MIN_GENE_OVERLAP:.0%} are needed.{hint} If {what} was measured on a smaller "
+            f"gene panel, train a model for its genes: {_RETRAIN_HINT}"
         )
         raise ValueError(msg)
     if match.fraction < WARN_GENE_OVERLAP:
         warnings.warn(
             f"Only {match.fraction:.1%} of the model's genes are in {what}; missing genes "
-            "are treated as not expressed and predictions may suffer.",
+            "are treated as not expressed and predictions may suffer. A model trained on the "
+            f"genes both share does better: {_RETRAIN_HINT}",
             UserWarning,
             stacklevel=stacklevel,
         )
