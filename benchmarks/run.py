@@ -22,10 +22,13 @@ transanno            TransAnno with ``--model-kwargs``/``--train-kwargs`` (defau
                      ``batch_key="batch"`` where the reference has several batches.
 logreg_l1/_l2        scikit-learn logistic regression (C=0.1) on log1p CP10k of the reference's
                      2,000 highly variable genes (Seurat flavour, reference cells only).
-celltypist           ``celltypist.train`` on all genes of the log1p CP10k reference
-                     (``use_SGD=True``: the default solver fails with scikit-learn >= 1.9;
-                     ``feature_selection=True``, CellTypist's two-pass recipe, when the panel
-                     has more than 300 genes), then ``celltypist.annotate`` (best match).
+celltypist           ``celltypist.train`` in its default mode on all genes of the log1p CP10k
+                     reference: one-vs-rest L2 ``LogisticRegression`` (C=1, lbfgs, up to 1,000
+                     iterations) on the standardized genes, no feature selection, no SGD; then
+                     ``celltypist.annotate`` (best match). CellTypist passes
+                     ``multi_class="ovr"``, which scikit-learn >= 1.7 removed:
+                     ``OvrLogisticRegression`` takes it and fits one binary model per
+                     type, as scikit-learn < 1.7 did (:func:`celltypist_train`).
 celltypist_majority  the same, with ``majority_voting=True`` (over-clustering of the query).
 scanvi               scvi-tools' reference-mapping recipe (scArches): SCVI (2 layers,
                      layer norm, ``encode_covariates``, dropout 0.2) on the reference's 2,000
@@ -62,6 +65,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit
+from sklearn.linear_model import LogisticRegression
+from sklearn.multiclass import OneVsRestClassifier
 
 warnings.filterwarnings("ignore")
 DATA = Path(
@@ -218,12 +224,11 @@ def _dense_on(X, var_names, genes) -> np.ndarray:
     return out
 
 
-def logreg(ref, query, labels, seed, penalty):
+def logreg_fit(r, labels, seed, penalty):
+    """Logistic regression (C=0.1) on the 2,000 HVGs (Seurat flavour) of ``r``, log1p CP10k
+    reference cells (``r.var`` gets the HVG columns). Returns the classifier and its genes."""
     import scanpy as sc
-    from sklearn.linear_model import LogisticRegression
 
-    clk = Clock()
-    r, q = _log1p(ref), _log1p(query)
     sc.pp.highly_variable_genes(r, n_top_genes=min(2000, r.n_vars), flavor="seurat")
     genes = r.var_names[r.var.highly_variable]
     clf = LogisticRegression(
@@ -234,9 +239,113 @@ def logreg(ref, query, labels, seed, penalty):
         random_state=seed,
     )
     clf.fit(_dense_on(r.X, r.var_names, genes), labels)
+    return clf, genes
+
+
+def logreg(ref, query, labels, seed, penalty):
+    clk = Clock()
+    r, q = _log1p(ref), _log1p(query)
+    clf, genes = logreg_fit(r, labels, seed, penalty)
     train = clk.lap()
     pred = clf.predict(_dense_on(q.X, q.var_names, genes))
     return pred, train, clk.lap()
+
+
+class OvrLogisticRegression(LogisticRegression):
+    """``LogisticRegression`` that accepts ``multi_class`` (removed in scikit-learn 1.7).
+
+    ``multi_class="ovr"`` with more than two classes fits one binary L2 model per class
+    (scikit-learn's ``OneVsRestClassifier``), as ``LogisticRegression(multi_class="ovr")``
+    did before 1.7, and exposes ``coef_`` (n_classes x n_features), ``intercept_``,
+    ``classes_`` and ``n_iter_`` like it; ``predict_proba`` is the one-vs-rest
+    normalization of the per-class sigmoids. Any other ``multi_class`` fits the current
+    (multinomial) ``LogisticRegression``. CellTypist's default ``celltypist.train`` builds
+    this estimator by name with ``multi_class="ovr"``.
+    """
+
+    def __init__(
+        self,
+        penalty="deprecated",
+        *,
+        C=1.0,
+        l1_ratio=0.0,
+        dual=False,
+        tol=1e-4,
+        fit_intercept=True,
+        intercept_scaling=1,
+        class_weight=None,
+        random_state=None,
+        solver="lbfgs",
+        max_iter=100,
+        verbose=0,
+        warm_start=False,
+        n_jobs=None,
+        multi_class="auto",
+    ):
+        super().__init__(
+            penalty=penalty,
+            C=C,
+            l1_ratio=l1_ratio,
+            dual=dual,
+            tol=tol,
+            fit_intercept=fit_intercept,
+            intercept_scaling=intercept_scaling,
+            class_weight=class_weight,
+            random_state=random_state,
+            solver=solver,
+            max_iter=max_iter,
+            verbose=verbose,
+            warm_start=warm_start,
+            n_jobs=n_jobs,
+        )
+        self.multi_class = multi_class
+
+    def _binary(self) -> LogisticRegression:
+        params = self.get_params()
+        del params["multi_class"]
+        params["n_jobs"] = None  # the one-vs-rest wrapper parallelizes over classes
+        return LogisticRegression(**params)
+
+    def fit(self, X, y, sample_weight=None):
+        classes = np.unique(y)
+        if self.multi_class != "ovr" or classes.size <= 2:
+            return super().fit(X, y, sample_weight=sample_weight)
+        ovr = OneVsRestClassifier(self._binary(), n_jobs=self.n_jobs)
+        ovr.fit(X, y, **({} if sample_weight is None else {"sample_weight": sample_weight}))
+        self.classes_ = ovr.classes_
+        self.coef_ = np.vstack([e.coef_ for e in ovr.estimators_])
+        self.intercept_ = np.concatenate([e.intercept_ for e in ovr.estimators_])
+        self.n_iter_ = np.concatenate([np.ravel(e.n_iter_) for e in ovr.estimators_])
+        self.n_features_in_ = ovr.n_features_in_
+        if hasattr(ovr, "feature_names_in_"):
+            self.feature_names_in_ = ovr.feature_names_in_
+        return self
+
+    def predict_proba(self, X):
+        if self.multi_class != "ovr" or self.classes_.size <= 2:
+            return super().predict_proba(X)
+        p = expit(self.decision_function(X))
+        return p / p.sum(1, keepdims=True)
+
+
+def celltypist_train(r, labels, check_expression=True):
+    """``celltypist.train`` in its default mode on ``r`` (log1p CP10k): one-vs-rest L2
+    ``LogisticRegression`` (C=1), no SGD, no feature selection.
+
+    CellTypist 1.7 builds ``LogisticRegression(multi_class="ovr", ...)``, which scikit-learn
+    >= 1.7 refuses; for the call, celltypist's training module gets
+    ``OvrLogisticRegression`` under that name (restored afterwards)."""
+    import importlib
+
+    import celltypist
+
+    module = importlib.import_module("celltypist.train")
+    original = module.LogisticRegression
+    module.LogisticRegression = OvrLogisticRegression
+    try:
+        return celltypist.train(r, labels=labels, check_expression=check_expression)
+    finally:
+        module.LogisticRegression = original
 
 
 def celltypist_method(ref, query, labels, seed, majority):
@@ -244,15 +353,7 @@ def celltypist_method(ref, query, labels, seed, majority):
 
     clk = Clock()
     r = _log1p(ref)
-    model = celltypist.train(
-        r,
-        labels=labels,
-        use_SGD=True,  # the default LogisticRegression path fails with scikit-learn >= 1.9
-        feature_selection=r.n_vars > 300,
-        check_expression=_is_counts(ref.X),
-        n_jobs=1,
-        random_state=seed,
-    )
+    model = celltypist_train(r, labels, check_expression=_is_counts(ref.X))
     train = clk.lap()
     q = _log1p(query)
     res = celltypist.annotate(q, model=model, majority_voting=majority)
@@ -291,7 +392,9 @@ _SCVI_KWARGS = {
 }
 
 
-def scanvi(ref, query, labels, seed, semi, ref_batches=None):
+def scanvi(ref, query, labels, seed, semi, ref_batches=None, soft=False):
+    """scANVI reference mapping (``semi=False``) or semi-supervised scANVI: query labels, or
+    with ``soft=True`` a DataFrame of class probabilities (query cells x reference types)."""
     import scvi
 
     scvi.settings.seed = seed
@@ -309,8 +412,8 @@ def scanvi(ref, query, labels, seed, semi, ref_batches=None):
         lvae = scvi.model.SCANVI.from_scvi_model(vae, UNKNOWN, labels_key="label")
         lvae.train(max_epochs=SCANVI_EPOCHS, n_samples_per_label=100, **trainer)
         train = clk.lap()
-        pred = np.asarray(lvae.predict(full[full.obs.batch == "query"].copy()), dtype=str)
-        return pred, train, clk.lap()
+        pred = lvae.predict(full[full.obs.batch == "query"].copy(), soft=soft)
+        return (pred if soft else np.asarray(pred, dtype=str)), train, clk.lap()
     scvi.model.SCVI.setup_anndata(r, batch_key="batch")
     vae = scvi.model.SCVI(r, **_SCVI_KWARGS)
     vae.train(max_epochs=SCVI_EPOCHS, **trainer)
@@ -325,8 +428,8 @@ def scanvi(ref, query, labels, seed, semi, ref_batches=None):
         **trainer,
     )
     train = clk.lap()
-    pred = np.asarray(qvae.predict(), dtype=str)
-    return pred, train, clk.lap()
+    pred = qvae.predict(soft=soft)
+    return (pred if soft else np.asarray(pred, dtype=str)), train, clk.lap()
 
 
 def train_transanno(ref, key, seed, model_kwargs=None, train_kwargs=None, ref_batches=None):
