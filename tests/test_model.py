@@ -12,21 +12,60 @@ import pytest
 import scipy.sparse as sp
 import scvi
 import torch
-from conftest import FAST_MODEL, FAST_TRAIN
+import torch.nn.functional as F
+from conftest import (
+    FAST_MODEL,
+    FAST_TRAIN,
+    linear_baseline,
+    scores,
+    transformer_alone,
+)
 from sklearn.metrics import f1_score
+from sklearn.neighbors import KNeighborsClassifier
 
 import transanno_sc as ta
+from transanno_sc._constants import DEEP_WEIGHT_GRID
 from transanno_sc.model import TransAnno
+from transanno_sc.train import fit_temperature
 
 
-def test_beats_chance_on_cross_batch_split(trained, query):
-    pred = trained.predict(query)
-    truth = query.obs["cell_type"].astype(str).to_numpy()
-    acc = float(np.mean(pred == truth))
-    f1 = f1_score(truth, pred, average="macro")
-    # 4 balanced types: chance is 0.25. Logistic regression reaches 0.92 on this split.
-    assert acc >= 0.75, acc
-    assert f1 >= 0.70, f1
+def test_at_least_its_linear_baseline_on_cross_batch_split(trained, ref, query):
+    """The model (fitted linear path + 0.2 x Transformer) against a class-balanced logistic
+    regression fitted here on the same genes and reference cells. On this cross-animal split
+    the Transformer adds to the linear path (macro-F1 0.928 against 0.920 with training seeds
+    0 and 1), so a model that ends below the linear baseline has lost what the Transformer
+    brings, or more."""
+    base = linear_baseline(ref, query, trained.var_names_)
+    got = scores(query.obs["cell_type"], trained.predict(query))
+    assert got["f1_macro"] >= base["f1_macro"] - 0.02, (got, base)
+    assert got["accuracy"] >= base["accuracy"] - 0.02, (got, base)
+
+
+def test_transformer_alone_classifies_far_above_chance(trained, ref, query):
+    """The Transformer on its own (logits without the wide path; a kNN classifier on the
+    embedding ``X_transanno``) types query cells from other animals far above chance (0.25,
+    four balanced types). The combined model's accuracy cannot show a broken encoder: the
+    wide path alone reaches about 0.92."""
+    truth_ref = ref.obs["cell_type"].astype(str).to_numpy()
+    with transformer_alone(trained):
+        alone = scores(query.obs["cell_type"], trained.predict(query))
+    assert trained.module.wide is not None  # put back
+    # measured 0.87 / 0.88 macro-F1 (training seeds 0 / 1)
+    assert alone["f1_macro"] >= 0.75, alone
+    knn = KNeighborsClassifier(n_neighbors=15).fit(
+        trained.get_latent_representation(ref), truth_ref
+    )
+    embedded = scores(query.obs["cell_type"], knn.predict(trained.get_latent_representation(query)))
+    # measured 0.86 / 0.89
+    assert embedded["f1_macro"] >= 0.75, embedded
+
+
+def _with_buffers(model, **values):
+    """Set module buffers (``deep_weight``, ``temperature``) and return their old values."""
+    old = {k: float(getattr(model.module, k)) for k in values}
+    for k, v in values.items():
+        getattr(model.module, k).fill_(v)
+    return old
 
 
 def test_history_records_validation_metrics(trained):
@@ -35,7 +74,20 @@ def test_history_records_validation_metrics(trained):
         assert key in hist, sorted(hist)
         assert len(hist[key]) >= 1
     assert hist["train_loss"].iloc[-1, 0] < hist["train_loss"].iloc[0, 0]
-    assert 0.0 <= hist["validation_f1_macro"].iloc[-1, 0] <= 1.0
+    # the last epoch's validation metrics are those of the returned weights on the validation
+    # cells, as the training computed them (Transformer at weight 1, no temperature)
+    val = np.sort(trained.validation_indices)
+    truth = trained.adata.obs["cell_type"].astype(str).to_numpy()[val]
+    old = _with_buffers(trained, deep_weight=1.0, temperature=1.0)
+    try:
+        probs = trained.predict(indices=val, soft=True)
+    finally:
+        _with_buffers(trained, **old)
+    got = scores(truth, probs.idxmax(1))
+    assert hist["validation_f1_macro"].iloc[-1, 0] == pytest.approx(got["f1_macro"], abs=1e-6)
+    assert hist["validation_accuracy"].iloc[-1, 0] == pytest.approx(got["accuracy"], abs=1e-6)
+    p_true = probs.to_numpy()[np.arange(val.size), [trained.classes_.index(t) for t in truth]]
+    assert hist["validation_loss"].iloc[-1, 0] == pytest.approx(-np.log(p_true).mean(), rel=1e-3)
 
 
 def test_soft_predictions_are_probabilities(trained, query):
@@ -83,8 +135,13 @@ def test_save_load_round_trip(trained, query, tmp_path):
 def test_load_with_adata_can_train_further(trained, ref, tmp_path):
     trained.save(tmp_path / "m")
     loaded = TransAnno.load(tmp_path / "m", adata=ref)
+    before = loaded.predict(ref)
+    encoder = next(loaded.module.backbone.parameters()).detach().clone()
     loaded.train(max_epochs=1, enable_progress_bar=False)
-    assert loaded.is_trained_
+    assert not torch.equal(encoder, next(loaded.module.backbone.parameters()))  # it trained
+    # ... from the loaded weights, not from scratch: one more epoch keeps what was learned
+    # (one epoch from a fresh start predicts far worse, see test_pretrain's 4-epoch floors)
+    assert np.mean(loaded.predict(ref) == before) > 0.9
 
 
 def test_query_gene_order_and_subset_are_aligned_by_name(trained, query, rng):
@@ -265,7 +322,6 @@ def test_wide_path_is_a_fitted_logistic_regression(ref, query):
     TransAnno.setup_anndata(ref, labels_key="cell_type")
     model = TransAnno(ref, **FAST_MODEL)
     model.train(**{**FAST_TRAIN, "max_epochs": 2}, deep_weight=0.0)
-    assert model.calibration_["deep_weight"] == 0.0
     pred = model.predict(query)
 
     # the same recipe on the model's training cells gives the same coefficients; the weighting
@@ -291,7 +347,9 @@ def test_wide_path_is_a_fitted_logistic_regression(ref, query):
     assert errors["balanced"] < 0.2 * errors["sqrt"], errors
     assert np.mean(pred == ref_pred) > 0.98
     truth = query.obs["cell_type"].astype(str).to_numpy()
-    assert f1_score(truth, pred, average="macro") > 0.85  # logistic regression: about 0.92
+    assert f1_score(truth, pred, average="macro") == pytest.approx(
+        f1_score(truth, ref_pred, average="macro"), abs=0.02
+    )
 
 
 def test_wide_path_stays_fixed_and_deep_weight_choices(ref):
@@ -308,8 +366,11 @@ def test_wide_path_stays_fixed_and_deep_weight_choices(ref):
         scvi.settings.seed = 0
         m = TransAnno(ref, **FAST_MODEL)
         m.train(**{**FAST_TRAIN, "max_epochs": epochs}, deep_weight="auto")
-        assert 0.0 <= m.calibration_["deep_weight"] <= 1.0
-        assert float(m.module.deep_weight) == pytest.approx(m.calibration_["deep_weight"])
+        # "auto": the weight whose temperature-scaled mixture has the lowest negative
+        # log-likelihood on the validation cells, among DEEP_WEIGHT_GRID
+        nll = _validation_nll_by_deep_weight(m, DEEP_WEIGHT_GRID)
+        chosen = m.calibration_["deep_weight"]
+        assert chosen in nll and nll[chosen] <= min(nll.values()) + 1e-6, (chosen, nll)
         walls.append(m.module.wide.weight.detach().clone())
         encoders.append(next(m.module.backbone.parameters()).detach().clone())
     # the logistic regression is fitted before training and takes no gradient step
@@ -320,3 +381,23 @@ def test_wide_path_stays_fixed_and_deep_weight_choices(ref):
     m.train(**{**FAST_TRAIN, "max_epochs": 1}, wide_fit="joint")
     assert m.calibration_["deep_weight"] == 1.0
     assert m.module.wide.weight.abs().sum() > 0
+
+
+def _validation_nll_by_deep_weight(model, weights) -> dict:
+    """Negative log-likelihood of the validation cells under the model's mixture
+    ``wide + w x Transformer`` (temperature-scaled, as ``deep_weight="auto"`` scores it),
+    for each ``w``."""
+    val = np.sort(model.validation_indices)
+    codes = model.adata.obs["cell_type"].astype(str).map(model.classes_.index).to_numpy()[val]
+    y = torch.as_tensor(codes, dtype=torch.long)
+    old = _with_buffers(model, temperature=1.0, deep_weight=float(model.module.deep_weight))
+    nll = {}
+    try:
+        for w in weights:
+            model.module.deep_weight.fill_(w)
+            log_probs = np.log(model.predict(indices=val, soft=True).to_numpy())
+            t = fit_temperature(log_probs, codes)
+            nll[w] = float(F.cross_entropy(torch.as_tensor(log_probs / t), y))
+    finally:
+        _with_buffers(model, **old)
+    return nll
