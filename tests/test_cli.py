@@ -1,17 +1,21 @@
-"""The ``transanno`` command: demo, annotate, evaluate, and its errors."""
+"""The ``transanno`` command: demo, annotate, pretrain, train, evaluate, and its errors."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import FAST_MODEL
 
-from transanno_sc.cli import main
+from transanno_sc.cli import CLIError, main
 
 FAST = ["--max-epochs", "3", "--model-kwargs", json.dumps(FAST_MODEL), "--accelerator", "cpu"]
 
@@ -145,9 +149,11 @@ def _assert_one_line_error(capsys, *fragments):
         (["--reference", "{d}/ref.h5ad", "--labels-key", "cell_type", "--model-kwargs", "{{"], ["JSON"]),
         (["--model", "{d}/nowhere"], ["--model folder", "not found"]),
         (["--model", "{d}", "--max-epochs", "3"], ["--max-epochs only applies"]),
+        (["--model", "{d}", "--pretrain"], ["--pretrain only applies"]),
+        (["--model", "{d}", "--unlabeled-category", "x"], ["--unlabeled-category only applies"]),
         (["--reference", "{d}/ref.h5ad", "--labels-key", "cell_type", "--unassigned-threshold", "2"], ["[0, 1]"]),
     ],
-    ids=["missing-file", "missing-key", "no-labels-key", "bad-json", "no-model", "model-and-epochs", "threshold"],
+    ids=["missing-file", "missing-key", "no-labels-key", "bad-json", "no-model", "model-and-epochs", "model-and-pretrain", "model-and-unlabeled", "threshold"],
 )  # fmt: skip
 def test_annotate_bad_input_one_line_error(files, capsys, args, fragments):
     argv = ["annotate", *[a.format(d=files) for a in args]]
@@ -196,10 +202,14 @@ def test_subcommand_help(command, capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: transanno {command}")
+    assert "--debug" in out
     expected = {
-        "annotate": ["--reference", "--model", "--save-model", "--devices"],
-        "pretrain": ["--adata", "--out", "--max-epochs"],
-        "train": ["--backbone", "--finetune", "--labels-key"],
+        "annotate": [
+            *["--reference", "--model", "--save-model", "--devices", "--pretrain"],
+            *["--unlabeled-category", "--input-scale", "--batch-key"],
+        ],
+        "pretrain": ["--adata", "--out", "--max-epochs", "--input-scale"],
+        "train": ["--backbone", "--finetune", "--labels-key", "--batch-key", "--input-scale"],
     }
     for option in expected.get(command, []):
         assert option in out
@@ -238,3 +248,76 @@ def test_pretrain_then_train_with_backbone_then_annotate(files, tmp_path, capsys
     argv = ["train", "--reference", str(files / "ref.h5ad"), "--labels-key", "cell_type"]
     assert main([*argv, "--backbone", str(tmp_path), "--out", str(tmp_path / "m2")]) == 2
     assert "not a folder written by `transanno pretrain`" in capsys.readouterr().err
+
+
+def test_annotate_integer_labels_and_unlabeled_cells(files, split, tmp_path, capsys):
+    """Cluster numbers as labels, some cells unlabeled: trained through tl like any reference."""
+    ref = split[0].copy()
+    types = sorted(ref.obs["cell_type"].astype(str).unique())
+    codes = ref.obs["cell_type"].astype(str).map(types.index).to_numpy()
+    unlabeled = np.random.default_rng(0).random(ref.n_obs) < 0.1
+    ref.obs["cluster"] = np.where(unlabeled, -1, codes)  # int64 column
+    ref.write_h5ad(tmp_path / "ref_int.h5ad")
+    out = tmp_path / "out.h5ad"
+    argv = ["annotate", "--reference", str(tmp_path / "ref_int.h5ad"), "--labels-key", "cluster"]
+    argv += ["--unlabeled-category", "-1", "--query", str(files / "query.h5ad"), "--out", str(out)]
+    assert main([*argv, *FAST]) == 0
+    stdout = capsys.readouterr().out
+    assert f"{int(unlabeled.sum())} unlabeled cells" in stdout
+    q = ad.read_h5ad(out)
+    assert set(q.obs["transanno_label"].cat.categories) == {"0", "1", "2", "3", "Unassigned"}
+    predicted = q.obs["transanno_label"].astype(str)
+    truth = q.obs["cell_type"].astype(str).map(types.index).astype(str)
+    assert (predicted == truth).mean() > 0.6  # chance is about 0.25 on four balanced types
+
+
+def test_debug_reraises_with_traceback(files, monkeypatch, capsys):
+    argv = ["evaluate", "--adata", str(files / "nope.h5ad"), "--true-key", "cell_type"]
+    monkeypatch.delenv("TRANSANNO_DEBUG", raising=False)
+    assert main(argv) == 2
+    _assert_one_line_error(capsys, "not found")
+    with pytest.raises(CLIError, match=r"adata file '.*nope\.h5ad' not found"):
+        main(["--debug", *argv])
+    with pytest.raises(CLIError, match=r"adata file '.*nope\.h5ad' not found"):
+        main([*argv, "--debug"])
+    monkeypatch.setenv("TRANSANNO_DEBUG", "1")
+    with pytest.raises(CLIError, match=r"adata file '.*nope\.h5ad' not found"):
+        main(argv)
+    monkeypatch.setenv("TRANSANNO_DEBUG", "0")
+    assert main(argv) == 2
+    # the console script prints the traceback, and the error is its last line
+    r = subprocess.run(
+        [sys.executable, "-m", "transanno_sc.cli", "--debug", *argv],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "TRANSANNO_DEBUG"},
+    )
+    assert r.returncode == 1
+    assert r.stderr.startswith("Traceback (most recent call last):")
+    assert "_check_input_file" in r.stderr
+    assert r.stderr.strip().splitlines()[-1].endswith("nope.h5ad' not found.")
+
+
+def test_console_script_train_then_annotate(files, tmp_path):
+    """The installed ``transanno`` command end to end: train, save, load, annotate, write."""
+    exe = shutil.which("transanno", path=str(Path(sys.executable).parent))
+    assert exe is not None, "the transanno console script is not installed in this environment"
+    model, out = tmp_path / "model", tmp_path / "annotated.h5ad"
+    argv = [exe, "train", "--reference", str(files / "ref.h5ad"), "--labels-key", "cell_type"]
+    argv += ["--batch-key", "batch", "--input-scale", "counts", "--out", str(model), *FAST]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "[transanno] saved the model" in r.stdout
+    argv = [exe, "annotate", "--model", str(model), "--query", str(files / "query.h5ad")]
+    argv += ["--out", str(out), "--unassigned-threshold", "none", "--input-scale", "counts"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "[transanno] wrote" in r.stdout
+    q = ad.read_h5ad(out)
+    truth = q.obs["cell_type"].astype(str)
+    accuracy = (q.obs["transanno_label"].astype(str) == truth).mean()
+    # baseline: the best a constant label can do (the query's most frequent type, 0.33 here);
+    # 3 epochs of a tiny model reach about 0.93 (0.2 above the bar)
+    baseline = truth.value_counts(normalize=True).max()
+    assert baseline < 0.4
+    assert accuracy > baseline + 0.4, (accuracy, baseline)

@@ -1,9 +1,12 @@
-"""``transanno annotate``: annotate a query with a model trained on a reference, or a saved one."""
+"""``transanno annotate``: annotate a query with a model trained on a reference, or a saved one.
+
+Both ways are one call of :func:`transanno_sc.tl.transanno_annotate`: this module reads and
+checks the files, prints progress lines and writes the annotated query.
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -16,12 +19,22 @@ from ._common import (
     _check_out_path,
     _HelpFormatter,
     _is_secondary_rank,
-    _parse_devices,
     _parse_json_dict,
     _positive_int,
     _progress,
     _read_h5ad,
     _threshold,
+    _trainer_options,
+)
+
+#: Options of ``transanno annotate`` that only apply when training from ``--reference``.
+_REFERENCE_ONLY = (
+    "labels_key",
+    "batch_key",
+    "unlabeled_category",
+    "save_model",
+    "max_epochs",
+    "model_kwargs",
 )
 
 
@@ -45,7 +58,17 @@ def add_annotate_parser(sub) -> None:
     p.add_argument("--labels-key", metavar="KEY", help="reference obs column with the cell types")
     p.add_argument("--batch-key", metavar="KEY", help="reference obs column with the batch")
     p.add_argument(
+        "--unlabeled-category",
+        metavar="VALUE",
+        help="value of --labels-key marking reference cells without a label (default: Unknown)",
+    )
+    p.add_argument(
         "--save-model", metavar="FOLDER", help="save the model trained from --reference here"
+    )
+    p.add_argument(
+        "--pretrain",
+        action="store_true",
+        help="pretrain the backbone on the reference and query cells before training",
     )
     p.add_argument(
         "--unassigned-threshold",
@@ -59,7 +82,7 @@ def add_annotate_parser(sub) -> None:
         type=_positive_int,
         default=None,
         metavar="N",
-        help="cells per minibatch in training and prediction; lower it when out of memory "
+        help="cells per minibatch when predicting; lower it when out of memory "
         "(default: the model's)",
     )
     p.add_argument(
@@ -69,22 +92,15 @@ def add_annotate_parser(sub) -> None:
     p.set_defaults(func=annotate)
 
 
-def annotate(args: argparse.Namespace) -> int:
-    """``transanno annotate``: train on a reference (or load a model) and annotate a query."""
-    import scvi
-
-    import transanno_sc as ta
-
-    t0 = time.perf_counter()
-    scvi.settings.seed = args.seed
-    # validate everything that is cheap to check before any training
+def _check_args(args: argparse.Namespace) -> dict:
+    """Everything that is cheap to check before reading data or training; the model settings."""
     if args.model is None:
         if args.labels_key is None:
             msg = "--labels-key is required with --reference (the column with the cell types)."
             raise CLIError(msg)
     else:
-        for option in ("labels_key", "batch_key", "save_model", "max_epochs", "model_kwargs"):
-            if getattr(args, option) is not None:
+        for option in (*_REFERENCE_ONLY, "pretrain"):
+            if getattr(args, option) not in (None, False):
                 flag = "--" + option.replace("_", "-")
                 msg = f"{flag} only applies when training from --reference, not with --model."
                 raise CLIError(msg)
@@ -98,88 +114,109 @@ def annotate(args: argparse.Namespace) -> int:
     _check_out_path(args.out, "--out")
     if args.save_model is not None:
         _check_out_path(args.save_model, "--save-model")
-    devices = _parse_devices(args.devices)
     _check_input_file(args.query, "query")
     if args.reference is not None:
         _check_input_file(args.reference, "reference")
+    return model_kwargs
 
-    query = _read_h5ad(args.query, "query")
-    _check_layer(query, args.layer, "query")
 
-    if args.model is not None:
-        _progress(f"loading model {args.model}")
-        model = ta.model.TransAnno.load(args.model, accelerator=args.accelerator)
-    else:
-        ref = _read_h5ad(args.reference, "reference")
-        _check_obs_key(ref, args.labels_key, "reference", "--labels-key")
-        if args.batch_key is not None:
-            _check_obs_key(ref, args.batch_key, "reference", "--batch-key")
-        _check_layer(ref, args.layer, "reference")
-        shared = ta.data.match_genes(query.var_names, ref.var_names)
-        if shared.n_matched == 0:
-            msg = (
-                f"no gene of the query matches a reference gene by name (query genes such as "
-                f"{list(query.var_names[:3])}, reference genes such as {list(ref.var_names[:3])}): "
-                "use the same gene identifiers (symbols or Ensembl ids) in both files."
-            )
-            raise CLIError(msg)
-        _progress(
-            f"{shared.n_matched:,} of the reference's {ref.n_vars:,} genes found in the query"
-        )
-        counts = ref.obs[args.labels_key].astype(str).value_counts()
-        _progress(
-            f"training TransAnno on {ref.n_obs:,} reference cells, {counts.size} cell types "
-            f"({', '.join(f'{k}: {v}' for k, v in counts.items())})"
-        )
-        ta.model.TransAnno.setup_anndata(
-            ref,
-            labels_key=args.labels_key,
-            batch_key=args.batch_key,
-            layer=args.layer,
-            input_scale=args.input_scale,
-        )
-        model = ta.model.TransAnno(ref, **model_kwargs)
-        train_kwargs = {"batch_size": args.batch_size} if args.batch_size is not None else {}
-        model.train(
-            max_epochs=args.max_epochs,
-            accelerator=args.accelerator,
-            devices=devices,
-            enable_progress_bar=sys.stderr.isatty(),  # a bar on a terminal, not in log files
-            **train_kwargs,
-        )
-        if _is_secondary_rank(model):
-            return 0
-        history = model.history or {}
-        if "validation_accuracy" in history and len(history["validation_accuracy"]):
-            acc = float(history["validation_accuracy"].iloc[-1, 0])
-            epochs = len(history["validation_accuracy"])
-            _progress(f"trained {epochs} epochs, validation accuracy {acc:.3f}")
-        if args.save_model is not None:
-            model.save(args.save_model, overwrite=True)
-            _progress(f"saved the model to {args.save_model}")
+def _read_reference(args: argparse.Namespace, query):
+    """The reference file, checked against the options and the query's genes."""
+    import transanno_sc as ta
 
-    _progress(f"annotating {query.n_obs:,} query cells")
-    ta.tl.transanno_annotate(
-        query,
-        model,
-        layer=args.layer,
-        input_scale=args.input_scale,
-        unassigned_threshold=args.unassigned_threshold,
-        key_added=args.key_added,
-        batch_size=args.batch_size,
+    ref = _read_h5ad(args.reference, "reference")
+    _check_obs_key(ref, args.labels_key, "reference", "--labels-key")
+    if args.batch_key is not None:
+        _check_obs_key(ref, args.batch_key, "reference", "--batch-key")
+    _check_layer(ref, args.layer, "reference")
+    shared = ta.data.match_genes(query.var_names, ref.var_names)
+    if shared.n_matched == 0:
+        msg = (
+            f"no gene of the query matches a reference gene by name (query genes such as "
+            f"{list(query.var_names[:3])}, reference genes such as {list(ref.var_names[:3])}): "
+            "use the same gene identifiers (symbols or Ensembl ids) in both files."
+        )
+        raise CLIError(msg)
+    _progress(f"{shared.n_matched:,} of the reference's {ref.n_vars:,} genes found in the query")
+    return ref
+
+
+def _training_kwargs(args: argparse.Namespace, ref, model_kwargs: dict, n_query: int) -> dict:
+    """``transanno_annotate``'s arguments that train a model on ``ref`` for ``n_query`` cells."""
+    kwargs = {
+        "reference": ref,
+        "labels_key": args.labels_key,
+        "batch_key": args.batch_key,
+        "pretrain": args.pretrain,
+        "model_kwargs": model_kwargs,
+        # the extra processes of a multi-device run train too, but only the first one saves
+        "save_model": None if _is_secondary_rank() else args.save_model,
+        **_trainer_options(args),
+    }
+    unlabeled = "Unknown"
+    if args.unlabeled_category is not None:
+        unlabeled = kwargs["unlabeled_category"] = args.unlabeled_category
+    counts = ref.obs[args.labels_key].astype(str).value_counts()
+    n_unlabeled = int(counts.pop(unlabeled)) if unlabeled in counts.index else 0
+    _progress(
+        f"{'pretraining and ' if args.pretrain else ''}training TransAnno on "
+        f"{ref.n_obs - n_unlabeled:,} reference cells, {counts.size} cell types "
+        f"({', '.join(f'{k}: {v}' for k, v in counts.items())})"
+        + (f", {n_unlabeled:,} unlabeled cells" if n_unlabeled else "")
+        + f"; then annotating {n_query:,} query cells"
     )
-    overlap = query.uns[args.key_added].get("gene_overlap", {})
+    return kwargs
+
+
+def _write_annotated(query, args: argparse.Namespace, t0: float) -> None:
+    """Progress lines on what was predicted, then the annotated query to ``--out``."""
+    key = args.key_added
+    overlap = query.uns[key].get("gene_overlap", {})
     if "n_matched" in overlap and "n_model_genes" in overlap:
         _progress(
             f"gene overlap: {int(overlap['n_matched']):,} of the model's "
             f"{int(overlap['n_model_genes']):,} genes"
         )
-    labels = query.obs[f"{args.key_added}_label"].value_counts()
+    labels = query.obs[f"{key}_label"].value_counts()
     _progress("predicted: " + ", ".join(f"{k}: {v}" for k, v in labels.items() if v))
     query.write_h5ad(args.out)
     _progress(
-        f"wrote {args.out} (obs '{args.key_added}_label', '{args.key_added}_confidence'; "
-        f"obsm 'X_{args.key_added}', '{args.key_added}_probabilities') "
-        f"in {time.perf_counter() - t0:.0f} s"
+        f"wrote {args.out} (obs '{key}_label', '{key}_confidence'; "
+        f"obsm 'X_{key}', '{key}_probabilities') in {time.perf_counter() - t0:.0f} s"
     )
+
+
+def annotate(args: argparse.Namespace) -> int:
+    """``transanno annotate``: train on a reference (or load a model) and annotate a query."""
+    import transanno_sc as ta
+
+    t0 = time.perf_counter()
+    model_kwargs = _check_args(args)
+    query = _read_h5ad(args.query, "query")
+    _check_layer(query, args.layer, "query")
+    if args.model is not None:
+        _progress(f"loading model {args.model}")
+        model = ta.model.TransAnno.load(args.model, accelerator=args.accelerator)
+        _progress(f"annotating {query.n_obs:,} query cells")
+        kwargs = {}
+    else:
+        model = None
+        ref = _read_reference(args, query)
+        kwargs = _training_kwargs(args, ref, model_kwargs, query.n_obs)
+    ta.tl.transanno_annotate(
+        query,
+        model,
+        layer=args.layer,
+        input_scale=args.input_scale,
+        random_state=args.seed,
+        unassigned_threshold=args.unassigned_threshold,
+        key_added=args.key_added,
+        batch_size=args.batch_size,
+        **kwargs,
+    )
+    if _is_secondary_rank():
+        return 0
+    if args.save_model is not None:
+        _progress(f"saved the model to {args.save_model}")
+    _write_annotated(query, args, t0)
     return 0
