@@ -121,12 +121,10 @@ def demo(args: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    import scvi
 
     import transanno_sc as ta
 
     t0 = time.perf_counter()
-    scvi.settings.seed = args.seed
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     adata = ta.datasets.zilionis_mouse_lung()
