@@ -95,8 +95,10 @@ def test_scale_detection(rng):
     counts = rng.poisson(2.0, size=(30, 20)).astype(np.float32)
     assert detect_input_scale(counts) == "counts"
     assert detect_input_scale(np.log1p(counts * 1.7)) == "log1p"
-    with pytest.raises(ValueError, match="neither raw counts nor log1p"):
-        detect_input_scale(counts * 100.3)
+    # non-integer count-like values (TPM, CPM, expected counts) are normalized per cell too
+    assert detect_input_scale(counts * 100.3) == "counts"
+    tpm = counts / counts.sum(1, keepdims=True).clip(1) * 1e6
+    assert detect_input_scale(tpm) == "counts"
 
 
 def test_no_gene_overlap_with_model(trained, query):

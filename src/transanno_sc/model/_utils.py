@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import shutil
 import sys
 import tempfile
@@ -17,6 +18,8 @@ import torch
 from anndata import AnnData
 
 InputScale = Literal["auto", "counts", "log1p"]
+
+logger = logging.getLogger(__name__)
 
 #: Rows read per chunk when scanning or streaming a matrix.
 CHUNK_SIZE = 2048
@@ -284,29 +287,30 @@ def scan_matrix(X, what: str = "adata.X") -> None:
 
 
 def detect_input_scale(X, what: str = "adata.X") -> Literal["counts", "log1p"]:
-    """Decide from the first rows whether ``X`` holds raw counts or log1p-normalized values.
+    """Decide from a sample of rows whether ``X`` holds count-like or log1p-normalized values.
 
-    Integer values are counts; non-integer values up to :data:`MAX_LOG1P_VALUE` are taken as
-    log1p-normalized. Anything else (normalized but not logged, for instance) is refused.
+    ``"counts"``: integers (UMI or read counts) or non-integer values above
+    :data:`MAX_LOG1P_VALUE` (TPM, CPM, RSEM expected counts, Smart-seq read counts): every
+    cell is library-size normalized anyway, so their absolute scale does not matter.
+    ``"log1p"``: non-integer values up to :data:`MAX_LOG1P_VALUE` (log1p of normalized
+    values). The rows read are spread evenly over ``X`` (at most
+    :data:`N_ROWS_SCALE_DETECTION`).
     """
     n = min(X.shape[0], N_ROWS_SCALE_DETECTION)
-    rows = next(iter_row_chunks(X, chunk_size=n))[1]
+    if n == 0:
+        msg = f"{what} has no cells."
+        raise ValueError(msg)
+    indices = np.unique(np.linspace(0, X.shape[0] - 1, n).astype(np.int64))
+    rows = next(iter_row_chunks(X, chunk_size=indices.size, indices=indices))[1]
     check_values(rows, what)
     v = _values(rows)
     v = v[v != 0]
     if v.size == 0:
-        msg = f"The first {n} cells of {what} have no non-zero value."
+        msg = f"The {indices.size} cells of {what} read to detect its scale have no non-zero value."
         raise ValueError(msg)
-    if np.all(v == np.round(v)):
+    if np.all(v == np.round(v)) or v.max() > MAX_LOG1P_VALUE:
         return "counts"
-    if v.max() <= MAX_LOG1P_VALUE:
-        return "log1p"
-    msg = (
-        f"{what} holds non-integer values up to {v.max():.3g}: neither raw counts nor "
-        "log1p-normalized values. Run `sc.pp.log1p` after normalizing, store raw counts, or "
-        "pass `input_scale='counts'`/`'log1p'` explicitly."
-    )
-    raise ValueError(msg)
+    return "log1p"
 
 
 def resolve_input_scale(X, input_scale: InputScale, what: str = "adata.X") -> str:
@@ -316,15 +320,32 @@ def resolve_input_scale(X, input_scale: InputScale, what: str = "adata.X") -> st
         raise ValueError(msg)
     detected = detect_input_scale(X, what)
     if input_scale == "auto":
+        logger.info("%s holds %s values (detected).", what, _SCALE_NAMES[detected])
         return detected
-    if input_scale == "counts" and detected != "counts":
+    if input_scale != detected:
         warnings.warn(
-            f"input_scale='counts' but {what} holds non-integer values; they are treated as "
-            "counts (library-size normalized and log1p-transformed).",
+            f"input_scale={input_scale!r}, but {what} looks like {_SCALE_NAMES[detected]} "
+            f"values; they are treated as {_SCALE_NAMES[input_scale]} values as asked.",
             UserWarning,
             stacklevel=3,
         )
     return input_scale
+
+
+#: How each scale is named in messages.
+_SCALE_NAMES = {
+    "counts": "count-like (counts, TPM, CPM: normalized per cell, then log1p)",
+    "log1p": "log1p-normalized",
+}
+
+
+def expm1_rows(X) -> sp.csr_matrix:
+    """``expm1`` of log1p-normalized values as a float32 CSR copy: count-like values that the
+    per-cell normalization turns back into the same log1p values (when they were normalized to
+    :data:`~transanno_sc._constants.TARGET_SUM`)."""
+    out = sp.csr_matrix(X, dtype=np.float32, copy=True)
+    out.data = np.expm1(out.data)
+    return out
 
 
 def non_string_labels(labels: pd.Series) -> list:

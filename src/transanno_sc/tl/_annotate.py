@@ -73,6 +73,85 @@ def _private_reference(
 
 #: Label of the query cells in the private pretraining corpus (never a user's label).
 _UNLABELED = "__transanno_query__"
+#: Below this many genes shared by the reference and the query, training for the query is refused.
+MIN_SHARED_GENES = 50
+
+
+def _shared_genes(private: AnnData, query: AnnData) -> tuple[AnnData, AnnData, dict]:
+    """The reference and the query on the genes both have (matched by name as the model
+    matches them: exact, case-insensitive, version-less Ensembl), checked before training.
+
+    The model trained for this query then chooses its vocabulary among these genes, and both
+    sides are library-size normalized over the same genes, so a query measured on a smaller
+    panel (a targeted or imaging-based assay) is not refused, nor scaled differently from the
+    reference.
+    """
+    from transanno_sc.data import match_genes
+
+    match = match_genes(query.var_names, private.var_names)
+    # match_genes(dataset, vocab): the query is the dataset, the reference the vocabulary
+    query_cols, ref_cols = match.source, match.target
+    info = {
+        "n_reference_genes": int(private.n_vars),
+        "n_query_genes": int(query.n_vars),
+        "n_shared_genes": int(ref_cols.size),
+    }
+    if ref_cols.size < MIN_SHARED_GENES:
+        example_ref = ", ".join(map(str, private.var_names[:3]))
+        example_query = ", ".join(map(str, query.var_names[:3]))
+        msg = (
+            f"The reference and adata share only {ref_cols.size} genes (at least "
+            f"{MIN_SHARED_GENES} are needed; reference genes e.g. {example_ref}; adata genes "
+            f"e.g. {example_query}). Check the species and the gene naming convention "
+            "(symbols vs Ensembl IDs) of both."
+        )
+        raise ValueError(msg)
+    logger.info(
+        "    %d genes shared by the reference (%d genes) and adata (%d genes): the model is "
+        "trained on these.",
+        ref_cols.size,
+        private.n_vars,
+        query.n_vars,
+    )
+    if ref_cols.size < private.n_vars:
+        private = private[:, np.sort(ref_cols)].copy()
+    if query_cols.size < query.n_vars:
+        query = query[:, np.sort(query_cols)]
+    return private, query, info
+
+
+def _reference_scale(private: AnnData, batch_key: str | None, input_scale: str) -> AnnData:
+    """Detect the scale of the private reference batch by batch; where batches differ (log1p
+    values next to counts, e.g. studies merged from different sources), turn the log1p batches
+    back into count-like values (``expm1``) on the private copy, so that every cell is
+    normalized alike. Returns the private reference, with ``uns["input_scale"]`` set."""
+    from transanno_sc.model._utils import detect_input_scale, expm1_rows, resolve_input_scale
+
+    if input_scale != "auto" or batch_key is None:
+        private.uns["input_scale"] = resolve_input_scale(private.X, input_scale, "reference.X")
+        return private
+    batches = private.obs[batch_key].astype(str).to_numpy()
+    scales = {
+        b: detect_input_scale(private.X[batches == b], f"reference.X (batch {b!r})")
+        for b in pd.unique(batches)
+    }
+    log1p = sorted(b for b, v in scales.items() if v == "log1p")
+    if not log1p or len(log1p) == len(scales):
+        scale = "log1p" if log1p else "counts"
+        logger.info("    reference.X holds %s values (detected in every batch).", scale)
+        private.uns["input_scale"] = scale
+        return private
+    logger.info(
+        "    reference batches %s hold log1p values and the others count-like values: the "
+        "log1p batches are turned back into count-like values (expm1).",
+        log1p,
+    )
+    X = sp.csr_matrix(private.X, dtype=np.float32, copy=True)
+    rows = np.flatnonzero(np.isin(batches, log1p))
+    X[rows] = expm1_rows(X[rows])
+    out = AnnData(X=X, obs=private.obs, var=private.var)
+    out.uns["input_scale"] = "counts"
+    return out
 
 
 def _reference_vocabulary(
@@ -90,9 +169,8 @@ def _reference_vocabulary(
 
     from transanno_sc.model import TransAnno
     from transanno_sc.model._transanno import _choose_vocabulary
-    from transanno_sc.model._utils import resolve_input_scale
 
-    scale = resolve_input_scale(private.X, "auto", "reference.X")
+    scale = private.uns["input_scale"]
     default = inspect.signature(TransAnno).parameters["n_top_genes"].default
     labels = private.obs[labels_key].astype(str)
     types = sorted(set(labels) - {unlabeled_category})
@@ -114,28 +192,35 @@ def _reference_vocabulary(
 
 
 def _with_query_cells(
-    private: AnnData, query: AnnData, layer: str | None, labels_key: str, unlabeled_category: str
+    private: AnnData,
+    query: AnnData,
+    layer: str | None,
+    labels_key: str,
+    unlabeled_category: str,
+    input_scale: str,
 ) -> AnnData:
-    """Reference cells plus the query's, on the reference's genes, query labels unknown."""
+    """Reference cells plus the query's, on the reference's genes, query labels unknown.
+
+    Where one side holds log1p values and the other count-like values, the log1p side is
+    turned back into count-like values (``expm1``), so the corpus has one scale.
+    """
     from transanno_sc.data import match_genes
-    from transanno_sc.model._utils import get_matrix, iter_row_chunks, resolve_input_scale
+    from transanno_sc.model._utils import expm1_rows, get_matrix, iter_row_chunks
+    from transanno_sc.model._utils import resolve_input_scale
 
     Xq = get_matrix(query, layer)
-    ref_scale = resolve_input_scale(private.X, "auto", "reference")
-    query_scale = resolve_input_scale(Xq, "auto", "adata")
-    if ref_scale != query_scale:
-        msg = (
-            f"pretrain=True pretrains on reference and query together, but the reference holds "
-            f"{ref_scale} and adata holds {query_scale} values: give both on the same scale "
-            "(e.g. raw counts, with `layer=`)."
-        )
-        raise ValueError(msg)
+    ref_scale = private.uns["input_scale"]
+    query_scale = resolve_input_scale(Xq, input_scale, "adata")
+    if ref_scale != query_scale and ref_scale == "log1p":
+        private = AnnData(X=expm1_rows(private.X), obs=private.obs, var=private.var)
+        ref_scale = "counts"
     match = match_genes(private.var_names, query.var_names)
     # match_genes(dataset, vocab): here the reference is the dataset, the query the vocab
     ref_cols, query_cols = match.source, match.target
     blocks = []
     for _, rows in iter_row_chunks(Xq):
-        rows = sp.csr_matrix(rows)[:, query_cols].tocoo()
+        rows = sp.csr_matrix(rows)[:, query_cols]
+        rows = (expm1_rows(rows) if query_scale != ref_scale else rows).tocoo()
         blocks.append(
             sp.csr_matrix(
                 (rows.data, (rows.row, ref_cols[rows.col])),
@@ -155,7 +240,77 @@ def _with_query_cells(
         if col != labels_key:
             obs[col] = pd.Categorical([*private.obs[col].astype(str), *(["query"] * query.n_obs)])
     X = sp.vstack([sp.csr_matrix(private.X, dtype=np.float32), *blocks]).tocsr()
-    return AnnData(X=X, obs=obs, var=pd.DataFrame(index=private.var_names.copy()))
+    corpus = AnnData(X=X, obs=obs, var=pd.DataFrame(index=private.var_names.copy()))
+    corpus.uns["input_scale"] = ref_scale
+    return corpus
+
+
+def _train_on_reference(
+    rna: AnnData,
+    reference: AnnData,
+    *,
+    labels_key: str,
+    unlabeled_category: str,
+    batch_key: str | None,
+    layer: str | None,
+    input_scale: str,
+    random_state: int | None,
+    save_model: str | None,
+    model_kwargs: dict | None,
+    pretrain: bool,
+    pretrain_kwargs: dict | None,
+    train_kwargs: dict,
+) -> tuple[TransAnno, AnnData, dict]:
+    """Train a model on ``reference`` for the query ``rna``, on the genes both have.
+
+    Returns the model, the query restricted to the shared genes (a view) and the gene-sharing
+    summary for ``uns``.
+    """
+    from scvi import settings
+
+    from transanno_sc.model import TransAnno
+
+    private = _private_reference(reference, labels_key, batch_key, layer)
+    private, query, shared = _shared_genes(private, rna)
+    private = _reference_scale(private, batch_key, input_scale)
+    previous_seed = settings.seed
+    if random_state is not None:
+        settings.seed = int(random_state)
+    try:
+        model_kwargs = dict(model_kwargs or {})
+        selection = None
+        if pretrain and "gene_vocabulary" not in model_kwargs:
+            # chosen from the reference's cells only, as without pretraining
+            model_kwargs["gene_vocabulary"], selection = _reference_vocabulary(
+                private, model_kwargs, labels_key, batch_key, unlabeled_category
+            )
+        if pretrain:
+            private = _with_query_cells(
+                private, query, layer, labels_key, unlabeled_category, input_scale
+            )
+        TransAnno.setup_anndata(
+            private,
+            labels_key=labels_key,
+            batch_key=batch_key,
+            unlabeled_category=_UNLABELED if pretrain else unlabeled_category,
+            input_scale=private.uns["input_scale"],
+        )
+        model = TransAnno(private, **model_kwargs)
+        if selection is not None:
+            model.gene_count_selection_ = selection
+        if pretrain:
+            pretrain_kwargs = dict(pretrain_kwargs or {})
+            for key in ("accelerator", "devices", "enable_progress_bar"):
+                if key in train_kwargs:
+                    pretrain_kwargs.setdefault(key, train_kwargs[key])
+            model.pretrain(**pretrain_kwargs)
+        model.train(**train_kwargs)
+    finally:
+        if random_state is not None:
+            settings.seed = previous_seed
+    if save_model is not None:
+        model.save(save_model, overwrite=True)
+    return model, query, shared
 
 
 def transanno_annotate(
@@ -176,6 +331,8 @@ def transanno_annotate(
     pretrain: bool = False,
     pretrain_kwargs: dict | None = None,
     batch_size: int | None = None,
+    input_scale: str = "auto",
+    random_state: int | None = 0,
     **train_kwargs,
 ) -> AnnData | MuData | None:
     """Annotate cell types with a TransAnno model :cite:p:`Vaswani2017`.
@@ -183,7 +340,9 @@ def transanno_annotate(
     Either pass a trained ``model``, or a labeled ``reference`` and ``labels_key``: a model is
     then trained on the reference (on a private object: nothing is added to ``reference``) and
     applied to ``adata``. Genes are matched by name, so ``adata`` may have another gene set or
-    order than the reference; it may hold raw counts or log1p-normalized values.
+    order than the reference; a model trained here uses only the genes both have (so a query
+    on a smaller panel works). Both may hold raw counts, other count-like values (TPM, CPM,
+    expected counts) or log1p-normalized values.
 
     Parameters
     ----------
@@ -235,6 +394,16 @@ def transanno_annotate(
         to those of the training.
     batch_size
         Cells per forward pass when predicting.
+    input_scale
+        What the expression values are: ``"auto"`` (detected, and logged), ``"counts"``
+        (raw counts or any other count-like values: TPM, CPM, expected counts; each cell is
+        normalized to 10,000 and log1p-transformed) or ``"log1p"`` (log1p of
+        library-size-normalized values). Applies to ``reference`` and ``adata``; only needed
+        when the detection is wrong.
+    random_state
+        Seed of the training (weights, data splits, subsamples), as ``random_state`` in
+        scanpy's tools: the same call gives the same result. ``None``: scvi-tools'
+        ``scvi.settings.seed`` is left as it is.
     **train_kwargs
         Passed to :meth:`~transanno_sc.model.TransAnno.train` (``max_epochs``, ``accelerator``,
         ``devices``, ...).
@@ -256,8 +425,11 @@ def transanno_annotate(
     `.obsm['{key_added}_probabilities']` : :class:`pandas.DataFrame`
         Calibrated probability of every reference cell type.
     `.uns['{key_added}']` : :class:`dict`
-        ``params``, ``classes``, ``gene_overlap``, ``calibration`` (temperature and the
-        validation expected calibration error before and after) and ``versions``.
+        ``params``, ``classes``, ``gene_overlap`` (with ``n_shared_genes`` when a model was
+        trained here), ``calibration`` (temperature and the validation expected calibration
+        error before and after) and ``versions``. ``params`` stores ``-1.0`` for an
+        ``unassigned_threshold`` of ``None`` and ``""`` for no ``labels_key``, so that the
+        AnnData can be written to ``.h5ad``.
 
     Examples
     --------
@@ -288,35 +460,24 @@ def transanno_annotate(
         msg = f"unassigned_threshold must be in [0, 1] or None, got {unassigned_threshold}."
         raise ValueError(msg)
 
+    shared = None
+    query = rna
     if model is None:
-        private = _private_reference(reference, labels_key, batch_key, layer)
-        model_kwargs = dict(model_kwargs or {})
-        selection = None
-        if pretrain and "gene_vocabulary" not in model_kwargs:
-            # chosen from the reference's cells only, as without pretraining
-            model_kwargs["gene_vocabulary"], selection = _reference_vocabulary(
-                private, model_kwargs, labels_key, batch_key, unlabeled_category
-            )
-        if pretrain:
-            private = _with_query_cells(private, rna, layer, labels_key, unlabeled_category)
-        TransAnno.setup_anndata(
-            private,
+        model, query, shared = _train_on_reference(
+            rna,
+            reference,
             labels_key=labels_key,
+            unlabeled_category=unlabeled_category,
             batch_key=batch_key,
-            unlabeled_category=_UNLABELED if pretrain else unlabeled_category,
+            layer=layer,
+            input_scale=input_scale,
+            random_state=random_state,
+            save_model=save_model,
+            model_kwargs=model_kwargs,
+            pretrain=pretrain,
+            pretrain_kwargs=pretrain_kwargs,
+            train_kwargs=train_kwargs,
         )
-        model = TransAnno(private, **model_kwargs)
-        if selection is not None:
-            model.gene_count_selection_ = selection
-        if pretrain:
-            pretrain_kwargs = dict(pretrain_kwargs or {})
-            for key in ("accelerator", "devices", "enable_progress_bar"):
-                if key in train_kwargs:
-                    pretrain_kwargs.setdefault(key, train_kwargs[key])
-            model.pretrain(**pretrain_kwargs)
-        model.train(**train_kwargs)
-        if save_model is not None:
-            model.save(save_model, overwrite=True)
     elif train_kwargs or model_kwargs:
         msg = (
             f"Training arguments {sorted(train_kwargs) + sorted(model_kwargs or {})} were given "
@@ -324,7 +485,7 @@ def transanno_annotate(
         )
         raise TypeError(msg)
 
-    out = model._forward(rna, batch_size=batch_size, layer=layer)
+    out = model._forward(query, batch_size=batch_size, layer=layer, input_scale=input_scale)
     probs = out.probs
 
     if copy:
@@ -345,10 +506,12 @@ def transanno_annotate(
             "labels_key": labels_key if labels_key is not None else "",
             "novelty": novelty,
             "novelty_alpha": NOVELTY_ALPHA,
+            "input_scale": input_scale,
+            "random_state": -1 if random_state is None else int(random_state),
             "model": model._model_summary_string,
         },
         "classes": np.asarray(classes, dtype=object),
-        "gene_overlap": out.overlap,
+        "gene_overlap": {**out.overlap, **(shared or {})},
         "calibration": dict(model.calibration_ or {}),
         "versions": versions(),
     }
