@@ -147,9 +147,18 @@ def test_mudata_without_rna(trained, query):
 def test_non_integer_values_declared_as_counts_warn(rng):
     a = _tiny(rng)
     a.X = a.X.toarray() + 0.5
-    with pytest.warns(UserWarning, match="non-integer values"):
+    # small non-integer values look like log1p: declaring them counts is honoured with a warning
+    with pytest.warns(UserWarning, match="looks like log1p-normalized values; they are treated"):
         TransAnno.setup_anndata(a, labels_key="ct", input_scale="counts")
     assert a.uns["_scvi_manager_uuid"]  # registered, values treated as counts (documented)
+
+
+def test_count_like_non_integer_values_are_registered_as_counts(rng):
+    a = _tiny(rng)
+    X = a.X.toarray()
+    a.X = X / X.sum(1, keepdims=True).clip(1) * 1e6  # TPM-like
+    TransAnno.setup_anndata(a, labels_key="ct")
+    assert TransAnno(a, n_top_genes=None).input_scale_ == "counts"
 
 
 def test_unlabeled_category_lookalike_is_refused(rng):
