@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from sklearn.metrics import roc_auc_score
 import transanno_sc as ta
 from transanno_sc.model import TransAnno
 from transanno_sc.train import expected_calibration_error, fit_temperature
+from transanno_sc.train._calibration import TEMPERATURE_RANGE
 
 
 def test_temperature_scaling_recovers_a_known_temperature(rng):
@@ -32,9 +36,37 @@ def test_temperature_scaling_recovers_a_known_temperature(rng):
 def test_calibration_is_fitted_and_stored(trained, query):
     cal = trained.calibration_
     assert set(cal) >= {"temperature", "ece_uncalibrated", "ece_calibrated", "n_cells"}
-    assert cal["n_cells"] > 0 and 0.5 <= cal["temperature"] <= 10
-    # temperature scaling minimizes the validation NLL, so it cannot end worse than T=1 by much
-    assert cal["ece_calibrated"] <= cal["ece_uncalibrated"] + 0.05
+    val = np.sort(trained.validation_indices)
+    assert cal["n_cells"] == val.size > 0
+    codes = trained.adata.obs["cell_type"].astype(str).map(trained.classes_.index).to_numpy()[val]
+    calibrated = trained.predict(indices=val, soft=True).to_numpy()
+    temperature = float(trained.module.temperature)
+    trained.module.temperature.fill_(1.0)
+    try:
+        raw = trained.predict(indices=val, soft=True).to_numpy()
+    finally:
+        trained.module.temperature.fill_(temperature)
+    assert temperature == pytest.approx(cal["temperature"])
+
+    def nll(p):
+        return -np.mean(np.log(p[np.arange(val.size), codes]))
+
+    # the fitted temperature minimizes the validation cells' NLL within TEMPERATURE_RANGE:
+    # no worse than T=1, and better than a temperature 20 % off on either side that is in
+    # the range (a validation split classified without error drives T to the lower bound)
+    assert nll(calibrated) <= nll(raw) + 1e-6
+    for factor in (0.8, 1.25):
+        if not TEMPERATURE_RANGE[0] <= temperature * factor <= TEMPERATURE_RANGE[1]:
+            continue
+        trained.module.temperature.fill_(temperature * factor)
+        try:
+            off = trained.predict(indices=val, soft=True).to_numpy()
+        finally:
+            trained.module.temperature.fill_(temperature)
+        assert nll(calibrated) < nll(off), factor
+    # the stored errors are those of the model's probabilities on these cells
+    assert cal["ece_calibrated"] == pytest.approx(expected_calibration_error(calibrated, codes))
+    assert cal["ece_uncalibrated"] == pytest.approx(expected_calibration_error(raw, codes))
     assert "calibration_ece_calibrated" in trained.history
     ta.tl.transanno_annotate(query, trained)
     assert query.uns["transanno"]["calibration"]["temperature"] == cal["temperature"]
@@ -50,36 +82,46 @@ def test_confidence_is_probability_times_typicality(trained, query):
     assert (conf["confidence"] <= off["confidence"] + 1e-12).all()
 
 
-def test_novel_cell_type_scores_lower_and_is_unassigned(ref, query):
-    """Leave NK cells out of the reference: held-out NK cells must look novel."""
+@pytest.fixture(scope="module")
+def without_nk(split):
+    """A model whose reference lacks NK cells (one of the four types): the query's NK cells
+    are of a type the model never saw."""
     scvi.settings.seed = 0
-    ref = ref[ref.obs["cell_type"] != "NK cells"].copy()
+    ref = split[0][split[0].obs["cell_type"] != "NK cells"].copy()
     TransAnno.setup_anndata(ref, labels_key="cell_type")
     model = TransAnno(ref, **FAST_MODEL)
     model.train(**FAST_TRAIN)
-    conf = model.predict_confidence(query)
+    return model
+
+
+def test_novel_cell_type_scores_lower(without_nk, query):
+    """Held-out NK cells look novel to the novelty p-value, and the confidence ranks them
+    lower than the classifier's probability alone does (the classifier is sure of itself on
+    NK cells: it calls them T cells)."""
+    conf = without_nk.predict_confidence(query)
     novel = (query.obs["cell_type"] == "NK cells").to_numpy()
-    # the novelty p-value separates the held-out type (0.5 is chance) ...
+    # 0.5 is chance
     assert roc_auc_score(novel, -conf["novelty_pvalue"]) > 0.7
-    # ... and lifts the confidence above the classifier's probability, which is sure
-    # of itself on NK cells (it calls them T cells)
     auroc_conf = roc_auc_score(novel, -conf["confidence"])
     assert auroc_conf > 0.55
     assert auroc_conf > roc_auc_score(novel, -conf["probability"]) + 0.05
-    # through the tool, at a threshold that leaves a fifth of the cells Unassigned, the
-    # held-out type is over-represented among them
-    threshold = float(np.quantile(conf["confidence"], 0.2))
-    ta.tl.transanno_annotate(query, model, unassigned_threshold=threshold)
-    called = query.obs["transanno_label"].to_numpy()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue #17: at the default threshold most cells of a type the reference lacks are "
+    "still given a known type (the novelty score is being rewritten); remove this marker when "
+    "the test passes",
+)
+def test_novel_cell_type_is_unassigned_at_the_default_threshold(without_nk, query):
+    """The target of issue #17, through the tool at its default threshold (0.5): at least half
+    of the held-out type's cells "Unassigned", at most 5 % of the known types' cells."""
+    out = ta.tl.transanno_annotate(query, without_nk, copy=True)
+    called = out.obs["transanno_label"].to_numpy()
+    novel = (query.obs["cell_type"] == "NK cells").to_numpy()
     novel_rate = np.mean(called[novel] == "Unassigned")
     known_rate = np.mean(called[~novel] == "Unassigned")
-    assert novel_rate > 0.1
-    if novel_rate <= 1.5 * known_rate:
-        pytest.xfail(
-            "known issue (#6): since the wide path is a fitted logistic regression, its softer "
-            "probabilities on known cells outweigh the novelty p-value in the confidence at "
-            f"low thresholds (Unassigned: novel {novel_rate:.2f}, known {known_rate:.2f})"
-        )
+    assert novel_rate >= 0.5 and known_rate <= 0.05, (novel_rate, known_rate)
 
 
 def test_cells_without_vocabulary_genes_get_zero_confidence(trained, query):
@@ -90,6 +132,63 @@ def test_cells_without_vocabulary_genes_get_zero_confidence(trained, query):
     conf = trained.predict_confidence(q)
     assert (conf["confidence"].to_numpy()[:5] == 0).all()
     assert (trained.predict(q, unassigned_threshold=0.5)[:5] == "Unassigned").all()
+
+
+REPRODUCE = """
+import sys
+import numpy as np, scvi, torch
+import transanno_sc as ta
+
+torch.set_num_threads(1)
+scvi.settings.seed = 3
+lung = ta.datasets.zilionis_mouse_lung()
+is_ref = lung.obs["batch"].isin(["h_1", "t_1"]).to_numpy()
+ref, query = lung[is_ref].copy(), lung[~is_ref].copy()
+ta.tl.transanno_annotate(
+    query,
+    reference=ref,
+    labels_key="cell_type",
+    model_kwargs={model!r},
+    max_epochs=2,
+    enable_progress_bar=False,
+)
+np.savez(
+    sys.argv[1],
+    probabilities=query.obsm["transanno_probabilities"].to_numpy(),
+    embedding=query.obsm["X_transanno"],
+    confidence=query.obs["transanno_confidence"].to_numpy(),
+)
+"""
+
+
+@pytest.mark.timeout(300)
+def test_same_seed_same_results_in_two_fresh_processes(tmp_path):
+    """Two Python processes (each with its own hash seed) that set ``scvi.settings.seed`` give
+    bit-identical probabilities, embeddings and confidences."""
+    script = tmp_path / "reproduce.py"
+    model = {"n_hidden": 32, "n_heads": 2, "max_tokens": 64, "n_top_genes": 500}
+    script.write_text(textwrap.dedent(REPRODUCE.format(model=model)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("PYTHONHASHSEED", None)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path / f"run{i}.npz")],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=280)
+        assert proc.returncode == 0, err[-4000:]
+    runs = [np.load(tmp_path / f"run{i}.npz") for i in range(2)]
+    for key in ("probabilities", "embedding", "confidence"):
+        np.testing.assert_array_equal(runs[0][key], runs[1][key], err_msg=key)
+    # the runs trained a model: not a constant output
+    assert runs[0]["probabilities"].argmax(1).min() != runs[0]["probabilities"].argmax(1).max()
 
 
 def test_same_seed_same_predictions(ref, query):
@@ -130,6 +229,6 @@ def test_pickled_backbone_is_never_loaded(trained, tmp_path, monkeypatch):
     with open(folder / "pytorch_model.bin", "wb") as f:
         pickle.dump({"weights": _Exploit()}, f)
     r = trained.adata.copy()
-    with pytest.raises((ValueError, OSError)):
+    with pytest.raises(ValueError, match="Could not load the backbone"):
         TransAnno.from_pretrained(r, str(folder))
     assert not marker.exists()
