@@ -32,8 +32,9 @@ WARN_GENE_OVERLAP = 0.5
 #: Label written for cells whose confidence is below ``unassigned_threshold``.
 UNASSIGNED = "Unassigned"
 #: Typicality of a cell is p / (p + NOVELTY_ALPHA), p its novelty p-value: one half for a cell
-#: as atypical as the most atypical 1% of held-out reference cells.
-NOVELTY_ALPHA = 0.01
+#: as atypical as the most atypical 3% of held-out reference cells, so at the default threshold
+#: of 0.5 about 3% of confidently classified cells like the reference's are "Unassigned".
+NOVELTY_ALPHA = 0.03
 
 #: Candidate weights of the Transformer's logits next to the wide path's (chosen on validation
 #: cells after training by negative log-likelihood).

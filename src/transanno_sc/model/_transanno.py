@@ -1178,11 +1178,16 @@ class TransAnno(MarkersMixin, BaseModelClass):
                 UserWarning,
                 stacklevel=3,
             )
-        reference = _stratified_subsample(codes[train_idx], _N_REFERENCE_CELLS, rng)
-        novelty_heldout = val_idx[:_N_REFERENCE_CELLS]
+        reference = np.sort(
+            train_idx[_stratified_subsample(codes[train_idx], _N_REFERENCE_CELLS, rng)]
+        )
+        novelty_heldout = np.sort(val_idx)[:_N_REFERENCE_CELLS]
         self.module.fit_novelty(
-            self._log_expression(train_idx[reference], batch_size),
+            self._log_expression(reference, batch_size),
+            torch.as_tensor(codes[reference]),
             self._log_expression(novelty_heldout, batch_size),
+            torch.as_tensor(codes[novelty_heldout]),
+            seed=settings.seed,
         )
         y = codes[heldout]
         if self.module.wide is None:
@@ -1310,8 +1315,10 @@ class TransAnno(MarkersMixin, BaseModelClass):
         logger.info("Predicted %d cells in %.1f s (%.0f cells/s).", n, elapsed, n / elapsed)
         overlap = match.to_dict()
         overlap["input_scale"] = scale
-        pvalue = self.module.novelty_pvalue(torch.from_numpy(distance).to(device)).cpu().numpy()
-        return _Outputs(probs, latent, distance, pvalue, n_expressed, overlap)
+        distance_t = torch.from_numpy(distance).to(device)
+        shift = self.module.shift_factor(distance_t[torch.from_numpy(n_expressed > 0)])
+        pvalue = self.module.novelty_pvalue(distance_t / shift).cpu().numpy()
+        return _Outputs(probs, latent, distance, pvalue, n_expressed, overlap, float(shift))
 
     def predict(
         self,
@@ -1366,16 +1373,21 @@ class TransAnno(MarkersMixin, BaseModelClass):
 
         ``confidence = probability x typicality``: the calibrated probability of the predicted
         type (temperature scaling on the validation split, :cite:p:`Guo2017`) times the
-        typicality of the cell, ``p / (p + 0.01)`` with ``p`` its novelty p-value. The novelty
-        p-value is the fraction of held-out reference cells that are at least as far from
-        their 10 nearest reference cells (cosine distance in a PCA of the reference's
-        log-expression) as this cell is: a cell of a type the reference never contained is far
-        from every reference cell, however sure the classifier is. Typicality is one half for
-        a cell as atypical as the most atypical 1 % of reference cells, and near 1 for typical
-        ones, so with the default threshold of 0.5 a confidently classified cell is
-        "Unassigned" only when it lies farther from the reference than 99 % of the
-        reference's own held-out cells. Cells with no expressed gene of the vocabulary get
-        confidence 0. This is the score that ``unassigned_threshold``
+        typicality of the cell, ``p / (p + NOVELTY_ALPHA)`` with ``p`` its novelty p-value.
+
+        The novelty distance of a cell is its mean cosine distance to the 10 nearest reference
+        cells *of its predicted type* (in a PCA of the reference's log-expression), divided by
+        that type's median held-out distance, so tight and diffuse types are judged alike. The
+        p-value is the fraction of held-out reference cells (validation cells, and reference
+        cells cross-fitted in 5 folds, all types pooled) whose divided distance is at least
+        as large. A cell of a type the reference never contained lies far from the type it is
+        forced into, however sure the classifier is. A query of at least 50 cells that lies
+        farther from the reference as a whole (another technology, shallower sequencing, a
+        reference of near-duplicate cells) has its distances divided by the ratio of its 10th
+        percentile to the reference's (when above 1; ``uns["transanno"]["novelty_shift"]``),
+        so a shift of the whole query is not read as novelty; the p-values of a cell then
+        depend on the other cells scored with it. Cells with no expressed gene of the
+        vocabulary get confidence 0. This is the score that ``unassigned_threshold``
         thresholds and that :func:`~transanno_sc.tl.transanno_annotate` writes.
 
         Parameters
@@ -1702,6 +1714,9 @@ class _Outputs(NamedTuple):
     novelty_pvalue: np.ndarray
     n_expressed: np.ndarray
     overlap: dict
+    #: Query-level distance factor of the novelty p-values (1: no shift; see
+    #: ``TransAnnoModule.shift_factor``).
+    novelty_shift: float = 1.0
 
 
 def _empty_rows(X) -> np.ndarray:

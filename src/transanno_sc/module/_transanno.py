@@ -15,6 +15,13 @@ from transanno_sc.nn import TransAnnoBackbone, TransAnnoConfig
 N_DISTANCE_QUANTILES = 201
 #: Reference neighbours averaged by the novelty distance.
 N_NEIGHBORS = 10
+#: Folds of the cross-fitted (held-out) distances of the reference cells.
+N_NOVELTY_FOLDS = 5
+#: Quantile of the class-normalized novelty distance matched between a query and the
+#: reference's held-out cells (see :meth:`TransAnnoModule.novelty_pvalue`).
+SHIFT_QUANTILE = 0.1
+#: A query needs at least this many cells for its distances to be matched to the reference's.
+MIN_CELLS_SHIFT = 50
 
 
 class TransAnnoModule(BaseModuleClass):
@@ -121,6 +128,11 @@ class TransAnnoModule(BaseModuleClass):
         self.register_buffer("pca_components", torch.zeros(n_genes, 0))
         self.register_buffer("reference_pcs", torch.zeros(0, 0))
         self.register_buffer("distance_quantiles", torch.zeros(N_DISTANCE_QUANTILES))
+        # cell type (class index) of each row of `reference_pcs` (-1 everywhere: a model
+        # saved before 0.2, whose novelty distance is not class-conditional), and each type's
+        # median held-out distance, which the distances of its cells are divided by
+        self.register_buffer("reference_labels", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("class_scale", torch.ones(n_classes))
         # Whether the registered training data hold counts (True) or log1p values (False).
         self.input_is_counts = True
 
@@ -177,7 +189,7 @@ class TransAnnoModule(BaseModuleClass):
             MODULE_KEYS.Z_KEY: z,
             MODULE_KEYS.LOGITS_KEY: logits / self.temperature,
             MODULE_KEYS.DEEP_LOGITS_KEY: deep_logits,
-            MODULE_KEYS.DISTANCE_KEY: self.novelty_distance(x_log),
+            MODULE_KEYS.DISTANCE_KEY: self.novelty_distance(x_log, logits.argmax(1)),
             MODULE_KEYS.N_EXPRESSED_KEY: tokens.attention_mask[:, 1:].sum(1),
         }
 
@@ -233,35 +245,55 @@ class TransAnnoModule(BaseModuleClass):
         return normalize_log1p(x, library, TARGET_SUM) if is_counts else x
 
     def resize_fitted_buffers(self, state: dict[str, torch.Tensor]) -> None:
-        """Give the data-sized novelty buffers the shapes found in ``state`` before loading."""
-        for name in ("pca_components", "reference_pcs"):
+        """Give the data-sized novelty buffers the shapes found in ``state`` before loading;
+        fill in the buffers that a model saved before they existed lacks."""
+        for name in ("pca_components", "reference_pcs", "reference_labels"):
             if name in state:
                 setattr(self, name, torch.zeros_like(state[name], device=self.pca_mean.device))
+        if "reference_labels" not in state:  # saved before 0.2: class-agnostic distances
+            n_ref = state["reference_pcs"].shape[0] if "reference_pcs" in state else 0
+            state["reference_labels"] = torch.full((n_ref,), -1, dtype=torch.long)
+            self.reference_labels = torch.zeros_like(state["reference_labels"])
+        state.setdefault("class_scale", torch.ones(self.n_classes))
 
     def project(self, x_log: torch.Tensor) -> torch.Tensor:
         """Unit-length PCA coordinates of log-normalized expression (the novelty space)."""
         pcs = (x_log.float() - self.pca_mean) @ self.pca_components
         return F.normalize(pcs, dim=1)
 
-    def novelty_distance(self, x_log: torch.Tensor, exclude_self: bool = False) -> torch.Tensor:
-        """Mean cosine distance of each cell to its ``N_NEIGHBORS`` nearest reference cells.
+    @property
+    def class_conditional_novelty(self) -> bool:
+        """Whether the novelty distance compares a cell with its predicted type's cells."""
+        return self.reference_labels.numel() > 0 and bool((self.reference_labels >= 0).all())
+
+    def novelty_distance(
+        self, x_log: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Novelty distance of each cell: mean cosine distance to its ``N_NEIGHBORS`` nearest
+        reference cells of type ``labels`` (the predicted type), divided by that type's median
+        held-out distance (``class_scale``).
 
         In a PCA of the reference's log-expression (see :meth:`fit_novelty`); zeros before
-        that is fitted. ``exclude_self`` drops the nearest match (for reference cells
-        themselves).
+        that is fitted. A model saved before 0.2 has no reference labels: the distance is to
+        the nearest reference cells of any type, not divided.
         """
         if self.reference_pcs.numel() == 0:
             return torch.zeros(x_log.shape[0], device=x_log.device)
         sim = self.project(x_log) @ self.reference_pcs.T
-        k = min(N_NEIGHBORS + int(exclude_self), sim.shape[1])
-        top = sim.topk(k, dim=1).values
-        if exclude_self and k > 1:
-            top = top[:, 1:]
-        return 1.0 - top.mean(1)
+        if labels is None or not self.class_conditional_novelty:
+            k = min(N_NEIGHBORS, sim.shape[1])
+            return 1.0 - sim.topk(k, dim=1).values.mean(1)
+        return _class_distance(sim, self.reference_labels, labels) / self.class_scale[labels]
 
     @torch.no_grad()
     def fit_novelty(
-        self, x_reference: torch.Tensor, x_heldout: torch.Tensor, n_components: int = 50
+        self,
+        x_reference: torch.Tensor,
+        labels_reference: torch.Tensor,
+        x_heldout: torch.Tensor,
+        labels_heldout: torch.Tensor,
+        n_components: int = 50,
+        seed: int | None = None,
     ) -> None:
         """Fit the novelty space on reference cells.
 
@@ -270,35 +302,80 @@ class TransAnnoModule(BaseModuleClass):
         x_reference
             Log-normalized expression of (a subsample of) the training cells: they define the
             PCA and are the neighbours a cell is compared with.
+        labels_reference
+            Their class indices.
         x_heldout
             Log-normalized expression of held-out reference cells (the validation split).
-            Their distances, with the leave-one-out distances of the reference cells, set the
-            reference distribution of :meth:`novelty_distance`.
+        labels_heldout
+            Their class indices.
         n_components
             Number of principal components.
+        seed
+            Seed of the folds of the cross-fitted distances.
+
+        Notes
+        -----
+        The held-out distances that calibrate the p-values are those of the validation cells
+        and, cross-fitted in ``N_NOVELTY_FOLDS`` folds, of the reference cells themselves
+        (each compared with the cells of its type in the other folds). Each type's median
+        held-out distance becomes its ``class_scale``; the quantiles of the divided distances,
+        all types pooled, are ``distance_quantiles``.
         """
         device = self.pca_mean.device
         xr = x_reference.float().to(device)
+        yr = labels_reference.long().to(device)
         mean = xr.mean(0)
         q = int(min(n_components, xr.shape[0] - 1, xr.shape[1]))
         _, _, v = torch.linalg.svd(xr - mean, full_matrices=False)
         self.pca_mean = mean
         self.pca_components = v[:q].T.contiguous()
         self.reference_pcs = self.project(xr)
-        d = torch.cat(
-            [
-                self.novelty_distance(xr, exclude_self=True),
-                self.novelty_distance(x_heldout.float().to(device)),
-            ]
+        self.reference_labels = yr
+        generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
+        folds = torch.randint(0, N_NOVELTY_FOLDS, (xr.shape[0],), generator=generator).to(device)
+        d_ref = torch.full((xr.shape[0],), float("nan"), device=device)
+        for fold in range(N_NOVELTY_FOLDS):
+            held = folds == fold
+            if held.any() and (~held).any():
+                sim = self.reference_pcs[held] @ self.reference_pcs[~held].T
+                d_ref[held] = _class_distance(sim, yr[~held], yr[held])
+        yh = labels_heldout.long().to(device)
+        d_held = _class_distance(
+            self.project(x_heldout.float().to(device)) @ self.reference_pcs.T, yr, yh
         )
+        d = torch.cat([d_ref, d_held])
+        y = torch.cat([yr, yh])
+        ok = torch.isfinite(d)
+        d, y = d[ok], y[ok]
+        scale = torch.ones(self.n_classes, device=device)
+        overall = d.median() if d.numel() else torch.ones((), device=device)
+        for c in range(self.n_classes):
+            dc = d[y == c]
+            scale[c] = dc.median() if dc.numel() >= 3 else overall
+        self.class_scale = scale.clamp_min(1e-6)
+        r = d / self.class_scale[y]
         levels = torch.linspace(0, 1, N_DISTANCE_QUANTILES, device=device)
-        self.distance_quantiles.copy_(torch.quantile(d, levels))
+        self.distance_quantiles.copy_(torch.quantile(r, levels))
+
+    def shift_factor(self, distance: torch.Tensor) -> torch.Tensor:
+        """How much farther a query as a whole lies from the reference than the reference's
+        own held-out cells: the ratio of the ``SHIFT_QUANTILE`` quantiles of the two
+        distributions of novelty distances, at least 1 (1 for fewer than ``MIN_CELLS_SHIFT``
+        cells or a model without class-conditional distances)."""
+        one = torch.ones((), device=distance.device)
+        if distance.numel() < MIN_CELLS_SHIFT or not self.class_conditional_novelty:
+            return one
+        levels = self.distance_quantiles.numel() - 1
+        ref_q = self.distance_quantiles[round(SHIFT_QUANTILE * levels)].to(distance.device)
+        query_q = torch.quantile(distance.float(), SHIFT_QUANTILE)
+        return torch.maximum(one, query_q / ref_q.clamp_min(1e-12))
 
     def novelty_pvalue(self, distance: torch.Tensor) -> torch.Tensor:
-        """Fraction of reference cells at least as far from their nearest reference cells.
+        """Fraction of held-out reference cells at least as far from their nearest reference
+        cells (of their type) as this cell is from its predicted type's.
 
         An empirical upper-tail p-value of :meth:`novelty_distance` (1 = typical, 0 = farther
-        than any reference cell), interpolated between the stored quantiles.
+        than any held-out reference cell), interpolated between the stored quantiles.
         """
         q = self.distance_quantiles
         if not bool(q[-1] > 0):  # not fitted (untrained or pretrained-only model)
@@ -368,3 +445,20 @@ class TransAnnoModule(BaseModuleClass):
         """Not a generative model: sampling is not defined."""
         msg = "TransAnnoModule is a classifier and cannot generate samples."
         raise NotImplementedError(msg)
+
+
+def _class_distance(
+    sim: torch.Tensor, reference_labels: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Mean cosine distance of each row of ``sim`` (similarities to reference cells) to its
+    ``N_NEIGHBORS`` most similar reference cells of type ``labels`` (fewer when the type has
+    fewer cells; 2, the largest cosine distance, when it has none)."""
+    same = reference_labels.reshape(1, -1) == labels.reshape(-1, 1)
+    masked = sim.masked_fill(~same, float("-inf"))
+    k = min(N_NEIGHBORS, sim.shape[1])
+    top = masked.topk(k, dim=1).values
+    valid = torch.isfinite(top)
+    n = valid.sum(1)
+    total = torch.where(valid, top, torch.zeros_like(top)).sum(1)
+    mean_sim = torch.where(n > 0, total / n.clamp_min(1), torch.full_like(total, -1.0))
+    return 1.0 - mean_sim

@@ -513,6 +513,7 @@ def transanno_annotate(
         "classes": np.asarray(classes, dtype=object),
         "gene_overlap": {**out.overlap, **(shared or {})},
         "calibration": dict(model.calibration_ or {}),
+        "novelty_shift": out.novelty_shift,
         "versions": versions(),
     }
     logger.info(
