@@ -82,10 +82,11 @@ def log_cp10k(adata, genes) -> np.ndarray:
 
 def linear_baseline(ref, query, genes, labels_key: str = "cell_type") -> dict:
     """Macro-F1 and accuracy on ``query`` of a class-balanced L2 logistic regression (C=0.1,
-    the recipe of the model's wide path) fitted on every labeled cell of ``ref`` over
-    ``genes``."""
+    the recipe of the model's wide path) fitted on every labeled cell of ``ref`` over those of
+    ``genes`` that both have."""
     from sklearn.linear_model import LogisticRegression
 
+    genes = [g for g in genes if g in ref.var_names and g in query.var_names]
     y = ref.obs[labels_key].astype(str).to_numpy()
     clf = LogisticRegression(C=0.1, max_iter=1000, class_weight="balanced")
     clf.fit(log_cp10k(ref, genes), y)

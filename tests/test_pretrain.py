@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
+import pandas as pd
 import pytest
 import scvi
 import torch
-from conftest import FAST_MODEL
+from conftest import FAST_MODEL, linear_baseline, log_cp10k, scores
+from safetensors.torch import load_file, save_file
 
+from transanno_sc.data import N_SPECIAL_GENE_TOKENS, tokenize
 from transanno_sc.model import TransAnno
 from transanno_sc.nn import TransAnnoBackbone
 
@@ -29,16 +34,31 @@ def pretrained(lung, tmp_path_factory):
     return model, folder
 
 
-def test_pretrain_without_labels_records_history(pretrained):
+def _gene_prior_accuracy(model, adata) -> float:
+    """Accuracy of predicting each token's value bin as the commonest bin of its gene (over all
+    of ``adata``'s tokens, in-sample): what a masked-value model that learned nothing from the
+    other genes of the cell could reach."""
+    config = model.module.config
+    x = torch.as_tensor(log_cp10k(adata, model.var_names_), dtype=torch.float32)
+    tokens = tokenize(x, config.max_tokens, config.n_bins, config.value_encoding)
+    real = tokens.attention_mask.bool()
+    real[:, 0] = False  # [CLS]
+    df = pd.DataFrame({"gene": tokens.gene_ids[real].numpy(), "bin": tokens.value_ids[real].numpy()})
+    hits = df.groupby("gene")["bin"].agg(lambda b: np.bincount(b).max()).sum()
+    return float(hits / len(df))
+
+
+def test_pretrain_without_labels_records_history(pretrained, lung):
     model, _ = pretrained
     hist = model.history
     for key in ("pretrain_loss", "pretrain_validation_loss", "pretrain_validation_accuracy"):
         assert key in hist, sorted(hist)
     acc = hist["pretrain_validation_accuracy"].iloc[:, 0].astype(float)
-    # better than guessing the bin uniformly (1 / n_bins)
-    assert acc.iloc[-1] > 1.5 / model.module.config.n_bins
+    # held-out masked bins are predicted better than from the gene alone (its commonest bin:
+    # 0.33 here; the commonest bin overall: 0.27); measured 0.39 after 2 epochs
+    assert acc.iloc[-1] > _gene_prior_accuracy(model, lung), acc.tolist()
     assert model.is_pretrained_ and not model.is_trained_
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="train the model first"):
         model.predict(model.adata)
 
 
@@ -56,7 +76,9 @@ def test_saved_backbone_gives_identical_encodings(pretrained, query):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_from_pretrained_reports_overlap_and_is_gene_order_invariant(pretrained, ref, query, rng):
+def test_from_pretrained_reports_overlap_and_is_gene_order_invariant(
+    pretrained, ref, query, rng, tmp_path
+):
     _, folder = pretrained
     preds = []
     for shuffle in (False, True):
@@ -75,8 +97,17 @@ def test_from_pretrained_reports_overlap_and_is_gene_order_invariant(pretrained,
         model.train(**FINETUNE, finetune="partial")
         preds.append(model.predict(query, soft=True).to_numpy())
     np.testing.assert_allclose(preds[0], preds[1], atol=1e-5)
-    truth = query.obs["cell_type"].astype(str).to_numpy()
-    assert np.mean(np.asarray(model.classes_)[preds[1].argmax(1)] == truth) > 0.5
+    got = scores(query.obs["cell_type"], np.asarray(model.classes_)[preds[1].argmax(1)])
+    base = linear_baseline(ref, query, model.var_names_)
+    assert got["f1_macro"] >= base["f1_macro"] - 0.03, (got, base)
+    # a pretrained-then-fine-tuned model saves and loads like any other: same predictions
+    model.save(str(tmp_path / "finetuned"))
+    loaded = TransAnno.load(str(tmp_path / "finetuned"))
+    assert loaded.is_pretrained_
+    np.testing.assert_array_equal(loaded.predict(query, soft=True).to_numpy(), preds[1])
+    np.testing.assert_array_equal(
+        loaded.get_latent_representation(query), model.get_latent_representation(query)
+    )
 
 
 def test_from_pretrained_adds_the_reference_genes_the_backbone_lacks(pretrained, ref, query):
@@ -112,9 +143,9 @@ def test_from_pretrained_adds_the_reference_genes_the_backbone_lacks(pretrained,
     assert weight[:, len(vocab) :].sum() > 0.1 * weight.sum()
     q = query.copy()
     q.var_names = r.var_names
-    pred = model.predict(q)
-    truth = query.obs["cell_type"].astype(str).to_numpy()
-    assert np.mean(np.asarray(pred) == truth) > 0.5
+    got = scores(q.obs["cell_type"], model.predict(q))
+    base = linear_baseline(r, q, model.var_names_)
+    assert got["f1_macro"] >= base["f1_macro"] - 0.03, (got, base)
     with pytest.raises(ValueError, match="reference_genes"):
         TransAnno.from_pretrained(r, str(folder), reference_genes=-1)
 
@@ -136,6 +167,35 @@ def test_finetune_strategies_freeze_the_backbone(pretrained, ref, finetune):
         assert changed and all(k.startswith(top) for k in changed), sorted(changed)
     # every parameter is trainable again afterwards
     assert all(p.requires_grad for p in model.module.parameters())
+
+
+def test_a_mismatched_backbone_is_caught_by_accuracy(trained, ref, query, tmp_path):
+    """A backbone folder that loads without any error but whose weights do not belong to its
+    vocabulary (the gene embeddings shuffled between genes, as when weights and
+    vocabulary.json come from different saves) gives a Transformer near chance where the
+    real one classifies well: each fine-tuned head-only (frozen backbone) without the wide
+    path, so that only the backbone's features can classify."""
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    trained.save_backbone(str(good))
+    shutil.copytree(good, bad)
+    weights = load_file(bad / "model.safetensors")
+    emb = weights["gene_embeddings.weight"]
+    n = N_SPECIAL_GENE_TOKENS
+    perm = torch.randperm(emb.shape[0] - n, generator=torch.Generator().manual_seed(0)) + n
+    weights["gene_embeddings.weight"] = torch.cat([emb[:n], emb[perm]])
+    save_file(weights, bad / "model.safetensors", metadata={"format": "pt"})
+    f1 = {}
+    for name, folder in (("good", good), ("bad", bad)):
+        r = ref.copy()
+        TransAnno.setup_anndata(r, labels_key="cell_type")
+        scvi.settings.seed = 0
+        model = TransAnno.from_pretrained(r, str(folder), reference_genes=0, wide=False)
+        assert r.uns["transanno_backbone"]["fraction"] == 1.0  # nothing looks wrong
+        model.train(max_epochs=3, finetune="head", enable_progress_bar=False)
+        f1[name] = scores(query.obs["cell_type"], model.predict(query))["f1_macro"]
+    # measured 0.87 and 0.28 (chance: 0.25)
+    assert f1["good"] >= 0.75, f1
+    assert f1["bad"] < f1["good"] - 0.3, f1
 
 
 def test_from_pretrained_refuses_tiny_overlap_and_bad_folders(pretrained, ref, tmp_path):
