@@ -43,7 +43,9 @@ def _gene_prior_accuracy(model, adata) -> float:
     tokens = tokenize(x, config.max_tokens, config.n_bins, config.value_encoding)
     real = tokens.attention_mask.bool()
     real[:, 0] = False  # [CLS]
-    df = pd.DataFrame({"gene": tokens.gene_ids[real].numpy(), "bin": tokens.value_ids[real].numpy()})
+    df = pd.DataFrame(
+        {"gene": tokens.gene_ids[real].numpy(), "bin": tokens.value_ids[real].numpy()}
+    )
     hits = df.groupby("gene")["bin"].agg(lambda b: np.bincount(b).max()).sum()
     return float(hits / len(df))
 
