@@ -1,7 +1,9 @@
 """No leakage: the query's labels are never read, and training sees reference cells only.
 
 Issue #3 asks for an honest benchmark: class weights, HVG selection and early stopping must use
-reference cells only, and the query's labels may be read only by the metric code.
+reference cells only, and the query's labels may be read only by the metric code. The runs
+here are real (scvi-tools' TrainRunner, Lightning, the data loaders); a Lightning callback
+records which cells the loaders yield.
 """
 
 from __future__ import annotations
@@ -9,13 +11,13 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import scvi
 from conftest import FAST_MODEL, FAST_TRAIN
-from scvi.dataloaders import DataSplitter
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 
 import transanno_sc as ta
 from transanno_sc.model import TransAnno
-from transanno_sc.train import ClassificationTrainingPlan
 
 #: smaller than FAST_MODEL/FAST_TRAIN: the test compares runs, it does not need a good model
 LEAK_MODEL = {**FAST_MODEL, "max_tokens": 64, "n_top_genes": 500}
@@ -57,93 +59,167 @@ def test_query_labels_do_not_change_predictions(ref, query, rng):
     assert np.abs(_annotate(query, ref_shuffled) - base).max() > 0.05
 
 
-class _Spy:
-    """Record what ``TransAnno.train`` hands to the training plan, data splitter and runner."""
+class RecordBatches(Callback):
+    """A Lightning callback recording which cells every batch of the training and validation
+    loaders holds (identified by their expression rows), with the label codes the batch
+    carries, per training plan (pretraining or classification); and, at the start of each
+    fit, the loss's class weights and the early-stopping monitors."""
 
-    def __init__(self, monkeypatch):
-        self.calls: list[dict] = []
-        spy = self
+    def __init__(self, *adatas: ad.AnnData):
+        self.cells: dict[bytes, str] = {}
+        for adata in adatas:
+            X = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
+            for name, row in zip(adata.obs_names, X.astype(np.float32)):
+                self.cells[row.tobytes()] = name
+        n = sum(a.n_obs for a in adatas)
+        assert len(self.cells) == n, "cells with identical rows cannot be told apart"
+        self.batches: dict[tuple[str, str], list[tuple[list[str], np.ndarray]]] = {}
+        self.fits: list[dict] = []
 
-        class Plan(ClassificationTrainingPlan):
-            def __init__(self, module, **kwargs):
-                spy.calls[-1]["class_weights"] = kwargs["class_weights"].numpy().copy()
-                super().__init__(module, **kwargs)
+    def on_fit_start(self, trainer, pl_module):
+        weights = pl_module.loss_kwargs.get("class_weights")
+        self.fits.append(
+            {
+                "plan": type(pl_module).__name__,
+                "class_weights": None if weights is None else weights.cpu().numpy().copy(),
+                "early_stopping": sorted(
+                    cb.monitor for cb in trainer.callbacks if isinstance(cb, EarlyStopping)
+                ),
+            }
+        )
 
-        class Splitter(DataSplitter):
-            def __init__(self, adata_manager, *args, external_indexing=None, **kwargs):
-                spy.calls.append(
-                    {
-                        "obs_names": adata_manager.adata.obs_names.copy(),
-                        "train": np.asarray(external_indexing[0]),
-                        "val": np.asarray(external_indexing[1]),
-                    }
-                )
-                super().__init__(
-                    adata_manager, *args, external_indexing=external_indexing, **kwargs
-                )
+    def _record(self, pl_module, batch, stage: str) -> None:
+        X = batch["X"].detach().cpu().numpy().astype(np.float32)
+        names = [self.cells[row.tobytes()] for row in X]
+        labels = batch["labels"].detach().cpu().numpy().reshape(-1)
+        key = (type(pl_module).__name__, stage)
+        self.batches.setdefault(key, []).append((names, labels))
 
-        class Runner:  # skips the optimization itself: the test is about what goes in
-            def __init__(self, model, training_plan, data_splitter, max_epochs, **kwargs):
-                spy.calls[-1]["runner"] = kwargs
-                spy.calls[-1]["vocabulary"] = list(model.var_names_)
-                self.model = model
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._record(pl_module, batch, "train")
 
-            def __call__(self):
-                self.model.is_trained_ = True
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self._record(pl_module, batch, "validation")
 
-        monkeypatch.setattr(TransAnno, "_training_plan_cls", Plan)
-        monkeypatch.setattr(TransAnno, "_data_splitter_cls", Splitter)
-        monkeypatch.setattr(TransAnno, "_train_runner_cls", Runner)
+    def names(self, plan: str, stage: str) -> set[str]:
+        return {n for names, _ in self.batches.get((plan, stage), []) for n in names}
+
+    def labels(self, plan: str, stage: str, cells: set[str]) -> set[int]:
+        """Label codes the loaders gave ``cells`` in ``plan``'s ``stage`` batches."""
+        return {
+            int(code)
+            for names, codes in self.batches.get((plan, stage), [])
+            for name, code in zip(names, codes)
+            if name in cells
+        }
 
 
-def test_annotate_trains_on_reference_cells_only(ref, query, monkeypatch):
-    """Vocabulary (HVGs), class weights, train/validation split: the query changes none."""
-    spy = _Spy(monkeypatch)
+CLASSIFY, PRETRAIN = "ClassificationTrainingPlan", "PretrainingPlan"
+
+
+def _check_classification_batches(rec: RecordBatches, allowed: set[str]) -> tuple[set, set]:
+    """Training and validation batches hold only ``allowed`` cells, in disjoint sets."""
+    train, val = rec.names(CLASSIFY, "train"), rec.names(CLASSIFY, "validation")
+    assert train and val
+    assert train <= allowed, sorted(train - allowed)[:5]
+    assert val <= allowed, sorted(val - allowed)[:5]
+    assert not train & val
+    return train, val
+
+
+def test_annotate_trains_on_reference_cells_only(ref, query, tmp_path):
+    """Vocabulary (HVGs), class weights, train/validation split: the query changes none, and
+    the loaders yield reference cells only."""
     other = query[query.obs["cell_type"] == "T cells"].copy()  # other cells, other composition
     other.X = other.X * 7
-    for q in (query, other):
+    runs = []
+    for i, q in enumerate((query, other)):
+        rec = RecordBatches(ref, q)
         scvi.settings.seed = 0
         ta.tl.transanno_annotate(
-            q.copy(), reference=ref, labels_key="cell_type", model_kwargs=LEAK_MODEL, **LEAK_TRAIN
+            q.copy(),
+            reference=ref,
+            labels_key="cell_type",
+            model_kwargs=LEAK_MODEL,
+            save_model=str(tmp_path / f"m{i}"),
+            callbacks=[rec],
+            **LEAK_TRAIN,
         )
-    a, b = spy.calls
-    for call in (a, b):
-        assert list(call["obs_names"]) == list(ref.obs_names)  # only reference cells registered
-        assert call["runner"]["early_stopping"] is True
-        assert call["runner"]["early_stopping_monitor"] == "validation_loss"
-        assert len(call["val"]) > 0
-        assert np.intersect1d(call["train"], call["val"]).size == 0
-    assert a["vocabulary"] == b["vocabulary"]
-    np.testing.assert_array_equal(a["class_weights"], b["class_weights"])
-    np.testing.assert_array_equal(a["val"], b["val"])
+        train, val = _check_classification_batches(rec, set(ref.obs_names))
+        assert train | val == set(ref.obs_names)  # every reference cell is labeled
+        assert rec.fits[0]["early_stopping"] == ["validation_loss"]
+        vocabulary = TransAnno.load(str(tmp_path / f"m{i}")).var_names_
+        runs.append((train, val, rec.fits[0]["class_weights"], vocabulary))
+    (train_a, val_a, weights_a, vocab_a), (train_b, val_b, weights_b, vocab_b) = runs
+    assert vocab_a == vocab_b
+    np.testing.assert_array_equal(weights_a, weights_b)
+    assert (train_a, val_a) == (train_b, val_b)
 
 
-def test_unlabeled_cells_stay_out_of_weights_split_and_early_stopping(ref, query, monkeypatch):
+def test_unlabeled_cells_stay_out_of_weights_split_and_early_stopping(ref, query):
     """Query cells registered as "Unknown" (semi-supervised use) are neither trained on,
     validated on (early stopping) nor counted in the class weights."""
-    spy = _Spy(monkeypatch)
     scvi.settings.seed = 0
     alone = ref.copy()
     TransAnno.setup_anndata(alone, labels_key="cell_type")
-    TransAnno(alone, **LEAK_MODEL).train(**LEAK_TRAIN)
+    solo = RecordBatches(ref)
+    model = TransAnno(alone, **LEAK_MODEL)
+    model.train(**LEAK_TRAIN, callbacks=[solo])
 
     q = query.copy()
     q.obs["cell_type"] = "Unknown"
     both = ad.concat([ref, q])
     scvi.settings.seed = 0
     TransAnno.setup_anndata(both, labels_key="cell_type", unlabeled_category="Unknown")
-    TransAnno(both, **LEAK_MODEL).train(**LEAK_TRAIN)
+    mixed = RecordBatches(ref, q)
+    TransAnno(both, **LEAK_MODEL).train(**LEAK_TRAIN, callbacks=[mixed])
 
-    solo, mixed = spy.calls
-    n_ref = ref.n_obs
-    used = np.concatenate([mixed["train"], mixed["val"]])
-    assert used.max() < n_ref  # no query position in training or validation
-    assert np.sort(used).tolist() == list(range(n_ref))  # every reference cell is used
-    np.testing.assert_array_equal(mixed["train"], solo["train"])
-    np.testing.assert_array_equal(mixed["val"], solo["val"])
-    np.testing.assert_allclose(mixed["class_weights"], solo["class_weights"], rtol=1e-6)
+    train, val = _check_classification_batches(mixed, set(ref.obs_names))
+    assert train | val == set(ref.obs_names)  # every reference cell is used
+    assert (train, val) == (solo.names(CLASSIFY, "train"), solo.names(CLASSIFY, "validation"))
+    assert mixed.fits[0]["early_stopping"] == ["validation_loss"]
+    weights = solo.fits[0]["class_weights"]
+    np.testing.assert_allclose(mixed.fits[0]["class_weights"], weights, rtol=1e-6)
     # the weights follow the training split's class counts (rarer class, larger weight)
-    codes = pd.Categorical(ref.obs["cell_type"]).codes[solo["train"]]
-    counts = np.bincount(codes)
+    types = ref.obs["cell_type"].astype(str)
+    counts = types[sorted(train)].value_counts().reindex(model.classes_).to_numpy()
     order = np.argsort(counts)
-    assert np.all(np.diff(solo["class_weights"][order]) <= 1e-6)
+    assert np.all(np.diff(weights[order]) <= 1e-6)
+
+
+def test_pretraining_on_the_query_reads_no_query_label(ref, query):
+    """``pretrain=True`` pretrains on the reference and query cells together: the query's
+    cells reach the pretraining loaders with the unlabeled code only, never the
+    classification loaders, and permuting the query's labels changes nothing."""
+    kwargs = {
+        "reference": ref,
+        "labels_key": "cell_type",
+        "unassigned_threshold": None,
+        "copy": True,
+        "pretrain": True,
+        "model_kwargs": LEAK_MODEL,
+        **LEAK_TRAIN,
+    }
+    rec = RecordBatches(ref, query)
+    scvi.settings.seed = 0
+    base = ta.tl.transanno_annotate(
+        query, pretrain_kwargs={"max_epochs": 1, "callbacks": [rec]}, callbacks=[rec], **kwargs
+    )
+    ref_cells, query_cells = set(ref.obs_names), set(query.obs_names)
+    seen = rec.names(PRETRAIN, "train") | rec.names(PRETRAIN, "validation")
+    assert seen == ref_cells | query_cells  # the query's cells are pretrained on
+    query_codes = rec.labels(PRETRAIN, "train", query_cells)
+    ref_codes = rec.labels(PRETRAIN, "train", ref_cells)
+    assert len(query_codes) == 1 and not query_codes & ref_codes  # one code: "unlabeled"
+    assert [f["plan"] for f in rec.fits] == [PRETRAIN, CLASSIFY]
+    train, val = _check_classification_batches(rec, ref_cells)
+    assert train | val == ref_cells
+
+    shuffled = query.copy()
+    shuffled.obs["cell_type"] = np.random.default_rng(0).permutation(query.obs["cell_type"])
+    scvi.settings.seed = 0
+    again = ta.tl.transanno_annotate(shuffled, pretrain_kwargs={"max_epochs": 1}, **kwargs)
+    np.testing.assert_array_equal(
+        again.obsm["transanno_probabilities"].to_numpy(),
+        base.obsm["transanno_probabilities"].to_numpy(),
+    )
