@@ -2,6 +2,7 @@
 
 from ._confidence import confidence
 from ._confusion_matrix import confusion_matrix
+from ._markers import marker_genes
 from ._training_history import training_history
 
-__all__ = ["confidence", "confusion_matrix", "training_history"]
+__all__ = ["confidence", "confusion_matrix", "marker_genes", "training_history"]
