@@ -88,6 +88,13 @@ def add_annotate_parser(sub) -> None:
     p.add_argument(
         "--key-added", default="transanno", metavar="KEY", help="prefix of the keys written to OUT"
     )
+    p.add_argument(
+        "--markers",
+        metavar="CSV",
+        help="also rank each predicted type's marker genes (ta.tl.transanno_markers: the genes "
+        "that drive the model's calls) and write them to CSV (one row per type and gene; also in "
+        "OUT's uns['KEY_markers'])",
+    )
     _add_training_options(p, "expression", "training")
     p.set_defaults(func=annotate)
 
@@ -112,6 +119,8 @@ def _check_args(args: argparse.Namespace) -> dict:
             raise CLIError(msg)
     model_kwargs = _parse_json_dict(args.model_kwargs, "--model-kwargs")
     _check_out_path(args.out, "--out")
+    if args.markers is not None:
+        _check_out_path(args.markers, "--markers")
     if args.save_model is not None:
         _check_out_path(args.save_model, "--save-model")
     _check_input_file(args.query, "query")
@@ -203,6 +212,10 @@ def annotate(args: argparse.Namespace) -> int:
         model = None
         ref = _read_reference(args, query)
         kwargs = _training_kwargs(args, ref, model_kwargs, query.n_obs)
+        if args.markers is not None and kwargs["save_model"] is None and not _is_secondary_rank():
+            import tempfile  # the markers need the trained model: keep it for this run
+
+            kwargs["save_model"] = tempfile.mkdtemp(prefix="transanno_model_")
     ta.tl.transanno_annotate(
         query,
         model,
@@ -218,5 +231,18 @@ def annotate(args: argparse.Namespace) -> int:
         return 0
     if args.save_model is not None:
         _progress(f"saved the model to {args.save_model}")
+    if args.markers is not None:
+        from transanno_sc.tl._markers import markers_df
+
+        if model is None:
+            model = ta.model.TransAnno.load(kwargs["save_model"], accelerator=args.accelerator)
+            if args.save_model is None:
+                import shutil
+
+                shutil.rmtree(kwargs["save_model"], ignore_errors=True)
+        _progress("ranking the marker genes of each predicted type")
+        ta.tl.transanno_markers(query, model, key_added=args.key_added)
+        markers_df(query, f"{args.key_added}_markers").to_csv(args.markers, index=False)
+        _progress(f"wrote the marker genes to {args.markers}")
     _write_annotated(query, args, t0)
     return 0

@@ -194,3 +194,23 @@ def markers_var_names(rna: AnnData, key: str, n_genes: int | None = None) -> dic
         genes = [str(g) for g in names[t] if isinstance(g, str) and g]
         out[t] = genes if n_genes is None else genes[:n_genes]
     return out
+
+
+def markers_df(rna: AnnData, key: str = "transanno_markers") -> pd.DataFrame:
+    """``uns[key]`` (from :func:`transanno_markers`) as a long table: one row per type and
+    gene, with the columns of ``TransAnno.marker_genes(..., return_scores=True)``."""
+    uns = rna.uns[key]
+    names = uns["names"]
+    frames = []
+    for t in names.dtype.names:
+        genes = [str(g) for g in names[t]]
+        n = sum(1 for g in genes if g)
+        frame = pd.DataFrame({"cell_type": t, "rank": np.arange(1, n + 1), "gene": genes[:n]})
+        for field in SCORE_FIELDS:
+            if field in uns:
+                column = "score" if field == "scores" else field
+                frame[column] = np.asarray(uns[field][t][:n], dtype=np.float64)
+        if "n_cells" in uns:
+            frame["n_cells"] = int(uns["n_cells"][t][0])
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
