@@ -10,7 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import FAST_MODEL
+from conftest import FAST_MODEL, linear_baseline, scores
 
 import transanno_sc as ta
 from transanno_sc.model._utils import configure_distributed, n_devices
@@ -66,7 +66,8 @@ def main(out):
         "strategy": type(model.trainer.strategy).__name__,
         "n_train": int(len(model.train_indices)),
         "cells_per_epoch": counter.cells,
-        "accuracy": float((pred == query.obs["cell_type"].to_numpy()).mean()),
+        "pred": [str(p) for p in pred],
+        "genes": list(model.var_names_),
         "history": {{k: len(v) for k, v in model.history.items()}},
         "is_trained": bool(model.is_trained_),
         "weights": weights.numpy().ravel().tolist(),
@@ -82,7 +83,7 @@ if __name__ == "__main__":
 
 
 @pytest.mark.timeout(300)
-def test_train_ddp_two_cpu_processes(tmp_path):
+def test_train_ddp_two_cpu_processes(tmp_path, ref, query):
     script = tmp_path / "train_ddp.py"
     script.write_text(textwrap.dedent(SCRIPT.format(fast_model=FAST_MODEL)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -109,8 +110,11 @@ def test_train_ddp_two_cpu_processes(tmp_path):
     # each process trained on its own shard: half of the training cells per epoch
     for r in ranks:
         assert all(c == int(np.ceil(r0["n_train"] / 2)) for c in r["cells_per_epoch"]), r
-    # 4 balanced classes: chance is 25%
-    assert r0["accuracy"] > 0.6, r0["accuracy"]
+    # the model trained on two processes predicts as well as a logistic regression on its genes
+    # (fitted here on the same reference cells; the model's own wide path is one)
+    got = scores(query.obs["cell_type"], r0["pred"])
+    base = linear_baseline(ref, query, r0["genes"])
+    assert got["accuracy"] >= base["accuracy"] - 0.03, (got, base)
 
 
 def test_configure_distributed_defaults(monkeypatch):
