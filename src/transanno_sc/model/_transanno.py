@@ -1384,9 +1384,9 @@ class TransAnno(MarkersMixin, BaseModelClass):
         forced into, however sure the classifier is. A query of at least 50 cells that lies
         farther from the reference as a whole (another technology, shallower sequencing, a
         reference of near-duplicate cells) has its distances divided by the ratio of its 10th
-        percentile to the reference's (when above 1; ``uns["transanno"]["novelty_shift"]``),
-        so a shift of the whole query is not read as novelty; the p-values of a cell then
-        depend on the other cells scored with it. Cells with no expressed gene of the
+        percentile to the reference's (when above 1; ``novelty_shift`` in
+        ``uns["transanno"]["calibration"]``), so a shift of the whole query is not read as
+        novelty; the p-values of a cell then depend on the other cells scored with it. Cells with no expressed gene of the
         vocabulary get confidence 0. This is the score that ``unassigned_threshold``
         thresholds and that :func:`~transanno_sc.tl.transanno_annotate` writes.
 

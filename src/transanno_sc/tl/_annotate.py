@@ -205,8 +205,12 @@ def _with_query_cells(
     turned back into count-like values (``expm1``), so the corpus has one scale.
     """
     from transanno_sc.data import match_genes
-    from transanno_sc.model._utils import expm1_rows, get_matrix, iter_row_chunks
-    from transanno_sc.model._utils import resolve_input_scale
+    from transanno_sc.model._utils import (
+        expm1_rows,
+        get_matrix,
+        iter_row_chunks,
+        resolve_input_scale,
+    )
 
     Xq = get_matrix(query, layer)
     ref_scale = private.uns["input_scale"]
@@ -426,8 +430,9 @@ def transanno_annotate(
         Calibrated probability of every reference cell type.
     `.uns['{key_added}']` : :class:`dict`
         ``params``, ``classes``, ``gene_overlap`` (with ``n_shared_genes`` when a model was
-        trained here), ``calibration`` (temperature and the validation expected calibration
-        error before and after) and ``versions``. ``params`` stores ``-1.0`` for an
+        trained here), ``calibration`` (temperature, the validation expected calibration
+        error before and after, and ``novelty_shift``, the factor this query's novelty
+        distances were divided by) and ``versions``. ``params`` stores ``-1.0`` for an
         ``unassigned_threshold`` of ``None`` and ``""`` for no ``labels_key``, so that the
         AnnData can be written to ``.h5ad``.
 
@@ -512,8 +517,7 @@ def transanno_annotate(
         },
         "classes": np.asarray(classes, dtype=object),
         "gene_overlap": {**out.overlap, **(shared or {})},
-        "calibration": dict(model.calibration_ or {}),
-        "novelty_shift": out.novelty_shift,
+        "calibration": {**(model.calibration_ or {}), "novelty_shift": out.novelty_shift},
         "versions": versions(),
     }
     logger.info(

@@ -1,0 +1,150 @@
+"""Annotating a dataset unlike the reference (issue #17): another gene panel, other value
+scales, another study with a cell type the reference lacks, reproducibility."""
+
+from __future__ import annotations
+
+import os
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from conftest import FAST_MODEL, FAST_TRAIN
+from sklearn.linear_model import LogisticRegression
+
+import transanno_sc as ta
+
+_FAST = {k: v for k, v in FAST_MODEL.items() if k != "n_top_genes"}
+
+
+def _shared_data(name: str) -> str:
+    """A file of the project's shared data folder (next to the repository in CI)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for root in (os.path.join(here, "..", "..", "shared", "data"), "/work/shared/data"):
+        path = os.path.join(root, name)
+        if os.path.exists(path):
+            return path
+    pytest.skip(f"{name} not found in the shared data folder")
+
+
+def _lognorm(X) -> np.ndarray:
+    X = np.asarray(sp.csr_matrix(X).todense(), dtype=np.float64)
+    return np.log1p(X / X.sum(1, keepdims=True).clip(1e-8) * 1e4)
+
+
+def _logreg_accuracy(ref, query, labels_key="cell_type") -> float:
+    clf = LogisticRegression(C=0.1, max_iter=1000).fit(_lognorm(ref.X), ref.obs[labels_key])
+    return float(np.mean(clf.predict(_lognorm(query.X)) == query.obs[labels_key].to_numpy()))
+
+
+def _argmax_accuracy(query, labels_key="cell_type") -> float:
+    probs = query.obsm["transanno_probabilities"]
+    pred = probs.columns.to_numpy()[probs.to_numpy().argmax(1)]
+    return float(np.mean(pred == query.obs[labels_key].to_numpy()))
+
+
+@pytest.fixture(scope="module")
+def healthy_tumor(lung):
+    healthy = lung[lung.obs["condition"] == "healthy"].copy()
+    tumor = lung[lung.obs["condition"] == "tumor"].copy()
+    return healthy, tumor
+
+
+def test_query_on_a_300_gene_panel(healthy_tumor):
+    """Trained on the genes the query has: no refusal after training, well above chance and
+    near a logistic regression on the same 300 genes."""
+    ref, tumor = healthy_tumor
+    genes = np.random.default_rng(0).choice(ref.var_names, 300, replace=False)
+    query = tumor[:, genes].copy()
+    ta.tl.transanno_annotate(
+        query, reference=ref, labels_key="cell_type", model_kwargs=_FAST, **FAST_TRAIN
+    )
+    overlap = query.uns["transanno"]["gene_overlap"]
+    assert overlap["n_shared_genes"] == 300
+    assert overlap["n_model_genes"] == 300
+    acc = _argmax_accuracy(query)
+    baseline = _logreg_accuracy(ref[:, genes], query)
+    chance = query.obs["cell_type"].value_counts(normalize=True).max()
+    assert acc >= chance + 0.3, (acc, chance)
+    assert acc >= baseline - 0.05, (acc, baseline)
+
+
+def test_too_few_shared_genes_are_refused_before_training(healthy_tumor):
+    ref, tumor = healthy_tumor
+    query = tumor[:, :20].copy()
+    query.var_names = [f"gene{i}" for i in range(20)]
+    query.var_names = [*ref.var_names[:10], *query.var_names[10:]]
+    with pytest.raises(ValueError, match="share only 10 genes"):
+        ta.tl.transanno_annotate(query, reference=ref, labels_key="cell_type", max_epochs=1)
+    assert "transanno_label" not in query.obs
+
+
+def test_saved_model_refusal_names_training_for_the_query(trained, query):
+    small = query[:, : query.n_vars // 50].copy()
+    with pytest.raises(ValueError, match=r"reference=ref.*share"):
+        trained.predict(small)
+
+
+def test_reference_mixing_counts_tpm_and_log1p(split):
+    """One reference batch as raw counts, one as TPM, one as log1p: detected batch by batch,
+    annotated as well as a logistic regression on the counts."""
+    ref, query = split[0].copy(), split[1].copy()
+    X = sp.csr_matrix(ref.X, dtype=np.float32, copy=True)
+    lib = np.asarray(X.sum(1)).ravel()
+    batches = ref.obs["batch"].to_numpy()
+    for batch, kind in (("h_1", "tpm"), ("t_1", "log1p")):
+        rows = np.flatnonzero(batches == batch)
+        block = sp.csr_matrix(sp.diags(1.0 / lib[rows]) @ X[rows])
+        block.data *= 1e6 if kind == "tpm" else 1e4
+        if kind == "log1p":
+            block.data = np.log1p(block.data)
+        X[rows] = block
+    mixed = ad.AnnData(X, obs=ref.obs[["cell_type", "batch"]].copy(), var=ref.var[[]].copy())
+    ta.tl.transanno_annotate(
+        query,
+        reference=mixed,
+        labels_key="cell_type",
+        batch_key="batch",
+        model_kwargs=FAST_MODEL,
+        **FAST_TRAIN,
+    )
+    assert query.uns["transanno"]["gene_overlap"]["input_scale"] == "counts"
+    assert _argmax_accuracy(query) >= _logreg_accuracy(ref, query) - 0.05
+
+
+def test_same_call_same_answer(split):
+    ref, query = split[0], split[1][:120].copy()
+    kwargs = {"reference": ref, "labels_key": "cell_type", "model_kwargs": FAST_MODEL}
+    a = ta.tl.transanno_annotate(query, copy=True, **kwargs, **{**FAST_TRAIN, "max_epochs": 2})
+    b = ta.tl.transanno_annotate(query, copy=True, **kwargs, **{**FAST_TRAIN, "max_epochs": 2})
+    np.testing.assert_array_equal(a.obs["transanno_label"], b.obs["transanno_label"])
+    np.testing.assert_array_equal(a.obs["transanno_confidence"], b.obs["transanno_confidence"])
+    assert a.uns["transanno"]["params"]["random_state"] == 0
+
+
+def test_cell_type_missing_from_the_reference_is_unassigned_across_studies(lung):
+    """Zilionis lung (inDrop) -> Tabula Muris immune cells (10x): monocytes are absent from the
+    reference. At the default threshold at least half of them are "Unassigned" and at most 5 %
+    of the known types' cells; the confidence separates them (AUROC >= 0.92) better than the
+    maximum probability of a logistic regression fitted on the same genes."""
+    from sklearn.metrics import roc_auc_score
+
+    query = ad.read_h5ad(_shared_data("tabula_muris_immune.h5ad"))
+    truth = query.obs["cell_type"].astype(str).to_numpy()
+    ta.tl.transanno_annotate(query, reference=lung, labels_key="cell_type")
+    called = query.obs["transanno_label"].astype(str).to_numpy()
+    novel = truth == "Monocyte"
+    assert np.mean(called[novel] == "Unassigned") >= 0.5
+    assert np.mean(called[~novel] == "Unassigned") <= 0.05
+    auroc = roc_auc_score(~novel, query.obs["transanno_confidence"])
+    assert auroc >= 0.92
+    upper = lung.copy()
+    upper.var_names = upper.var_names.str.upper()
+    genes = upper.var_names.intersection(query.var_names.str.upper())
+    q = query.copy()
+    q.var_names = q.var_names.str.upper()
+    clf = LogisticRegression(C=0.1, max_iter=1000).fit(
+        _lognorm(upper[:, genes].X), upper.obs["cell_type"]
+    )
+    baseline = roc_auc_score(~novel, clf.predict_proba(_lognorm(q[:, genes].X)).max(1))
+    assert auroc > baseline
