@@ -70,8 +70,11 @@ bibtex_bibfiles = ["references.bib"]
 bibtex_reference_style = "author_year"
 
 # -- notebooks ---------------------------------------------------------------------------------
-# Executed at build time (cached by content in docs/_build/.jupyter_cache); the multi-GPU
-# recipe needs GPUs and a large file, so it is shown with the outputs it has (none).
+# Executed at build time (cached by content in docs/_build/.jupyter_cache), so the rendered
+# pages show current results; the multi-GPU recipe needs GPUs and a large file, so it is shown
+# with the outputs it has (none). TRANSANNO_DOCS_EXECUTE sets myst-nb's execution mode: CI
+# (.ci/run) builds with "off", since its test run (tests/test_tutorials.py) has just executed
+# the tutorials and checked their results; the tutorials run once per CI run.
 nb_execution_mode = os.environ.get("TRANSANNO_DOCS_EXECUTE", "cache")
 nb_execution_cache_path = str(HERE / "_build" / ".jupyter_cache")
 nb_execution_excludepatterns = ["*multi_gpu_large_data*"]
