@@ -1,5 +1,6 @@
 """scvi-tools models."""
 
+from ._markers import MarkersMixin
 from ._transanno import TransAnno
 
-__all__ = ["TransAnno"]
+__all__ = ["MarkersMixin", "TransAnno"]

@@ -204,7 +204,8 @@ def attribute(
 
 
 class MarkersMixin:
-    """Marker genes and per-cell attributions of a trained :class:`TransAnno` model.
+    """Marker genes and per-cell attributions of a trained
+    :class:`~transanno_sc.model.TransAnno` model.
 
     Explains the model's calls by the genes that drive them (see the module docstring for how
     a gene's contribution to a logit is defined). Needs from the class it is mixed into:
