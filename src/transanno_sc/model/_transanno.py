@@ -405,6 +405,8 @@ class TransAnno(MarkersMixin, BaseModelClass):
             )
         self.calibration_: dict | None = None
         self.is_pretrained_ = False
+        self.pretrain_history_: dict | None = None
+        self.gene_overlap_: dict | None = None
         self.init_params_ = self._get_init_params(locals())
         self._build_module()
         self._set_training_genes(adata)
@@ -851,7 +853,7 @@ class TransAnno(MarkersMixin, BaseModelClass):
 
     def _merge_pretrain_history(self) -> None:
         """Keep the pretraining curves in ``history`` next to the fine-tuning ones."""
-        previous = getattr(self, "pretrain_history_", None) or {}
+        previous = self.pretrain_history_ or {}
         if isinstance(self.history_, dict):
             for key, frame in previous.items():
                 self.history_.setdefault(key, frame)
@@ -991,7 +993,7 @@ class TransAnno(MarkersMixin, BaseModelClass):
                         "transanno_sc_version": _package_version(),
                         "genes": list(self.var_names_),
                         "target_sum": TARGET_SUM,
-                        "pretrained": bool(getattr(self, "is_pretrained_", False)),
+                        "pretrained": bool(self.is_pretrained_),
                         "input_scale": self.input_scale_,
                     },
                     f,
@@ -1528,9 +1530,9 @@ class TransAnno(MarkersMixin, BaseModelClass):
                 "var_names": list(self.var_names_),
                 "input_scale": self.input_scale_,
                 "is_trained": bool(self.is_trained_),
-                "calibration": getattr(self, "calibration_", None),
-                "gene_count_selection": getattr(self, "gene_count_selection_", None),
-                "is_pretrained": bool(getattr(self, "is_pretrained_", False)),
+                "calibration": self.calibration_,
+                "gene_count_selection": self.gene_count_selection_,
+                "is_pretrained": bool(self.is_pretrained_),
                 "history": history_to_json(
                     self.history_ if isinstance(self.history_, dict) else None
                 ),
@@ -1623,6 +1625,8 @@ class TransAnno(MarkersMixin, BaseModelClass):
             selection["scores"] = {int(k): v for k, v in selection["scores"].items()}
         model.gene_count_selection_ = selection
         model.is_pretrained_ = bool(config.get("is_pretrained", False))
+        model.pretrain_history_ = None
+        model.gene_overlap_ = None
         model.history_ = history_from_json(config.get("history", {}))
         model.module.eval()
         if adata is not None:
