@@ -75,7 +75,9 @@ def test_calibration_is_fitted_and_stored(trained, query):
 def test_confidence_is_probability_times_typicality(trained, query):
     conf = trained.predict_confidence(query)
     p = conf["novelty_pvalue"]
-    expected = conf["probability"] * p / (p + 0.01)
+    from transanno_sc._constants import NOVELTY_ALPHA
+
+    expected = conf["probability"] * p / (p + NOVELTY_ALPHA)
     np.testing.assert_allclose(conf["confidence"], expected, rtol=1e-6)
     off = trained.predict_confidence(query, novelty=False)
     np.testing.assert_allclose(off["confidence"], off["probability"], rtol=1e-6)
