@@ -18,7 +18,7 @@ N_NEIGHBORS = 10
 #: Folds of the cross-fitted (held-out) distances of the reference cells.
 N_NOVELTY_FOLDS = 5
 #: Quantile of the class-normalized novelty distance matched between a query and the
-#: reference's held-out cells (see :meth:`TransAnnoModule.novelty_pvalue`).
+#: reference's held-out cells (see :meth:`TransAnnoModule.shift_factor`).
 SHIFT_QUANTILE = 0.1
 #: A query needs at least this many cells for its distances to be matched to the reference's.
 MIN_CELLS_SHIFT = 50
