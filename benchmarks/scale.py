@@ -98,6 +98,36 @@ def make_file(n_cells: int, seed: int = 0) -> Path:
     return path
 
 
+def tile_cells(adata, n_cells: int, seed: int = 0, keep: tuple[float, float] = (0.7, 1.0)):
+    """``n_cells`` in-memory copies of ``adata``'s cells (counts), with their ``obs``.
+
+    Every cell is used equally often (``n_cells // n_obs`` or one more times, in random order;
+    ``n_cells < n_obs`` is a subsample without replacement) and each copy is binomially
+    thinned as in :func:`make_file` (keep a uniform 70-100 % of its UMIs), so that copies
+    differ. ``var`` is kept; ``obs_names`` become ``t0, t1, ...``.
+    """
+    import anndata as ad
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    base = sp.csr_matrix(adata.X, dtype=np.float32)
+    rows = np.concatenate(
+        [rng.permutation(adata.n_obs) for _ in range(-(-n_cells // adata.n_obs))]
+    )[:n_cells]
+    blocks = []
+    for start in range(0, n_cells, WRITE_CHUNK):
+        part = rows[start : start + WRITE_CHUNK]
+        x = base[part]
+        frac = rng.uniform(keep[0], keep[1], part.size)
+        x.data = rng.binomial(x.data.astype(np.int64), np.repeat(frac, np.diff(x.indptr)))
+        x.data = x.data.astype(np.float32)
+        x.eliminate_zeros()
+        blocks.append(x)
+    obs = adata.obs.iloc[rows].copy()
+    obs.index = [f"t{i}" for i in range(n_cells)]
+    return ad.AnnData(sp.vstack(blocks, format="csr"), obs=obs, var=adata.var.copy())
+
+
 def train_model() -> Path:
     """The default TransAnno model, briefly trained (speed does not depend on the weights)."""
     if (MODEL_DIR / "transanno.json").exists():
@@ -221,7 +251,7 @@ def _model_and_data(n_cells: int):
 
 def _batches(model, adata, match, batch_size: int, bucket: bool) -> list:
     """Forward batches ``(positions, x, library)`` as prediction makes them."""
-    from transanno_sc.model._utils import iter_vocab_batches
+    from transanno_sc.data import iter_vocab_batches
 
     max_tokens = model.module.config.max_tokens if bucket else None
     return list(
