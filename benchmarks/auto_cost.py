@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 import transanno_sc as ta
 from transanno_sc.model import TransAnno
-from transanno_sc.model._transanno import _class_weights, _logistic_regression
+from transanno_sc.train import class_weights, logistic_regression
 
 
 def tiled(reps: int, seed: int = 0) -> ad.AnnData:
@@ -64,12 +64,12 @@ def main(argv=None):
     print(f"TransAnno(adata), batch_key: {timed(lambda: TransAnno(big), args.repeats):.1f} s")
     model = TransAnno(big, n_top_genes=8000)
     codes = np.asarray(model.adata_manager.get_from_registry("labels")).reshape(-1)
-    weight = _class_weights(np.bincount(codes), 1.0)[codes]
+    weight = class_weights(np.bincount(codes), 1.0)[codes]
     cells = np.arange(big.n_obs)
 
     def wide(sparse: bool):
         X = model._log_expression(cells, 256, sparse=sparse)
-        _logistic_regression(X if sparse else X.numpy(), codes, weight, 0.1)
+        logistic_regression(X if sparse else X.numpy(), codes, weight, 0.1)
 
     for sparse in (True, False):
         kind = "sparse" if sparse else "dense"

@@ -13,7 +13,7 @@ import pytest
 from conftest import FAST_MODEL, linear_baseline, scores
 
 import transanno_sc as ta
-from transanno_sc.model._utils import configure_distributed, n_devices
+from transanno_sc.train import configure_distributed, n_devices
 
 # Lightning's default DDP launcher starts `sys.argv` again for rank 1: inside pytest that would
 # re-run the test session, so the training runs as a script in a subprocess, exactly as a user's

@@ -9,8 +9,8 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 import transanno_sc as ta
+from transanno_sc.data import detect_input_scale
 from transanno_sc.model import TransAnno
-from transanno_sc.model._utils import detect_input_scale
 
 
 def _tiny(rng, n=40, g=60, labels=("a", "b")):
@@ -107,11 +107,11 @@ def test_no_gene_overlap_with_model(trained, query):
     with pytest.raises(ValueError, match="look like Ensembl IDs while the model uses gene sym"):
         trained.predict(other)
     # the reverse: a model over Ensembl IDs (a CELLxGENE reference) and a query with symbols
-    from transanno_sc.model._transanno import _checked_match
+    from transanno_sc.model._gene_selection import checked_match
 
     ids = [f"ENSMUSG{i:011d}" for i in range(50)]
     with pytest.raises(ValueError, match="model uses Ensembl IDs while the data look like"):
-        _checked_match(query.var_names, ids, "adata")
+        checked_match(query.var_names, ids, "adata")
 
 
 def test_query_with_negative_values(trained, query):

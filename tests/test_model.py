@@ -307,7 +307,7 @@ def test_pretraining_on_the_query_keeps_the_auto_vocabulary(ref, query, tmp_path
 
 def test_stratified_split_holds_out_one_of_ten():
     """10 cells of a type at train_size=0.9 give one validation cell (not 0: float rounding)."""
-    from transanno_sc.model._utils import stratified_split
+    from transanno_sc.data import stratified_split
 
     labels = np.repeat(np.arange(4), 10)
     train, val = stratified_split(labels, 0.9, seed=0)

@@ -30,14 +30,14 @@ import pandas as pd
 import torch
 
 from transanno_sc._constants import REGISTRY_KEYS
-from transanno_sc.data import N_SPECIAL_GENE_TOKENS, tokenize
-
-from ._utils import (
+from transanno_sc.data import (
+    N_SPECIAL_GENE_TOKENS,
     check_shape_and_names,
     check_values,
     get_matrix,
     iter_vocab_batches,
     resolve_input_scale,
+    tokenize,
 )
 
 if TYPE_CHECKING:

@@ -129,7 +129,7 @@ def _log_expression_of(rna: AnnData, genes: list[str], layer: str | None) -> Ann
     genes), or the values themselves when they are log-normalized already."""
     from anndata import AnnData
 
-    from transanno_sc.model._utils import get_matrix, resolve_input_scale
+    from transanno_sc.data import get_matrix, resolve_input_scale
 
     X = get_matrix(rna, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"

@@ -13,6 +13,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from transanno_sc._constants import NOVELTY_ALPHA, UNASSIGNED
+from transanno_sc.model.base import assign_labels, confidence_score
 
 from ._utils import get_rna, versions
 
@@ -47,7 +48,7 @@ def _private_reference(
     reference: AnnData, labels_key: str, batch_key: str | None, layer: str | None
 ) -> AnnData:
     """A light AnnData sharing the reference's matrix, so scvi-tools' keys stay off the user's."""
-    from transanno_sc.model._utils import get_matrix, non_string_labels, string_labels
+    from transanno_sc.data import get_matrix, non_string_labels, string_labels
 
     if not isinstance(reference, AnnData):
         reference = get_rna(reference, "reference")
@@ -125,7 +126,7 @@ def _reference_scale(private: AnnData, batch_key: str | None, input_scale: str) 
     values next to counts, e.g. studies merged from different sources), turn the log1p batches
     back into count-like values (``expm1``) on the private copy, so that every cell is
     normalized alike. Returns the private reference, with ``uns["input_scale"]`` set."""
-    from transanno_sc.model._utils import detect_input_scale, expm1_rows, resolve_input_scale
+    from transanno_sc.data import detect_input_scale, expm1_rows, resolve_input_scale
 
     if input_scale != "auto" or batch_key is None:
         private.uns["input_scale"] = resolve_input_scale(private.X, input_scale, "reference.X")
@@ -167,8 +168,7 @@ def _reference_vocabulary(
 
     from scvi import settings
 
-    from transanno_sc.model import TransAnno
-    from transanno_sc.model._transanno import _choose_vocabulary
+    from transanno_sc.model import TransAnno, choose_vocabulary
 
     scale = private.uns["input_scale"]
     default = inspect.signature(TransAnno).parameters["n_top_genes"].default
@@ -180,7 +180,7 @@ def _reference_vocabulary(
         if batch_key is not None
         else np.zeros(private.n_obs, dtype=np.int64)
     )
-    return _choose_vocabulary(
+    return choose_vocabulary(
         private.X,
         private.var_names,
         model_kwargs.pop("n_top_genes", default),
@@ -204,11 +204,11 @@ def _with_query_cells(
     Where one side holds log1p values and the other count-like values, the log1p side is
     turned back into count-like values (``expm1``), so the corpus has one scale.
     """
-    from transanno_sc.data import match_genes
-    from transanno_sc.model._utils import (
+    from transanno_sc.data import (
         expm1_rows,
         get_matrix,
         iter_row_chunks,
+        match_genes,
         resolve_input_scale,
     )
 
@@ -497,8 +497,8 @@ def transanno_annotate(
         adata = adata.copy()
         rna = get_rna(adata, "adata")
     classes = list(model.classes_)
-    confidence = model._confidence(out, novelty=novelty)
-    labels = model._labels(out, unassigned_threshold, novelty=novelty)
+    confidence = confidence_score(out, novelty=novelty)
+    labels = assign_labels(classes, out, unassigned_threshold, novelty=novelty)
     categories = [*classes, UNASSIGNED] if UNASSIGNED not in classes else classes
     rna.obs[keys.label] = pd.Categorical(labels, categories=categories)
     rna.obs[keys.confidence] = confidence

@@ -1,0 +1,211 @@
+"""AnnData-side input checks: the expression matrix, its values and scale, the labels."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from ._streaming import iter_row_chunks
+
+logger = logging.getLogger(__name__)
+
+
+InputScale = Literal["auto", "counts", "log1p"]
+
+#: Rows inspected to decide whether a matrix holds counts or log1p values.
+N_ROWS_SCALE_DETECTION = 2000
+
+#: log1p(counts per 10k) never exceeds this in practice; larger non-integer values are not log.
+MAX_LOG1P_VALUE = 30.0
+
+
+def get_matrix(adata: AnnData, layer: str | None):
+    """Return ``adata.X`` or ``adata.layers[layer]`` with a clear error when it is missing."""
+    if layer is None:
+        if adata.X is None:
+            msg = "adata.X is None: store the expression matrix in adata.X or pass `layer=`."
+            raise ValueError(msg)
+        return adata.X
+    if layer not in adata.layers:
+        msg = (
+            f"layer={layer!r} not found in adata.layers (available: {list(adata.layers)}). "
+            "Pass one of these or `layer=None` to use adata.X."
+        )
+        raise KeyError(msg)
+    return adata.layers[layer]
+
+
+def check_shape_and_names(adata: AnnData, what: str = "adata") -> None:
+    """Refuse empty objects and duplicate gene names."""
+    if not isinstance(adata, AnnData):
+        msg = f"{what} must be an AnnData, got {type(adata).__name__}."
+        raise TypeError(msg)
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        msg = f"{what} is empty ({adata.n_obs} cells x {adata.n_vars} genes)."
+        raise ValueError(msg)
+    if not adata.var_names.is_unique:
+        dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
+        msg = (
+            f"{what}.var_names are not unique (e.g. {dup}); genes are matched by name. "
+            f"Run `{what}.var_names_make_unique()` first."
+        )
+        raise ValueError(msg)
+
+
+def _values(rows) -> np.ndarray:
+    return rows.data if sp.issparse(rows) else np.asarray(rows).ravel()
+
+
+def check_values(rows, what: str = "adata.X") -> None:
+    """Raise a ``ValueError`` naming the problem when ``rows`` hold NaN, inf or negatives."""
+    v = _values(rows)
+    if v.size == 0:
+        return
+    if not np.isfinite(v).all():
+        n_bad = int((~np.isfinite(v)).sum())
+        msg = (
+            f"{what} contains {n_bad} NaN or infinite values. Remove or impute them "
+            "(e.g. `np.nan_to_num`) before annotation."
+        )
+        raise ValueError(msg)
+    if v.min() < 0:
+        msg = (
+            f"{what} contains negative values (min {v.min():.3g}): it looks scaled or "
+            "centered (`sc.pp.scale`). TransAnno needs raw counts or log1p-normalized values: "
+            "pass `layer=` with counts, or use `adata.raw.to_adata()`."
+        )
+        raise ValueError(msg)
+
+
+def scan_matrix(X, what: str = "adata.X") -> None:
+    """Check every value of ``X`` chunk by chunk (works on backed matrices)."""
+    for _, rows in iter_row_chunks(X):
+        check_values(rows, what)
+
+
+def detect_input_scale(X, what: str = "adata.X") -> Literal["counts", "log1p"]:
+    """Decide from a sample of rows whether ``X`` holds count-like or log1p-normalized values.
+
+    ``"counts"``: integers (UMI or read counts) or non-integer values above
+    :data:`MAX_LOG1P_VALUE` (TPM, CPM, RSEM expected counts, Smart-seq read counts): every
+    cell is library-size normalized anyway, so their absolute scale does not matter.
+    ``"log1p"``: non-integer values up to :data:`MAX_LOG1P_VALUE` (log1p of normalized
+    values). The rows read are spread evenly over ``X`` (at most
+    :data:`N_ROWS_SCALE_DETECTION`).
+    """
+    n = min(X.shape[0], N_ROWS_SCALE_DETECTION)
+    if n == 0:
+        msg = f"{what} has no cells."
+        raise ValueError(msg)
+    indices = np.unique(np.linspace(0, X.shape[0] - 1, n).astype(np.int64))
+    rows = next(iter_row_chunks(X, chunk_size=indices.size, indices=indices))[1]
+    check_values(rows, what)
+    v = _values(rows)
+    v = v[v != 0]
+    if v.size == 0:
+        msg = f"The {indices.size} cells of {what} read to detect its scale have no non-zero value."
+        raise ValueError(msg)
+    if np.all(v == np.round(v)) or v.max() > MAX_LOG1P_VALUE:
+        return "counts"
+    return "log1p"
+
+
+def resolve_input_scale(X, input_scale: InputScale, what: str = "adata.X") -> str:
+    """Check an explicit ``input_scale`` or detect it."""
+    if input_scale not in ("auto", "counts", "log1p"):
+        msg = f"input_scale must be 'auto', 'counts' or 'log1p', got {input_scale!r}."
+        raise ValueError(msg)
+    detected = detect_input_scale(X, what)
+    if input_scale == "auto":
+        logger.info("%s holds %s values (detected).", what, _SCALE_NAMES[detected])
+        return detected
+    if input_scale != detected:
+        warnings.warn(
+            f"input_scale={input_scale!r}, but {what} looks like {_SCALE_NAMES[detected]} "
+            f"values; they are treated as {_SCALE_NAMES[input_scale]} values as asked.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return input_scale
+
+
+#: How each scale is named in messages.
+_SCALE_NAMES = {
+    "counts": "count-like (counts, TPM, CPM: normalized per cell, then log1p)",
+    "log1p": "log1p-normalized",
+}
+
+
+def expm1_rows(X) -> sp.csr_matrix:
+    """``expm1`` of log1p-normalized values as a float32 CSR copy: count-like values that the
+    per-cell normalization turns back into the same log1p values (when they were normalized to
+    :data:`~transanno_sc._constants.TARGET_SUM`)."""
+    out = sp.csr_matrix(X, dtype=np.float32, copy=True)
+    out.data = np.expm1(out.data)
+    return out
+
+
+def non_string_labels(labels: pd.Series) -> list:
+    """The distinct non-missing labels (categories) that are not strings; scvi-tools' label
+    field needs strings."""
+    values = labels.cat.categories if isinstance(labels.dtype, pd.CategoricalDtype) else labels
+    return [v for v in pd.Series(values).dropna().unique() if not isinstance(v, str)]
+
+
+def string_labels(labels: pd.Series) -> pd.Series:
+    """``labels`` with every non-missing value as a string (``3`` -> ``"3"``), NaN kept."""
+    if isinstance(labels.dtype, pd.CategoricalDtype):
+        return labels.cat.rename_categories([str(c) for c in labels.cat.categories])
+    return labels.map(lambda v: v if pd.isna(v) else str(v)).astype(object)
+
+
+def check_labels(adata: AnnData, labels_key: str | None, unlabeled_category: str) -> None:
+    """Refuse a missing ``labels_key``, labels that are not strings, or missing labels."""
+    if labels_key is None:
+        return
+    if labels_key not in adata.obs:
+        msg = (
+            f"labels_key={labels_key!r} is not a column of adata.obs "
+            f"(columns: {list(adata.obs.columns)})."
+        )
+        raise KeyError(msg)
+    labels = adata.obs[labels_key]
+    not_strings = non_string_labels(labels)
+    if not_strings:
+        example = not_strings[0]
+        msg = (
+            f"adata.obs[{labels_key!r}] holds labels that are not strings (e.g. {example} of type "
+            f"{type(example).__name__}): cell types must be named by strings. Convert them "
+            f"first: adata.obs[{labels_key!r}] = adata.obs[{labels_key!r}].astype(str)."
+        )
+        raise TypeError(msg)
+    values = set(map(str, labels.dropna().unique()))
+    if unlabeled_category not in values:
+        lookalike = sorted(v for v in values if v.lower() == str(unlabeled_category).lower())
+        if lookalike:
+            msg = (
+                f"unlabeled_category={unlabeled_category!r} does not occur in "
+                f"adata.obs[{labels_key!r}], but {lookalike[0]!r} does: those cells would be "
+                f"trained on as a cell type. Pass unlabeled_category={lookalike[0]!r}."
+            )
+            raise ValueError(msg)
+    if labels.isna().any():
+        msg = (
+            f"adata.obs[{labels_key!r}] has {int(labels.isna().sum())} missing values. Set them "
+            f"to unlabeled_category={unlabeled_category!r} to mark those cells as unlabeled."
+        )
+        raise ValueError(msg)
+
+
+def check_matrix(adata: AnnData, layer: str | None, input_scale: InputScale) -> str:
+    """Scan every value of the registered matrix and resolve its scale."""
+    X = get_matrix(adata, layer)
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    scan_matrix(X, where)
+    return resolve_input_scale(X, input_scale, where)

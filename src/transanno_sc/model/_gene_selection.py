@@ -1,0 +1,283 @@
+"""Choosing the model's gene vocabulary (highly variable genes, ``n_top_genes="auto"``) and
+matching it to an AnnData."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from transanno_sc._constants import (
+    MIN_GENE_OVERLAP,
+    WARN_GENE_OVERLAP,
+)
+from transanno_sc.data import (
+    GeneMatch,
+    get_matrix,
+    match_genes,
+    stratified_subsample,
+)
+from transanno_sc.train import class_weights, logistic_regression
+
+logger = logging.getLogger(__name__)
+
+
+#: ``n_top_genes="auto"``: the gene counts compared, the count without a batch to hold out,
+#: labeled cells (stratified subsample) and held-out batches used, and the macro-F1 margin a
+#: larger count must win by.
+GENE_COUNT_CANDIDATES = (2000, 4000, 8000)
+
+DEFAULT_GENE_COUNT = 2000
+
+_N_GENE_COUNT_CELLS = 5_000
+
+_MAX_HELD_OUT_BATCHES = 5
+
+_GENE_COUNT_TOLERANCE = 0.005
+
+#: Fraction of the labeled types that some held-out batch must share with the other batches.
+_MIN_VALIDATED_TYPES = 0.9
+
+
+def log_hvg_subsample(X, var_names: pd.Index, is_counts: bool, seed: int):
+    """Log1p CP10k AnnData of (at most 20,000 random rows of) X, with Seurat-flavour dispersions
+    in ``var`` (``dispersions_norm``), and the rows it holds (``None``: all of them)."""
+    import scanpy as sc
+
+    n_obs = X.shape[0]
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(n_obs, 20_000, replace=False)) if n_obs > 20_000 else None
+    sub = X[rows] if rows is not None else X[:]
+    sub = sp.csr_matrix(sub, dtype=np.float32) if sp.issparse(sub) else np.asarray(sub, np.float32)
+    tmp = AnnData(sub)
+    tmp.var_names = var_names.astype(str)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if is_counts:
+            sc.pp.normalize_total(tmp, target_sum=1e4)
+            sc.pp.log1p(tmp)
+    return tmp, rows
+
+
+def select_genes(
+    X,
+    var_names: pd.Index,
+    n_top_genes: int | None,
+    is_counts: bool,
+    seed: int,
+    tmp: AnnData | None = None,
+) -> list[str]:
+    """Pick the gene vocabulary: highly variable genes of (a subsample of) the reference
+    (``tmp``: that subsample from :func:`log_hvg_subsample`, when already made)."""
+    import scanpy as sc
+
+    n_vars = X.shape[1]
+    if n_top_genes is None or n_top_genes >= n_vars:
+        return [str(g) for g in var_names]
+    if tmp is None:
+        tmp, _ = log_hvg_subsample(X, var_names, is_counts, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc.pp.highly_variable_genes(tmp, n_top_genes=n_top_genes, flavor="seurat")
+    hvg = tmp.var["highly_variable"].to_numpy()
+    return [str(g) for g in var_names[hvg]]
+
+
+def choose_gene_count(
+    tmp: AnnData, rows: np.ndarray | None, codes: np.ndarray, batches: np.ndarray, seed: int
+) -> dict | None:
+    """``n_top_genes="auto"``: the number of highly variable genes (of
+    :data:`GENE_COUNT_CANDIDATES`) whose class-weighted L2 logistic regression (the wide
+    path's recipe) transfers labels best from some reference batches to another, by
+    leave-one-batch-out macro-F1 on labeled cells (``codes`` >= 0). ``tmp`` and ``rows``:
+    the reference subsample of :func:`log_hvg_subsample`. ``None`` when no held-out batch
+    could be scored."""
+    import scanpy as sc
+    from sklearn.metrics import f1_score
+
+    codes = codes if rows is None else codes[rows]
+    batches = batches if rows is None else batches[rows]
+    n_vars = tmp.n_vars
+    candidates = [k for k in GENE_COUNT_CANDIDATES if k < n_vars] or [n_vars]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc.pp.highly_variable_genes(tmp, n_top_genes=max(candidates), flavor="seurat")
+    dispersion = tmp.var["dispersions_norm"].to_numpy(dtype=np.float64)
+    order = np.argsort(-np.nan_to_num(dispersion, nan=-np.inf), kind="stable")
+    rng = np.random.default_rng(seed)
+    cells = np.flatnonzero(codes >= 0)
+    cells = np.sort(cells[stratified_subsample(codes[cells], _N_GENE_COUNT_CELLS, rng)])
+    y, b = codes[cells], batches[cells]
+    held_batches = np.unique(b)
+    if held_batches.size > _MAX_HELD_OUT_BATCHES:
+        held_batches = np.sort(rng.choice(held_batches, _MAX_HELD_OUT_BATCHES, replace=False))
+    # Types a held-out batch shares with the others are the only ones the validation sees;
+    # more genes cost rare types most, so the validation must see (nearly) every type.
+    validated = set()
+    for batch in held_batches:
+        validated |= set(np.unique(y[b == batch])) & set(np.unique(y[b != batch]))
+    coverage = len(validated) / np.unique(y).size
+    if coverage < _MIN_VALIDATED_TYPES:
+        return {
+            "n_top_genes": DEFAULT_GENE_COUNT,
+            "scores": {},
+            "n_batches": int(held_batches.size),
+            "validated_types": float(coverage),
+        }
+    # kept sparse (CSR) when the data are: the fits take a tenth of the time
+    M = tmp.X[cells][:, order[: max(candidates)]]
+    M = sp.csr_matrix(M) if sp.issparse(M) else np.asarray(M)
+    scores = {}
+    for k in candidates:
+        folds = []
+        for batch in held_batches:
+            held, kept = b == batch, b != batch
+            if np.unique(y[kept]).size < 2:
+                continue
+            weight = class_weights(np.bincount(y[kept]), 1.0)  # "balanced"
+            clf = logistic_regression(M[kept, :k], y[kept], weight[y[kept]], 0.1)
+            shared = np.intersect1d(np.unique(y[held]), clf.classes_)
+            keep = np.isin(y[held], shared)
+            if keep.any():
+                pred = clf.predict(M[held, :k][keep])
+                folds.append(f1_score(y[held][keep], pred, labels=shared, average="macro"))
+        if folds:
+            scores[int(k)] = float(np.mean(folds))
+    if not scores:
+        return None
+    best = max(scores.values())
+    # the smallest count within the tolerance of the best: fewer genes unless more clearly help
+    chosen = min(k for k, v in scores.items() if v >= best - _GENE_COUNT_TOLERANCE)
+    return {
+        "n_top_genes": chosen,
+        "scores": scores,
+        "n_batches": int(held_batches.size),
+        "validated_types": float(coverage),
+    }
+
+
+def choose_vocabulary(
+    X,
+    var_names: pd.Index,
+    n_top_genes: int | str | None,
+    is_counts: bool,
+    codes: np.ndarray,
+    batches: np.ndarray,
+    seed: int,
+) -> tuple[list[str], dict | None]:
+    """The gene vocabulary for ``n_top_genes`` (see :class:`TransAnno`) and, for ``"auto"``
+    with several labeled batches, its leave-one-batch-out scores (else ``None``). ``codes``:
+    label codes of the rows of ``X``, -1 where unlabeled; ``batches``: batch codes."""
+    if isinstance(n_top_genes, str):
+        if n_top_genes != "auto":
+            msg = f"n_top_genes must be an int, None or 'auto', got {n_top_genes!r}."
+            raise ValueError(msg)
+    elif n_top_genes is not None and not (
+        isinstance(n_top_genes, int | np.integer) and n_top_genes > 0
+    ):
+        msg = f"n_top_genes must be a positive int, None or 'auto', got {n_top_genes!r}."
+        raise ValueError(msg)
+    if n_top_genes != "auto":
+        return select_genes(X, var_names, n_top_genes, is_counts, seed), None
+    if np.unique(batches[codes >= 0]).size < 2:  # no labels, or no batch to hold out
+        return select_genes(X, var_names, DEFAULT_GENE_COUNT, is_counts, seed), None
+    t0 = time.perf_counter()
+    tmp, rows = log_hvg_subsample(X, var_names, is_counts, seed)
+    choice = choose_gene_count(tmp, rows, codes, batches, seed)
+    if choice is None:
+        return select_genes(X, var_names, DEFAULT_GENE_COUNT, is_counts, seed, tmp=tmp), None
+    logger.info(
+        "n_top_genes='auto': %d genes (leave-one-batch-out macro-F1 %s, %d batches, "
+        "%.0f %% of the types validated, %.1f s).",
+        choice["n_top_genes"],
+        {k: round(v, 3) for k, v in choice["scores"].items()},
+        choice["n_batches"],
+        100 * choice["validated_types"],
+        time.perf_counter() - t0,
+    )
+    genes = select_genes(X, var_names, choice["n_top_genes"], is_counts, seed, tmp=tmp)
+    return genes, choice
+
+
+def check_vocabulary(genes: Sequence[str]) -> list[str]:
+    genes = [str(g) for g in genes]
+    if not genes:
+        msg = "gene_vocabulary is empty."
+        raise ValueError(msg)
+    if len(set(genes)) != len(genes):
+        msg = "gene_vocabulary has duplicate genes."
+        raise ValueError(msg)
+    return genes
+
+
+#: How to train for a query's own genes (named in gene-overlap errors and warnings).
+RETRAIN_HINT = (
+    "`ta.tl.transanno_annotate(adata, reference=ref, labels_key=...)` (CLI: `transanno annotate "
+    "--reference ref.h5ad --labels-key ...`) uses only the genes the reference and the query share."
+)
+
+
+def checked_match(
+    var_names: pd.Index, vocab: Sequence[str], what: str, stacklevel: int = 3
+) -> GeneMatch:
+    """Match ``vocab`` to ``var_names`` by name; warn or refuse on a poor overlap."""
+    match = match_genes(var_names, vocab)
+    if match.fraction < MIN_GENE_OVERLAP:
+        example = ", ".join(map(str, var_names[:3]))
+        data_ids = str(var_names[0]).upper().startswith("ENS")
+        model_ids = str(vocab[0]).upper().startswith("ENS")
+        if data_ids and not model_ids:
+            hint = (
+                " The data look like Ensembl IDs while the model uses gene symbols: map them "
+                "to symbols first (e.g. from a `var` column such as 'feature_name')."
+            )
+        elif model_ids and not data_ids:
+            hint = (
+                " The model uses Ensembl IDs while the data look like gene symbols: use the "
+                "same IDs (e.g. from a `var` column such as 'gene_ids')."
+            )
+        else:
+            hint = " Check the species and the gene naming convention (symbols vs IDs)."
+        msg = (
+            f"Only {match.n_matched} of the model's {match.n_vocab} genes "
+            f"({match.fraction:.1%}) are in {what}.var_names (e.g. {example}); at least "
+            f"{MIN_GENE_OVERLAP:.0%} are needed.{hint} If {what} was measured on a smaller "
+            f"gene panel, train a model for its genes: {RETRAIN_HINT}"
+        )
+        raise ValueError(msg)
+    if match.fraction < WARN_GENE_OVERLAP:
+        warnings.warn(
+            f"Only {match.fraction:.1%} of the model's genes are in {what}; missing genes "
+            "are treated as not expressed and predictions may suffer. A model trained on the "
+            f"genes both share does better: {RETRAIN_HINT}",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+    logger.info(
+        "Gene overlap: %d of %d model genes found (%d by case-insensitive name, %d without "
+        "Ensembl version suffix).",
+        match.n_matched,
+        match.n_vocab,
+        match.n_case_insensitive,
+        match.n_unversioned,
+    )
+    return match
+
+
+def added_genes(
+    adata: AnnData, setup_args: dict, match: GeneMatch, n_top_genes: int, seed: int
+) -> list[str]:
+    """Highly variable genes of ``adata`` that a vocabulary lacks (``match``: the
+    vocabulary matched to ``adata``; its matched genes are not added)."""
+    if n_top_genes == 0:
+        return []
+    X = get_matrix(adata, setup_args["layer"])
+    hvg = select_genes(X, adata.var_names, n_top_genes, setup_args["input_scale"] == "counts", seed)
+    matched = set(adata.var_names[match.source].astype(str))
+    return sorted(g for g in hvg if g not in matched)

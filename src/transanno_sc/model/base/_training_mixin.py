@@ -1,0 +1,391 @@
+"""Training the classifier: the labeled split, the wide path's fit and the Lightning run."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from typing import Literal
+
+import numpy as np
+import torch
+from scvi import settings
+from scvi.utils._docstrings import devices_dsp
+
+from transanno_sc._constants import (
+    DEFAULT_DEEP_WEIGHT,
+    REGISTRY_KEYS,
+)
+from transanno_sc.data import (
+    empty_rows,
+    get_matrix,
+    stratified_split,
+    stratified_subsample,
+)
+from transanno_sc.train import (
+    class_weights,
+    configure_distributed,
+    logistic_regression,
+    weighting_power,
+)
+
+logger = logging.getLogger(__name__)
+
+
+#: Cell presentations of a default training run (``benchmarks/README.md``: halving the
+#: earlier 30,000 left the query macro-F1 of every benchmark task as it was or better).
+TRAIN_PRESENTATIONS = 15_000
+
+#: Training cells the wide path's logistic regression is fitted on (stratified subsample).
+N_LINEAR_CELLS = 20_000
+
+
+def default_max_epochs(n_cells: int) -> int:
+    """About :data:`TRAIN_PRESENTATIONS` cell presentations, between 10 and 100 epochs."""
+    return int(np.clip(np.ceil(TRAIN_PRESENTATIONS / max(n_cells, 1)), 10, 100))
+
+
+class TrainingMixin:
+    """Training the classifier on the labeled cells of the registered AnnData.
+
+    Needs from the model class: ``module`` (a :class:`~transanno_sc.module.TransAnnoModule`),
+    ``adata_manager``, ``classes_``, ``input_scale_``, ``_set_training_genes``,
+    ``_log_expression`` and, from the other mixins, ``_finetuning_frozen_parts``
+    (:class:`PretrainingMixin`) and ``_fit_confidence`` (:class:`ConfidenceMixin`); the
+    Lightning run goes through scvi-tools' ``DataSplitter`` and ``TrainRunner``
+    (``_data_splitter_cls``, ``_train_runner_cls``, ``_training_plan_cls``).
+    """
+
+    @devices_dsp.dedent
+    def train(
+        self,
+        max_epochs: int | None = None,
+        lr: float = 1e-3,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        train_size: float = 0.9,
+        batch_size: int = 64,
+        early_stopping: bool = True,
+        early_stopping_patience: int = 10,
+        class_weighting: Literal["balanced", "sqrt", "none"] = "sqrt",
+        finetune: Literal["full", "partial", "head"] = "full",
+        trainable_layers: int = 1,
+        backbone_lr: float | None = None,
+        wide_fit: Literal["logistic", "joint"] = "logistic",
+        wide_c: float = 0.1,
+        wide_class_weighting: Literal["balanced", "sqrt", "none"] = "balanced",
+        deep_weight: float | Literal["auto"] | None = None,
+        datasplitter_kwargs: dict | None = None,
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ):
+        """Train the classifier on the labeled cells of the registered AnnData.
+
+        Cells labeled ``unlabeled_category`` are not used. The labeled cells are split,
+        stratified by label, into training and validation sets; class weights of the loss come
+        from the training split only, and early stopping watches the validation loss.
+
+        Parameters
+        ----------
+        max_epochs
+            Number of passes over the training cells. ``None``: about 15,000 cell presentations,
+            clipped to 10-100 epochs.
+        lr
+            Peak learning rate (linear warm-up, then cosine decay).
+        %(param_accelerator)s
+        %(param_devices)s
+        train_size
+            Fraction of the labeled cells used for training; the rest validates.
+        batch_size
+            Cells per minibatch.
+        early_stopping
+            Stop when the validation loss has not improved for ``early_stopping_patience``
+            epochs.
+        early_stopping_patience
+            Epochs without improvement before stopping.
+        class_weighting
+            Weight of each class in the loss: ``"balanced"`` (inverse frequency), ``"sqrt"``
+            (inverse square root of the frequency) or ``"none"``.
+        finetune
+            Which part of a (pretrained) backbone is trained: ``"full"`` (all of it),
+            ``"partial"`` (only its top ``trainable_layers`` encoder layers; embeddings and
+            lower layers frozen, as TransAnno-Net fine-tuned) or ``"head"`` (none: only the
+            embedding projection, the classifier and the wide path learn).
+        trainable_layers
+            Encoder layers trained with ``finetune="partial"``.
+        backbone_lr
+            Peak learning rate of the backbone; ``lr`` when ``None``. A smaller value (e.g.
+            ``lr / 10``) keeps more of a pretrained backbone.
+        wide_fit
+            How the linear "wide" path (model argument ``wide``) is trained. ``"logistic"``: it
+            is fitted first, as an L2-regularized multinomial logistic regression (inverse
+            regularization strength ``wide_c``, class weights ``wide_class_weighting``) on the
+            log1p-normalized vocabulary expression of at most 20,000 training cells
+            (stratified), then kept fixed while the Transformer learns what the linear model
+            gets wrong; the model starts from, and stays close to, the baseline that matches
+            scBERT-style models in published evaluations. ``"joint"``: trained by gradient
+            descent together with the Transformer (the earlier default).
+        wide_c
+            Inverse L2 regularization strength of ``wide_fit="logistic"`` (scikit-learn's
+            ``C``; smaller is stronger).
+        wide_class_weighting
+            Class weights of ``wide_fit="logistic"``, as ``class_weighting`` (which weights the
+            Transformer's loss, and the wide path's with ``wide_fit="joint"``). ``"balanced"``
+            (the default since November 2026; ``"sqrt"`` before) raised the query macro-F1 of
+            the Baron pancreas split (rare types) from 0.889 to 0.917 and of PBMC from 0.660 to
+            0.677 (medians of 8 and 10 seeds), cost the 11 Zilionis subtypes 0.014 and left
+            the other tasks as they were (``benchmarks/README.md``).
+        deep_weight
+            Weight of the Transformer's logits added to the wide path's at prediction (1 while
+            training). ``"auto"``: the value in 0, 0.05, ..., 1 with the lowest validation
+            negative log-likelihood. ``None``: 0.2 with ``wide_fit="logistic"``, 1 with
+            ``"joint"``. A small weight makes the Transformer a correction of the linear
+            model: on cross-batch label transfer (``benchmarks/README.md``) the query's
+            macro-F1 fell below the linear model's at 1, while validation cells, from the
+            reference's own batches, asked for weights of 0.5-1. 0.2 (0.1 until November
+            2026; label smoothing keeps the Transformer's logits smaller) raised the mean
+            query macro-F1 of all five benchmark tasks, by 0.002-0.018
+            (``benchmarks/deep_weight.py``). Without a wide path the weight is 1.
+        datasplitter_kwargs
+            Passed to :class:`~scvi.dataloaders.DataSplitter`.
+        plan_kwargs
+            Passed to :class:`~transanno_sc.train.ClassificationTrainingPlan`.
+        **trainer_kwargs
+            Passed to :class:`~scvi.train.Trainer` and on to Lightning (``precision``,
+            ``strategy``, ``num_nodes``, ``enable_progress_bar``, ...).
+
+        Notes
+        -----
+        **Multi-device and multi-node training.** With ``devices`` > 1 (or ``num_nodes`` > 1)
+        and no ``strategy``, Lightning DDP is used with one process per device, each training on
+        its own shard of the cells (scvi-tools' ``BatchDistributedSampler``; the effective batch
+        is ``batch_size`` x processes):
+
+        - in a script, ``strategy="ddp_find_unused_parameters_true"``: Lightning starts the
+          script again for the other ranks, so code after ``train()`` runs in every process
+          (guard writes with ``if model.trainer.is_global_zero:``). The calling process (rank
+          0) ends with the trained weights and ``model.history``; the others get the same
+          weights and an empty history.
+        - in Jupyter, ``strategy="ddp_notebook_find_unused_parameters_true"`` (forked
+          processes; CUDA must not have been used in the kernel before).
+        - override with ``strategy=``: e.g. ``"ddp_spawn"`` (the weights and the history come
+          back to the calling process; the script needs an ``if __name__ == "__main__":``
+          guard), ``"ddp"`` (no unused-parameter search, slightly faster) or a
+          :class:`~lightning.pytorch.strategies.DDPStrategy` instance; any DDP strategy turns
+          the distributed sampler on.
+        - DDP turns early stopping off (scvi-tools); set ``max_epochs``.
+
+        Several machines: launch the same script on every node with ``devices`` = GPUs per
+        node and ``num_nodes`` = number of nodes. Under SLURM (``srun``, ``--ntasks-per-node``
+        = devices) or ``torchrun --nnodes N --nproc-per-node D``, Lightning reads the rank and
+        the address of rank 0 from the environment and starts no processes itself. See
+        ``benchmarks/SCALE.md`` for complete examples.
+        """
+        setup_args = self.adata_manager.registry["setup_args"]
+        if setup_args["labels_key"] is None:
+            msg = (
+                "The AnnData was set up without `labels_key`: there is nothing to train the "
+                "classifier on. Call `TransAnno.setup_anndata(adata, labels_key=...)`."
+            )
+            raise ValueError(msg)
+        if not 0.0 < train_size <= 1.0:
+            msg = f"train_size must be in (0, 1], got {train_size}."
+            raise ValueError(msg)
+        codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).reshape(
+            -1
+        )
+        n_classes = len(self.classes_)
+        labeled = np.flatnonzero(codes < n_classes)
+        if labeled.size == 0:
+            msg = (
+                f"No labeled cells: every cell of adata.obs[{setup_args['labels_key']!r}] is "
+                f"{setup_args['unlabeled_category']!r} (the unlabeled category)."
+            )
+            raise ValueError(msg)
+        present = np.unique(codes[labeled])
+        if present.size < 2:
+            msg = (
+                f"Only one cell type ({self.classes_[int(present[0])]!r}) among the labeled "
+                "cells: a classifier needs at least two."
+            )
+            raise ValueError(msg)
+        empty = empty_rows(get_matrix(self.adata, setup_args["layer"]))
+        if empty[labeled].any():
+            warnings.warn(
+                f"{int(empty[labeled].sum())} labeled cells have no counts at all; they are "
+                "left out of training (they would be predicted 'Unassigned').",
+                UserWarning,
+                stacklevel=2,
+            )
+            labeled = labeled[~empty[labeled]]
+            present = np.unique(codes[labeled])
+            if present.size < 2:
+                msg = "Fewer than two cell types have cells with counts: nothing to train on."
+                raise ValueError(msg)
+        tr, va = stratified_split(codes[labeled], train_size, settings.seed)
+        train_idx, val_idx = labeled[tr], labeled[va]
+        unlabeled = np.setdiff1d(np.arange(codes.size), labeled)
+
+        counts = np.bincount(codes[train_idx], minlength=n_classes).astype(np.float64)
+        weights = class_weights(counts, weighting_power(class_weighting, "class_weighting"))
+        wide_weights = class_weights(
+            counts, weighting_power(wide_class_weighting, "wide_class_weighting")
+        )
+        label_map = torch.full((n_classes + 1,), -100, dtype=torch.long)
+        label_map[:n_classes] = torch.arange(n_classes)
+
+        self._set_training_genes(self.adata)
+        self.module.input_is_counts = self.input_scale_ == "counts"
+        if max_epochs is None:
+            max_epochs = default_max_epochs(train_idx.size)
+        frozen = self._finetuning_frozen_parts(finetune, trainable_layers)
+        if deep_weight is None:
+            deep_weight = DEFAULT_DEEP_WEIGHT if wide_fit == "logistic" else 1.0
+        if deep_weight != "auto" and not (
+            isinstance(deep_weight, int | float) and 0.0 <= deep_weight <= 1.0
+        ):
+            msg = f"deep_weight must be 'auto' or a number in [0, 1], got {deep_weight!r}."
+            raise ValueError(msg)
+        if wide_fit not in ("logistic", "joint"):
+            msg = f"wide_fit must be 'logistic' or 'joint', got {wide_fit!r}."
+            raise ValueError(msg)
+        if self.module.wide is not None and wide_fit == "logistic":
+            if not wide_c > 0:
+                msg = f"wide_c must be positive, got {wide_c!r}."
+                raise ValueError(msg)
+            self._fit_wide(codes, train_idx, wide_weights, wide_c, batch_size)
+            frozen.append(self.module.wide)
+        plan_kwargs = dict(plan_kwargs or {})
+        plan_kwargs.setdefault("lr", lr)
+        plan_kwargs.setdefault("backbone_lr", backbone_lr)
+        plan_kwargs["class_weights"] = torch.as_tensor(weights, dtype=torch.float32)
+        plan_kwargs["label_map"] = label_map
+        logger.info(
+            "Training on %d labeled cells (%d validation, %d unlabeled ignored), %d epochs.",
+            train_idx.size,
+            val_idx.size,
+            unlabeled.size,
+            max_epochs,
+        )
+        self.module.temperature.fill_(1.0)
+        self.module.deep_weight.fill_(1.0)
+        self._run_plan(
+            self._training_plan_cls,
+            plan_kwargs,
+            [train_idx, val_idx, unlabeled],
+            frozen=frozen,
+            batch_size=batch_size,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            early_stopping=early_stopping,
+            early_stopping_monitor="validation_loss",
+            early_stopping_patience=early_stopping_patience,
+            datasplitter_kwargs=datasplitter_kwargs,
+            trainer_kwargs=trainer_kwargs,
+        )
+        self._merge_pretrain_history()
+        self._fit_confidence(codes, train_idx, val_idx, batch_size, deep_weight)
+
+    def _fit_wide(
+        self,
+        codes: np.ndarray,
+        train_idx: np.ndarray,
+        class_weights: np.ndarray,
+        c: float,
+        batch_size: int,
+    ) -> None:
+        """Fit the wide path as a weighted L2 logistic regression on training cells."""
+        rng = np.random.default_rng(settings.seed)
+        cells = np.sort(train_idx[stratified_subsample(codes[train_idx], N_LINEAR_CELLS, rng)])
+        X = self._log_expression(cells, batch_size, sparse=True)
+        y = codes[cells]
+        t0 = time.perf_counter()
+        clf = logistic_regression(X, y, class_weights[y], c)
+        n_classes, n_genes = self.module.wide.weight.shape
+        weight = np.zeros((n_classes, n_genes), dtype=np.float32)
+        bias = np.full(n_classes, -30.0, dtype=np.float32)  # classes without training cells
+        present = clf.classes_.astype(int)
+        if present.size == 2:  # scikit-learn keeps one row for two classes
+            weight[present] = np.stack([-clf.coef_[0], clf.coef_[0]]) / 2
+            bias[present] = np.array([-clf.intercept_[0], clf.intercept_[0]]) / 2
+        else:
+            weight[present] = clf.coef_
+            bias[present] = clf.intercept_
+        with torch.no_grad():
+            self.module.wide.weight.copy_(torch.from_numpy(weight))
+            self.module.wide.bias.copy_(torch.from_numpy(bias))
+        logger.info(
+            "Wide path: logistic regression (C=%g) on %d cells in %.1f s.",
+            c,
+            cells.size,
+            time.perf_counter() - t0,
+        )
+
+    def _run_plan(
+        self,
+        plan_cls: type,
+        plan_kwargs: dict,
+        external_indexing: list[np.ndarray],
+        *,
+        frozen: list,
+        batch_size: int,
+        max_epochs: int,
+        accelerator: str,
+        devices,
+        early_stopping: bool,
+        early_stopping_monitor: str,
+        early_stopping_patience: int,
+        datasplitter_kwargs: dict | None,
+        trainer_kwargs: dict,
+    ) -> None:
+        """Fit ``plan_cls(module, **plan_kwargs)`` through scvi-tools' ``DataSplitter`` and
+        ``TrainRunner``.
+
+        ``external_indexing`` is ``[train, validation, test]`` cell positions. The modules in
+        ``frozen`` take no gradient during the fit (so DDP finds no unused parameter) and are
+        trainable again afterwards, also when training fails.
+        """
+        train_idx, val_idx = external_indexing[0], external_indexing[1]
+        datasplitter_kwargs = dict(datasplitter_kwargs or {})
+        # devices > 1 or num_nodes > 1: DDP strategy + distributed sampler (see "Multi-device")
+        configure_distributed(accelerator, devices, trainer_kwargs, datasplitter_kwargs)
+        if 0 < train_idx.size % batch_size < 3:
+            datasplitter_kwargs.setdefault("drop_last", True)
+        data_splitter = self._data_splitter_cls(
+            self.adata_manager,
+            external_indexing=external_indexing,
+            batch_size=batch_size,
+            **datasplitter_kwargs,
+        )
+        training_plan = plan_cls(self.module, **plan_kwargs)
+        has_val = val_idx.size > 0
+        if has_val:
+            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        trainer_kwargs.setdefault("early_stopping_monitor", early_stopping_monitor)
+        trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
+        runner = self._train_runner_cls(
+            self,
+            training_plan=training_plan,
+            data_splitter=data_splitter,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            early_stopping=early_stopping and has_val,
+            **trainer_kwargs,
+        )
+        params = [p for part in frozen for p in part.parameters() if p.requires_grad]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            runner()
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+
+    def _merge_pretrain_history(self) -> None:
+        """Keep the pretraining curves in ``history`` next to the fine-tuning ones."""
+        previous = self.pretrain_history_ or {}
+        if isinstance(self.history_, dict):
+            for key, frame in previous.items():
+                self.history_.setdefault(key, frame)
