@@ -134,3 +134,29 @@ html_theme_options = {
     "use_repository_button": False,
     "show_toc_level": 2,
 }
+
+# -- methods a class page lists ------------------------------------------------------------------
+# ``TransAnno`` gets its public methods from mixins (``transanno_sc.model.base``): the class
+# template lists every public method defined in a transanno_sc class of its MRO (not those
+# inherited from scvi-tools' BaseModelClass), and autodoc documents them
+# (``:inherited-members: BaseModelClass``).
+def _own_methods(cls) -> list[str]:
+    names = []
+    for klass in cls.__mro__:
+        if not klass.__module__.startswith("transanno_sc"):
+            continue
+        for name, value in vars(klass).items():
+            if name.startswith("_") or name in names:
+                continue
+            if callable(value) or isinstance(value, classmethod | staticmethod):
+                names.append(name)
+    return sorted(names)
+
+
+def _mixin_pages() -> dict[str, list[str]]:
+    import transanno_sc as ta
+
+    return {"transanno_sc.model.TransAnno": _own_methods(ta.model.TransAnno)}
+
+
+autosummary_context = {"own_methods": _mixin_pages()}

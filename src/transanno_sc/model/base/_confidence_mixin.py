@@ -61,7 +61,7 @@ def assign_labels(
     unassigned_threshold: float | None,
     novelty: bool = True,
 ) -> np.ndarray:
-    """Predicted types of one forward pass, ``"Unassigned"`` where :func:`confidence_score`
+    """Predicted types of one forward pass, ``"Unassigned"`` where :func:`~transanno_sc.model.base.confidence_score`
     is below ``unassigned_threshold`` (``None``: every cell labeled)."""
     labels = np.asarray(classes, dtype=object)[out.probs.argmax(1)]
     if unassigned_threshold is not None:

@@ -8,7 +8,14 @@ import numpy as np
 
 
 class ForwardOutputs(NamedTuple):
-    """What one pass of the model over an AnnData gives, row-aligned with its cells."""
+    """What one pass of the model over an AnnData gives, row-aligned with its cells.
+
+    ``probs`` (calibrated class probabilities), ``latent`` (cell embedding), ``distance``
+    (novelty distance), ``novelty_pvalue``, ``n_expressed`` (expressed vocabulary genes),
+    ``overlap`` (gene overlap and input scale of the AnnData) and ``novelty_shift``, the
+    query-level distance factor of the novelty p-values (1: no shift; see
+    :meth:`~transanno_sc.module.TransAnnoModule.shift_factor`).
+    """
 
     probs: np.ndarray
     latent: np.ndarray
@@ -16,6 +23,4 @@ class ForwardOutputs(NamedTuple):
     novelty_pvalue: np.ndarray
     n_expressed: np.ndarray
     overlap: dict
-    #: Query-level distance factor of the novelty p-values (1: no shift; see
-    #: ``TransAnnoModule.shift_factor``).
     novelty_shift: float = 1.0

@@ -57,8 +57,8 @@ class PretrainingMixin:
         Self-supervised (labels, if any, are not read): in each cell about ``mask_prob`` of the
         expressed-gene tokens have their value masked and the backbone learns to predict their
         value bins from the other genes (:class:`~transanno_sc.train.PretrainingPlan`). Then
-        :meth:`train` fine-tunes on labeled cells, or :meth:`save_backbone` keeps the backbone
-        for :meth:`from_pretrained` on other data. ``history`` gets ``pretrain_loss``,
+        :meth:`~transanno_sc.model.TransAnno.train` fine-tunes on labeled cells, or :meth:`~transanno_sc.model.TransAnno.save_backbone` keeps the backbone
+        for :meth:`~transanno_sc.model.TransAnno.from_pretrained` on other data. ``history`` gets ``pretrain_loss``,
         ``pretrain_validation_loss`` and ``pretrain_validation_accuracy``.
 
         Parameters
@@ -148,7 +148,7 @@ class PretrainingMixin:
         The folder holds ``config.json`` and ``model.safetensors`` (loadable with
         ``TransAnnoBackbone.from_pretrained(dir_path)`` from :mod:`transanno_sc.nn`, as any
         :mod:`transformers` model) and ``vocabulary.json`` (the genes, in token order, and the
-        input normalization). :meth:`from_pretrained` builds a new model on it.
+        input normalization). :meth:`~transanno_sc.model.TransAnno.from_pretrained` builds a new model on it.
 
         Parameters
         ----------
@@ -188,11 +188,11 @@ class PretrainingMixin:
     ) -> Self:
         """A new model on ``adata`` that starts from a saved backbone.
 
-        ``adata`` (set up with :meth:`setup_anndata`) is mapped onto the backbone's gene
+        ``adata`` (set up with :meth:`~transanno_sc.model.TransAnno.setup_anndata`) is mapped onto the backbone's gene
         vocabulary by name (exact, then case-insensitive); vocabulary genes it lacks are
         treated as not expressed. The overlap with the backbone's vocabulary is stored in
         ``adata.uns["transanno_backbone"]`` (with ``n_added_genes``, see below); below 50 % a
-        warning is issued, below 10 % a :class:`ValueError` is raised. Then :meth:`train`
+        warning is issued, below 10 % a :class:`ValueError` is raised. Then :meth:`~transanno_sc.model.TransAnno.train`
         fine-tunes (see its ``finetune``).
 
         The vocabulary is then extended with ``adata``'s own highly variable genes: a backbone
@@ -209,9 +209,9 @@ class PretrainingMixin:
         Parameters
         ----------
         adata
-            AnnData registered with :meth:`setup_anndata`.
+            AnnData registered with :meth:`~transanno_sc.model.TransAnno.setup_anndata`.
         backbone_dir
-            Folder written by :meth:`save_backbone`.
+            Folder written by :meth:`~transanno_sc.model.TransAnno.save_backbone`.
         reference_genes
             Number of highly variable genes of ``adata`` considered for the extension; those
             already in the backbone's vocabulary are not added again. ``0`` keeps the

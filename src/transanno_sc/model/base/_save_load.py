@@ -222,7 +222,7 @@ class SaveLoadMixin:
         device: int | str = "auto",
         prefix: str | None = None,
     ) -> Self:
-        """Load a model saved with :meth:`save`.
+        """Load a model saved with :meth:`~transanno_sc.model.TransAnno.save`.
 
         Only JSON and safetensors are read: loading never executes code from the folder.
         Without ``adata`` the model can predict on any AnnData; with ``adata`` (set up with the
@@ -231,7 +231,7 @@ class SaveLoadMixin:
         Parameters
         ----------
         dir_path
-            Folder written by :meth:`save`.
+            Folder written by :meth:`~transanno_sc.model.TransAnno.save`.
         adata
             Optional AnnData to attach.
         %(param_accelerator)s
