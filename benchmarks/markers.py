@@ -192,7 +192,7 @@ def run_task(name, kind, ref, key, batches, seed):
 
 def integration_check(model, types, default: pd.DataFrame) -> dict:
     """Completeness error of the integrals, and top-20 agreement with other step counts."""
-    from transanno_sc.model._markers import _gated_deep_logits, _gene_embeddings, attribute
+    from transanno_sc.model._attribution import _gated_deep_logits, _gene_embeddings, attribute
 
     out = {}
     for label, kw in {

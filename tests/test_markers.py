@@ -19,7 +19,7 @@ import torch
 from conftest import FAST_MODEL, FAST_TRAIN
 
 import transanno_sc as ta
-from transanno_sc.model._markers import _gated_deep_logits, _gene_embeddings, attribute
+from transanno_sc.model._attribution import _gated_deep_logits, _gene_embeddings, attribute
 
 DATA = "/work/shared/data/baron_mouse_pancreas.h5ad"
 

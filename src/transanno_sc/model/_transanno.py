@@ -209,7 +209,7 @@ class TransAnno(
         match = self._match(adata, "adata")
         index = torch.full((len(self.var_names_),), -1, dtype=torch.long)
         index[torch.as_tensor(match.target)] = torch.as_tensor(match.source)
-        self.module.gene_index = index.to(self.module.gene_index.device)
+        self.module.set_inputs(index, is_counts=self.input_scale_ == "counts")
         self.gene_overlap_ = match.to_dict()
 
     def _match(self, adata: AnnData, what: str) -> GeneMatch:

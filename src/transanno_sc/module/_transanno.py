@@ -201,6 +201,48 @@ class TransAnnoModule(BaseModuleClass):
             heads["wide"] = self.wide
         return heads
 
+    # ------------------------------------------------------------------ setters (the model's
+    # only way to change the module's fitted state)
+    def set_inputs(self, gene_index: torch.Tensor, is_counts: bool | None = None) -> None:
+        """Point the module at the columns of the registered data: ``gene_index[i]`` is the
+        data column of vocabulary gene ``i`` (-1: absent); ``is_counts``: whether those data
+        hold counts (normalized on the fly) or log1p values (``None``: unchanged)."""
+        self.gene_index = gene_index.to(device=self.gene_index.device, dtype=torch.long)
+        if is_counts is not None:
+            self.input_is_counts = bool(is_counts)
+
+    @torch.no_grad()
+    def set_wide(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Set the wide path's coefficients (``(n_classes, n_genes)``) and intercepts."""
+        self.wide.weight.copy_(weight)
+        self.wide.bias.copy_(bias)
+
+    @torch.no_grad()
+    def set_calibration(
+        self, temperature: float | None = None, deep_weight: float | None = None
+    ) -> None:
+        """Set the softmax temperature and the weight of the Transformer's logits next to the
+        wide path's (``None``: unchanged)."""
+        if temperature is not None:
+            self.temperature.fill_(float(temperature))
+        if deep_weight is not None:
+            self.deep_weight.fill_(float(deep_weight))
+
+    def frozen_parts(self, finetune: str, trainable_layers: int = 1) -> list[nn.Module]:
+        """The parts that fine-tuning mode ``finetune`` leaves untrained, and the pretraining
+        head: nothing of the backbone (``"full"``), all of it (``"head"``), or all but its top
+        ``trainable_layers`` encoder layers (``"partial"``)."""
+        if finetune == "full":
+            parts = []
+        elif finetune == "head":
+            parts = [self.backbone]
+        elif finetune == "partial":
+            parts = self.backbone.lower_parts(trainable_layers)
+        else:
+            msg = f"finetune must be 'full', 'partial' or 'head', got {finetune!r}."
+            raise ValueError(msg)
+        return [*parts, self.value_head]
+
     @auto_move_data
     def masked_value_loss(
         self,

@@ -88,3 +88,35 @@ class TransAnnoBackbone(PreTrainedModel):
             config=self.config, inputs_embeds=h, attention_mask=attention_mask
         )
         return self.encoder(h, attention_mask=mask).last_hidden_state
+
+    def lower_parts(self, trainable_layers: int) -> list[nn.Module]:
+        """Everything below the top ``trainable_layers`` encoder layers: the embeddings, their
+        normalization and the lower layers (what partial fine-tuning keeps fixed)."""
+        n_layers = len(self.encoder.layer)
+        if not 0 <= trainable_layers <= n_layers:
+            msg = f"trainable_layers must be in [0, {n_layers}], got {trainable_layers}."
+            raise ValueError(msg)
+        return [
+            self.gene_embeddings,
+            self.value_embeddings,
+            self.layer_norm,
+            *self.encoder.layer[: n_layers - trainable_layers],
+        ]
+
+    @staticmethod
+    def extend_gene_embeddings(
+        state: dict[str, torch.Tensor], n_added: int, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """A copy of a backbone ``state_dict`` with ``n_added`` gene embeddings appended:
+        random directions with the existing gene embeddings' mean length (the special tokens'
+        rows excluded), so added genes start as distinct tokens of a typical size."""
+        from transanno_sc.data import N_SPECIAL_GENE_TOKENS
+
+        state = dict(state)
+        if n_added:
+            old = state["gene_embeddings.weight"]
+            length = old[N_SPECIAL_GENE_TOKENS:].norm(dim=1).mean()
+            new = torch.randn(n_added, old.shape[1], dtype=old.dtype, generator=generator)
+            new = nn.functional.normalize(new, dim=1) * length
+            state["gene_embeddings.weight"] = torch.cat([old, new])
+        return state

@@ -121,11 +121,11 @@ class ConfidenceMixin:
             deep_weight = 1.0
         elif deep_weight == "auto":
             deep_weight = self._fit_deep_weight(heldout, y, batch_size)
-        self.module.deep_weight.fill_(float(deep_weight))
+        self.module.set_calibration(deep_weight=float(deep_weight))
         held = self._forward(self.adata, indices=heldout, batch_size=batch_size)
         log_probs = np.log(np.clip(held.probs, 1e-30, None))
         temperature = fit_temperature(log_probs, y)
-        self.module.temperature.fill_(temperature)
+        self.module.set_calibration(temperature=temperature)
         calibrated = torch.softmax(torch.from_numpy(log_probs) / temperature, 1).numpy()
         self.calibration_ = {
             "deep_weight": deep_weight,
@@ -153,7 +153,7 @@ class ConfidenceMixin:
         log-likelihood on the held-out cells (a stacking of the two classifiers)."""
         log_probs = []
         for weight in (0.0, 1.0):
-            self.module.deep_weight.fill_(weight)
+            self.module.set_calibration(deep_weight=weight)
             out = self._forward(self.adata, indices=heldout, batch_size=batch_size)
             log_probs.append(np.log(np.clip(out.probs, 1e-30, None)))
         wide, both = log_probs

@@ -9,8 +9,6 @@ import warnings
 from typing import Self
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from anndata import AnnData
 from scvi import settings
 from scvi.utils._docstrings import devices_dsp
@@ -33,7 +31,7 @@ class PretrainingMixin:
 
     Needs from the model class: ``module``, ``adata``, ``var_names_``, ``input_scale_``,
     ``is_pretrained_``, ``_set_training_genes`` and ``_run_plan`` (:class:`TrainingMixin`);
-    owns which parts are frozen while fine-tuning.
+    which parts fine-tuning freezes is the module's :meth:`~transanno_sc.module.TransAnnoModule.frozen_parts`.
     """
 
     @devices_dsp.dedent
@@ -107,7 +105,6 @@ class PretrainingMixin:
         n_val = int(np.floor(round(n * (1.0 - train_size), 6))) if n > 1 else 0
         val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
         self._set_training_genes(self.adata)
-        self.module.input_is_counts = self.input_scale_ == "counts"
         if max_epochs is None:
             max_epochs = int(np.clip(np.ceil(50_000 / max(train_idx.size, 1)), 5, 50))
         plan_kwargs = dict(plan_kwargs or {})
@@ -228,7 +225,6 @@ class PretrainingMixin:
         >>> model = ta.model.TransAnno.from_pretrained(adata, "lung_backbone")  # doctest: +SKIP
         >>> model.train(finetune="partial")  # doctest: +SKIP
         """
-        from transanno_sc.data import N_SPECIAL_GENE_TOKENS
         from transanno_sc.nn import TransAnnoBackbone, TransAnnoConfig
 
         fixed = {"n_hidden", "n_layers", "n_heads", "max_tokens", "n_bins", "value_encoding"}
@@ -278,14 +274,8 @@ class PretrainingMixin:
                 **model_kwargs,
             )
         state = backbone.state_dict()
-        if added:
-            # pretrained gene embeddings first, the added genes' after them: random
-            # directions with the pretrained embeddings' mean length
-            old = state["gene_embeddings.weight"]
-            length = old[N_SPECIAL_GENE_TOKENS:].norm(dim=1).mean()
-            new = torch.randn(len(added), old.shape[1], dtype=old.dtype)
-            new = F.normalize(new, dim=1) * length
-            state["gene_embeddings.weight"] = torch.cat([old, new])
+        # pretrained gene embeddings first, the added genes' after them
+        state = TransAnnoBackbone.extend_gene_embeddings(state, len(added))
         try:
             model.module.backbone.load_state_dict(state, strict=True)
         except RuntimeError as e:
@@ -301,26 +291,3 @@ class PretrainingMixin:
                 len(added),
             )
         return model
-
-    def _finetuning_frozen_parts(self, finetune: str, trainable_layers: int) -> list:
-        """The modules that ``finetune`` leaves out, and the pretraining head."""
-        backbone = self.module.backbone
-        n_layers = len(backbone.encoder.layer)
-        if finetune == "full":
-            frozen_parts = []
-        elif finetune == "head":
-            frozen_parts = [backbone]
-        elif finetune == "partial":
-            if not 0 <= trainable_layers <= n_layers:
-                msg = f"trainable_layers must be in [0, {n_layers}], got {trainable_layers}."
-                raise ValueError(msg)
-            frozen_parts = [
-                backbone.gene_embeddings,
-                backbone.value_embeddings,
-                backbone.layer_norm,
-                *backbone.encoder.layer[: n_layers - trainable_layers],
-            ]
-        else:
-            msg = f"finetune must be 'full', 'partial' or 'head', got {finetune!r}."
-            raise ValueError(msg)
-        return [*frozen_parts, self.module.value_head]

@@ -50,8 +50,7 @@ class TrainingMixin:
 
     Needs from the model class: ``module`` (a :class:`~transanno_sc.module.TransAnnoModule`),
     ``adata_manager``, ``classes_``, ``input_scale_``, ``_set_training_genes``,
-    ``_log_expression`` and, from the other mixins, ``_finetuning_frozen_parts``
-    (:class:`PretrainingMixin`) and ``_fit_confidence`` (:class:`ConfidenceMixin`); the
+    ``_log_expression`` and ``_fit_confidence`` (:class:`ConfidenceMixin`); the
     Lightning run goes through scvi-tools' ``DataSplitter`` and ``TrainRunner``
     (``_data_splitter_cls``, ``_train_runner_cls``, ``_training_plan_cls``).
     """
@@ -181,6 +180,60 @@ class TrainingMixin:
         the address of rank 0 from the environment and starts no processes itself. See
         ``benchmarks/SCALE.md`` for complete examples.
         """
+        codes, labeled = self._labeled_cells(train_size)
+        tr, va = stratified_split(codes[labeled], train_size, settings.seed)
+        train_idx, val_idx = labeled[tr], labeled[va]
+        unlabeled = np.setdiff1d(np.arange(codes.size), labeled)
+        counts = np.bincount(codes[train_idx], minlength=len(self.classes_)).astype(np.float64)
+        weights = class_weights(counts, weighting_power(class_weighting, "class_weighting"))
+        wide_weights = class_weights(
+            counts, weighting_power(wide_class_weighting, "wide_class_weighting")
+        )
+        self._set_training_genes(self.adata)
+        if max_epochs is None:
+            max_epochs = default_max_epochs(train_idx.size)
+        frozen = self.module.frozen_parts(finetune, trainable_layers)
+        deep_weight = _checked_deep_weight(deep_weight, wide_fit)
+        if self.module.wide is not None and wide_fit == "logistic":
+            if not wide_c > 0:
+                msg = f"wide_c must be positive, got {wide_c!r}."
+                raise ValueError(msg)
+            self._fit_wide(codes, train_idx, wide_weights, wide_c, batch_size)
+            frozen.append(self.module.wide)
+        plan_kwargs = dict(plan_kwargs or {})
+        plan_kwargs.setdefault("lr", lr)
+        plan_kwargs.setdefault("backbone_lr", backbone_lr)
+        plan_kwargs["class_weights"] = torch.as_tensor(weights, dtype=torch.float32)
+        plan_kwargs["label_map"] = _label_map(len(self.classes_))
+        logger.info(
+            "Training on %d labeled cells (%d validation, %d unlabeled ignored), %d epochs.",
+            train_idx.size,
+            val_idx.size,
+            unlabeled.size,
+            max_epochs,
+        )
+        self.module.set_calibration(temperature=1.0, deep_weight=1.0)
+        self._run_plan(
+            self._training_plan_cls,
+            plan_kwargs,
+            [train_idx, val_idx, unlabeled],
+            frozen=frozen,
+            batch_size=batch_size,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            early_stopping=early_stopping,
+            early_stopping_monitor="validation_loss",
+            early_stopping_patience=early_stopping_patience,
+            datasplitter_kwargs=datasplitter_kwargs,
+            trainer_kwargs=trainer_kwargs,
+        )
+        self._merge_pretrain_history()
+        self._fit_confidence(codes, train_idx, val_idx, batch_size, deep_weight)
+
+    def _labeled_cells(self, train_size: float) -> tuple[np.ndarray, np.ndarray]:
+        """Label codes of the registered cells (``len(classes_)``: unlabeled) and the
+        positions of the labeled cells with counts; refuses what cannot be trained on."""
         setup_args = self.adata_manager.registry["setup_args"]
         if setup_args["labels_key"] is None:
             msg = (
@@ -194,8 +247,7 @@ class TrainingMixin:
         codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).reshape(
             -1
         )
-        n_classes = len(self.classes_)
-        labeled = np.flatnonzero(codes < n_classes)
+        labeled = np.flatnonzero(codes < len(self.classes_))
         if labeled.size == 0:
             msg = (
                 f"No labeled cells: every cell of adata.obs[{setup_args['labels_key']!r}] is "
@@ -215,77 +267,13 @@ class TrainingMixin:
                 f"{int(empty[labeled].sum())} labeled cells have no counts at all; they are "
                 "left out of training (they would be predicted 'Unassigned').",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
             labeled = labeled[~empty[labeled]]
-            present = np.unique(codes[labeled])
-            if present.size < 2:
+            if np.unique(codes[labeled]).size < 2:
                 msg = "Fewer than two cell types have cells with counts: nothing to train on."
                 raise ValueError(msg)
-        tr, va = stratified_split(codes[labeled], train_size, settings.seed)
-        train_idx, val_idx = labeled[tr], labeled[va]
-        unlabeled = np.setdiff1d(np.arange(codes.size), labeled)
-
-        counts = np.bincount(codes[train_idx], minlength=n_classes).astype(np.float64)
-        weights = class_weights(counts, weighting_power(class_weighting, "class_weighting"))
-        wide_weights = class_weights(
-            counts, weighting_power(wide_class_weighting, "wide_class_weighting")
-        )
-        label_map = torch.full((n_classes + 1,), -100, dtype=torch.long)
-        label_map[:n_classes] = torch.arange(n_classes)
-
-        self._set_training_genes(self.adata)
-        self.module.input_is_counts = self.input_scale_ == "counts"
-        if max_epochs is None:
-            max_epochs = default_max_epochs(train_idx.size)
-        frozen = self._finetuning_frozen_parts(finetune, trainable_layers)
-        if deep_weight is None:
-            deep_weight = DEFAULT_DEEP_WEIGHT if wide_fit == "logistic" else 1.0
-        if deep_weight != "auto" and not (
-            isinstance(deep_weight, int | float) and 0.0 <= deep_weight <= 1.0
-        ):
-            msg = f"deep_weight must be 'auto' or a number in [0, 1], got {deep_weight!r}."
-            raise ValueError(msg)
-        if wide_fit not in ("logistic", "joint"):
-            msg = f"wide_fit must be 'logistic' or 'joint', got {wide_fit!r}."
-            raise ValueError(msg)
-        if self.module.wide is not None and wide_fit == "logistic":
-            if not wide_c > 0:
-                msg = f"wide_c must be positive, got {wide_c!r}."
-                raise ValueError(msg)
-            self._fit_wide(codes, train_idx, wide_weights, wide_c, batch_size)
-            frozen.append(self.module.wide)
-        plan_kwargs = dict(plan_kwargs or {})
-        plan_kwargs.setdefault("lr", lr)
-        plan_kwargs.setdefault("backbone_lr", backbone_lr)
-        plan_kwargs["class_weights"] = torch.as_tensor(weights, dtype=torch.float32)
-        plan_kwargs["label_map"] = label_map
-        logger.info(
-            "Training on %d labeled cells (%d validation, %d unlabeled ignored), %d epochs.",
-            train_idx.size,
-            val_idx.size,
-            unlabeled.size,
-            max_epochs,
-        )
-        self.module.temperature.fill_(1.0)
-        self.module.deep_weight.fill_(1.0)
-        self._run_plan(
-            self._training_plan_cls,
-            plan_kwargs,
-            [train_idx, val_idx, unlabeled],
-            frozen=frozen,
-            batch_size=batch_size,
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            early_stopping=early_stopping,
-            early_stopping_monitor="validation_loss",
-            early_stopping_patience=early_stopping_patience,
-            datasplitter_kwargs=datasplitter_kwargs,
-            trainer_kwargs=trainer_kwargs,
-        )
-        self._merge_pretrain_history()
-        self._fit_confidence(codes, train_idx, val_idx, batch_size, deep_weight)
+        return codes, labeled
 
     def _fit_wide(
         self,
@@ -312,9 +300,7 @@ class TrainingMixin:
         else:
             weight[present] = clf.coef_
             bias[present] = clf.intercept_
-        with torch.no_grad():
-            self.module.wide.weight.copy_(torch.from_numpy(weight))
-            self.module.wide.bias.copy_(torch.from_numpy(bias))
+        self.module.set_wide(torch.from_numpy(weight), torch.from_numpy(bias))
         logger.info(
             "Wide path: logistic regression (C=%g) on %d cells in %.1f s.",
             c,
@@ -389,3 +375,25 @@ class TrainingMixin:
         if isinstance(self.history_, dict):
             for key, frame in previous.items():
                 self.history_.setdefault(key, frame)
+
+
+def _checked_deep_weight(deep_weight, wide_fit: str) -> float | str:
+    """``train``'s ``deep_weight`` with its default for ``wide_fit`` filled in, both checked."""
+    if deep_weight is None:
+        deep_weight = DEFAULT_DEEP_WEIGHT if wide_fit == "logistic" else 1.0
+    if deep_weight != "auto" and not (
+        isinstance(deep_weight, int | float) and 0.0 <= deep_weight <= 1.0
+    ):
+        msg = f"deep_weight must be 'auto' or a number in [0, 1], got {deep_weight!r}."
+        raise ValueError(msg)
+    if wide_fit not in ("logistic", "joint"):
+        msg = f"wide_fit must be 'logistic' or 'joint', got {wide_fit!r}."
+        raise ValueError(msg)
+    return deep_weight
+
+
+def _label_map(n_classes: int) -> torch.Tensor:
+    """Label codes to loss targets: the unlabeled code (``n_classes``) is ignored (-100)."""
+    label_map = torch.full((n_classes + 1,), -100, dtype=torch.long)
+    label_map[:n_classes] = torch.arange(n_classes)
+    return label_map
