@@ -7,6 +7,7 @@ does). Nothing here imports another subpackage of ``transanno_sc``.
 """
 
 from ._anndata import (
+    RNA_MODALITY_NAMES,
     InputScale,
     check_labels,
     check_matrix,
@@ -15,6 +16,7 @@ from ._anndata import (
     detect_input_scale,
     expm1_rows,
     get_matrix,
+    get_rna,
     non_string_labels,
     resolve_input_scale,
     scan_matrix,
@@ -40,7 +42,7 @@ from ._tokenize import (
     tokenize,
     value_bins,
 )
-from ._vocab import GeneMatch, match_genes
+from ._vocab import GeneMatch, gene_key, match_genes
 
 __all__ = [
     "CHUNK_SIZE",
@@ -48,6 +50,7 @@ __all__ = [
     "MASK_ID",
     "N_SPECIAL_GENE_TOKENS",
     "PAD_ID",
+    "RNA_MODALITY_NAMES",
     "GeneMatch",
     "InputScale",
     "Tokens",
@@ -58,7 +61,9 @@ __all__ = [
     "detect_input_scale",
     "empty_rows",
     "expm1_rows",
+    "gene_key",
     "get_matrix",
+    "get_rna",
     "iter_row_chunks",
     "iter_vocab_batches",
     "length_batches",

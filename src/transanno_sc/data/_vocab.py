@@ -70,7 +70,7 @@ def _strip_ensembl_version(gene: str) -> str:
     return gene[: len(m.group(1))] + (m.group(2) or "")
 
 
-def _gene_key(gene: str, *, case_insensitive: bool = True, drop_versions: bool = True) -> str:
+def gene_key(gene: str, *, case_insensitive: bool = True, drop_versions: bool = True) -> str:
     """The name genes are joined by when the exact one fails: upper-cased
     (``case_insensitive``) and without an Ensembl version suffix (``drop_versions``)."""
     key = _strip_ensembl_version(gene) if drop_versions else gene
@@ -103,9 +103,9 @@ def match_genes(dataset_genes: Sequence[str], vocab: Sequence[str]) -> GeneMatch
         used = set(source)
         loose: dict[str, list[int]] = {}
         for i, g in enumerate(dataset_genes):
-            loose.setdefault(_gene_key(g), []).append(i)
+            loose.setdefault(gene_key(g), []).append(i)
         for j in unmatched:
-            cand = [i for i in loose.get(_gene_key(vocab[j]), []) if i not in used]
+            cand = [i for i in loose.get(gene_key(vocab[j]), []) if i not in used]
             if len(cand) == 1:
                 source.append(cand[0])
                 target.append(j)

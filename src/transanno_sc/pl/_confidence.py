@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from transanno_sc._constants import UNASSIGNED
-from transanno_sc.tl._utils import get_rna
+from transanno_sc.data import get_rna
 
 from ._utils import missing_obs_key, savefig_or_show
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from transanno_sc.data import get_rna
 from transanno_sc.tl._markers import markers_var_names
-from transanno_sc.tl._utils import get_rna
 
 from ._utils import missing_obs_key, savefig_or_show
 

@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
-from transanno_sc.data._vocab import _gene_key
+from transanno_sc.data import gene_key
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def merge(
         genes = [str(g) for g in a.var_names]
         if case_insensitive or drop_ensembl_versions:
             loose = [
-                _gene_key(g, case_insensitive=case_insensitive, drop_versions=drop_ensembl_versions)
+                gene_key(g, case_insensitive=case_insensitive, drop_versions=drop_ensembl_versions)
                 for g in genes
             ]
             n_loose = Counter(loose)

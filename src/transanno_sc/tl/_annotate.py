@@ -9,18 +9,20 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from anndata import AnnData
 
 from transanno_sc._constants import NOVELTY_ALPHA, UNASSIGNED
+from transanno_sc.data import get_rna
 from transanno_sc.model.base import assign_labels, confidence_score
 
-from ._utils import get_rna, versions
+from ._reference import train_on_reference
+from ._utils import versions
 
 if TYPE_CHECKING:
     from mudata import MuData
 
     from transanno_sc.model import TransAnno
+    from transanno_sc.model.base import ForwardOutputs
 
 logger = logging.getLogger(__name__)
 
@@ -42,279 +44,6 @@ class _AnnotationKeys:
             probabilities=f"{key_added}_probabilities",
             uns=key_added,
         )
-
-
-def _private_reference(
-    reference: AnnData, labels_key: str, batch_key: str | None, layer: str | None
-) -> AnnData:
-    """A light AnnData sharing the reference's matrix, so scvi-tools' keys stay off the user's."""
-    from transanno_sc.data import get_matrix, non_string_labels, string_labels
-
-    if not isinstance(reference, AnnData):
-        reference = get_rna(reference, "reference")
-    X = get_matrix(reference, layer)
-    cols = [c for c in (labels_key, batch_key) if c is not None]
-    missing = [c for c in cols if c not in reference.obs]
-    if missing:
-        msg = (
-            f"{missing[0]!r} is not a column of reference.obs "
-            f"(columns: {list(reference.obs.columns)})."
-        )
-        raise KeyError(msg)
-    obs = reference.obs[cols].copy()
-    if non_string_labels(obs[labels_key]):
-        # cluster numbers as labels: named by their strings here (the user's column is kept)
-        obs[labels_key] = string_labels(obs[labels_key])
-    if isinstance(obs[labels_key].dtype, pd.CategoricalDtype):
-        # a category without cells (left from subsetting) is no cell type to predict
-        obs[labels_key] = obs[labels_key].cat.remove_unused_categories()
-    private = AnnData(X=X, obs=obs, var=pd.DataFrame(index=reference.var_names.copy()))
-    return private
-
-
-#: Label of the query cells in the private pretraining corpus (never a user's label).
-_UNLABELED = "__transanno_query__"
-#: Below this many genes shared by the reference and the query, training for the query is refused.
-MIN_SHARED_GENES = 50
-
-
-def _shared_genes(private: AnnData, query: AnnData) -> tuple[AnnData, AnnData, dict]:
-    """The reference and the query on the genes both have (matched by name as the model
-    matches them: exact, case-insensitive, version-less Ensembl), checked before training.
-
-    The model trained for this query then chooses its vocabulary among these genes, and both
-    sides are library-size normalized over the same genes, so a query measured on a smaller
-    panel (a targeted or imaging-based assay) is not refused, nor scaled differently from the
-    reference.
-    """
-    from transanno_sc.data import match_genes
-
-    match = match_genes(query.var_names, private.var_names)
-    # match_genes(dataset, vocab): the query is the dataset, the reference the vocabulary
-    query_cols, ref_cols = match.source, match.target
-    info = {
-        "n_reference_genes": int(private.n_vars),
-        "n_query_genes": int(query.n_vars),
-        "n_shared_genes": int(ref_cols.size),
-    }
-    if ref_cols.size < MIN_SHARED_GENES:
-        example_ref = ", ".join(map(str, private.var_names[:3]))
-        example_query = ", ".join(map(str, query.var_names[:3]))
-        msg = (
-            f"The reference and adata share only {ref_cols.size} genes (at least "
-            f"{MIN_SHARED_GENES} are needed; reference genes e.g. {example_ref}; adata genes "
-            f"e.g. {example_query}). Check the species and the gene naming convention "
-            "(symbols vs Ensembl IDs) of both."
-        )
-        raise ValueError(msg)
-    logger.info(
-        "    %d genes shared by the reference (%d genes) and adata (%d genes): the model is "
-        "trained on these.",
-        ref_cols.size,
-        private.n_vars,
-        query.n_vars,
-    )
-    if ref_cols.size < private.n_vars:
-        private = private[:, np.sort(ref_cols)].copy()
-    if query_cols.size < query.n_vars:
-        query = query[:, np.sort(query_cols)]
-    return private, query, info
-
-
-def _reference_scale(private: AnnData, batch_key: str | None, input_scale: str) -> AnnData:
-    """Detect the scale of the private reference batch by batch; where batches differ (log1p
-    values next to counts, e.g. studies merged from different sources), turn the log1p batches
-    back into count-like values (``expm1``) on the private copy, so that every cell is
-    normalized alike. Returns the private reference, with ``uns["input_scale"]`` set."""
-    from transanno_sc.data import detect_input_scale, expm1_rows, resolve_input_scale
-
-    if input_scale != "auto" or batch_key is None:
-        private.uns["input_scale"] = resolve_input_scale(private.X, input_scale, "reference.X")
-        return private
-    batches = private.obs[batch_key].astype(str).to_numpy()
-    scales = {
-        b: detect_input_scale(private.X[batches == b], f"reference.X (batch {b!r})")
-        for b in pd.unique(batches)
-    }
-    log1p = sorted(b for b, v in scales.items() if v == "log1p")
-    if not log1p or len(log1p) == len(scales):
-        scale = "log1p" if log1p else "counts"
-        logger.info("    reference.X holds %s values (detected in every batch).", scale)
-        private.uns["input_scale"] = scale
-        return private
-    logger.info(
-        "    reference batches %s hold log1p values and the others count-like values: the "
-        "log1p batches are turned back into count-like values (expm1).",
-        log1p,
-    )
-    X = sp.csr_matrix(private.X, dtype=np.float32, copy=True)
-    rows = np.flatnonzero(np.isin(batches, log1p))
-    X[rows] = expm1_rows(X[rows])
-    out = AnnData(X=X, obs=private.obs, var=private.var)
-    out.uns["input_scale"] = "counts"
-    return out
-
-
-def _reference_vocabulary(
-    private: AnnData,
-    model_kwargs: dict,
-    labels_key: str,
-    batch_key: str | None,
-    unlabeled_category: str,
-) -> tuple[list[str], dict | None]:
-    """The gene vocabulary (and ``n_top_genes="auto"``'s scores) the model would choose from
-    the reference cells alone."""
-    import inspect
-
-    from scvi import settings
-
-    from transanno_sc.model import TransAnno, choose_vocabulary
-
-    scale = private.uns["input_scale"]
-    default = inspect.signature(TransAnno).parameters["n_top_genes"].default
-    labels = private.obs[labels_key].astype(str)
-    types = sorted(set(labels) - {unlabeled_category})
-    codes = pd.Categorical(labels, categories=types).codes.astype(np.int64)  # unlabeled: -1
-    batches = (
-        pd.Categorical(private.obs[batch_key].astype(str)).codes
-        if batch_key is not None
-        else np.zeros(private.n_obs, dtype=np.int64)
-    )
-    return choose_vocabulary(
-        private.X,
-        private.var_names,
-        model_kwargs.pop("n_top_genes", default),
-        scale == "counts",
-        codes,
-        np.asarray(batches),
-        settings.seed,
-    )
-
-
-def _with_query_cells(
-    private: AnnData,
-    query: AnnData,
-    layer: str | None,
-    labels_key: str,
-    unlabeled_category: str,
-    input_scale: str,
-) -> AnnData:
-    """Reference cells plus the query's, on the reference's genes, query labels unknown.
-
-    Where one side holds log1p values and the other count-like values, the log1p side is
-    turned back into count-like values (``expm1``), so the corpus has one scale.
-    """
-    from transanno_sc.data import (
-        expm1_rows,
-        get_matrix,
-        iter_row_chunks,
-        match_genes,
-        resolve_input_scale,
-    )
-
-    Xq = get_matrix(query, layer)
-    ref_scale = private.uns["input_scale"]
-    query_scale = resolve_input_scale(Xq, input_scale, "adata")
-    if ref_scale != query_scale and ref_scale == "log1p":
-        private = AnnData(X=expm1_rows(private.X), obs=private.obs, var=private.var)
-        ref_scale = "counts"
-    match = match_genes(private.var_names, query.var_names)
-    # match_genes(dataset, vocab): here the reference is the dataset, the query the vocab
-    ref_cols, query_cols = match.source, match.target
-    blocks = []
-    for _, rows in iter_row_chunks(Xq):
-        rows = sp.csr_matrix(rows)[:, query_cols]
-        rows = (expm1_rows(rows) if query_scale != ref_scale else rows).tocoo()
-        blocks.append(
-            sp.csr_matrix(
-                (rows.data, (rows.row, ref_cols[rows.col])),
-                shape=(rows.shape[0], private.n_vars),
-                dtype=np.float32,
-            )
-        )
-    ref_labels = private.obs[labels_key].astype(str).replace({unlabeled_category: _UNLABELED})
-    labels = pd.Categorical([*ref_labels, *([_UNLABELED] * query.n_obs)])
-    obs = pd.DataFrame(
-        {labels_key: labels},
-        index=pd.Index(
-            [f"ref-{i}" for i in range(private.n_obs)] + [f"query-{i}" for i in range(query.n_obs)]
-        ),
-    )
-    for col in private.obs.columns:
-        if col != labels_key:
-            obs[col] = pd.Categorical([*private.obs[col].astype(str), *(["query"] * query.n_obs)])
-    X = sp.vstack([sp.csr_matrix(private.X, dtype=np.float32), *blocks]).tocsr()
-    corpus = AnnData(X=X, obs=obs, var=pd.DataFrame(index=private.var_names.copy()))
-    corpus.uns["input_scale"] = ref_scale
-    return corpus
-
-
-def _train_on_reference(
-    rna: AnnData,
-    reference: AnnData,
-    *,
-    labels_key: str,
-    unlabeled_category: str,
-    batch_key: str | None,
-    layer: str | None,
-    input_scale: str,
-    random_state: int | None,
-    save_model: str | None,
-    model_kwargs: dict | None,
-    pretrain: bool,
-    pretrain_kwargs: dict | None,
-    train_kwargs: dict,
-) -> tuple[TransAnno, AnnData, dict]:
-    """Train a model on ``reference`` for the query ``rna``, on the genes both have.
-
-    Returns the model, the query restricted to the shared genes (a view) and the gene-sharing
-    summary for ``uns``.
-    """
-    from scvi import settings
-
-    from transanno_sc.model import TransAnno
-
-    private = _private_reference(reference, labels_key, batch_key, layer)
-    private, query, shared = _shared_genes(private, rna)
-    private = _reference_scale(private, batch_key, input_scale)
-    previous_seed = settings.seed
-    if random_state is not None:
-        settings.seed = int(random_state)
-    try:
-        model_kwargs = dict(model_kwargs or {})
-        selection = None
-        if pretrain and "gene_vocabulary" not in model_kwargs:
-            # chosen from the reference's cells only, as without pretraining
-            model_kwargs["gene_vocabulary"], selection = _reference_vocabulary(
-                private, model_kwargs, labels_key, batch_key, unlabeled_category
-            )
-        if pretrain:
-            private = _with_query_cells(
-                private, query, layer, labels_key, unlabeled_category, input_scale
-            )
-        TransAnno.setup_anndata(
-            private,
-            labels_key=labels_key,
-            batch_key=batch_key,
-            unlabeled_category=_UNLABELED if pretrain else unlabeled_category,
-            input_scale=private.uns["input_scale"],
-        )
-        model = TransAnno(private, **model_kwargs)
-        if selection is not None:
-            model.gene_count_selection_ = selection
-        if pretrain:
-            pretrain_kwargs = dict(pretrain_kwargs or {})
-            for key in ("accelerator", "devices", "enable_progress_bar"):
-                if key in train_kwargs:
-                    pretrain_kwargs.setdefault(key, train_kwargs[key])
-            model.pretrain(**pretrain_kwargs)
-        model.train(**train_kwargs)
-    finally:
-        if random_state is not None:
-            settings.seed = previous_seed
-    if save_model is not None:
-        model.save(save_model, overwrite=True)
-    return model, query, shared
 
 
 def transanno_annotate(
@@ -468,7 +197,7 @@ def transanno_annotate(
     shared = None
     query = rna
     if model is None:
-        model, query, shared = _train_on_reference(
+        model, query, shared = train_on_reference(
             rna,
             reference,
             labels_key=labels_key,
@@ -490,36 +219,22 @@ def transanno_annotate(
         )
         raise TypeError(msg)
 
+    # the one friend call of the model: a single pass gives labels, confidence and embedding
     out = model._forward(query, batch_size=batch_size, layer=layer, input_scale=input_scale)
-    probs = out.probs
-
     if copy:
         adata = adata.copy()
         rna = get_rna(adata, "adata")
-    classes = list(model.classes_)
-    confidence = confidence_score(out, novelty=novelty)
-    labels = assign_labels(classes, out, unassigned_threshold, novelty=novelty)
-    categories = [*classes, UNASSIGNED] if UNASSIGNED not in classes else classes
-    rna.obs[keys.label] = pd.Categorical(labels, categories=categories)
-    rna.obs[keys.confidence] = confidence
-    rna.obsm[keys.embedding] = out.latent
-    rna.obsm[keys.probabilities] = pd.DataFrame(probs, index=rna.obs_names, columns=classes)
-    rna.uns[keys.uns] = {
-        "params": {
-            "unassigned_threshold": -1.0 if unassigned_threshold is None else unassigned_threshold,
-            "layer": "X" if layer is None else layer,
-            "labels_key": labels_key if labels_key is not None else "",
-            "novelty": novelty,
-            "novelty_alpha": NOVELTY_ALPHA,
-            "input_scale": input_scale,
-            "random_state": -1 if random_state is None else int(random_state),
-            "model": model._model_summary_string,
-        },
-        "classes": np.asarray(classes, dtype=object),
-        "gene_overlap": {**out.overlap, **(shared or {})},
-        "calibration": {**(model.calibration_ or {}), "novelty_shift": out.novelty_shift},
-        "versions": versions(),
+    params = {
+        "unassigned_threshold": -1.0 if unassigned_threshold is None else unassigned_threshold,
+        "layer": "X" if layer is None else layer,
+        "labels_key": labels_key if labels_key is not None else "",
+        "novelty": novelty,
+        "novelty_alpha": NOVELTY_ALPHA,
+        "input_scale": input_scale,
+        "random_state": -1 if random_state is None else int(random_state),
+        "model": model._model_summary_string,
     }
+    _write_annotation(rna, keys, model, out, unassigned_threshold, params, shared)
     logger.info(
         "    finished (%.1f s): added\n"
         "    '%s', '%s' (adata.obs)\n    '%s', '%s' (adata.obsm)\n    '%s' (adata.uns)",
@@ -531,3 +246,29 @@ def transanno_annotate(
         keys.uns,
     )
     return adata if copy else None
+
+
+def _write_annotation(
+    rna: AnnData,
+    keys: _AnnotationKeys,
+    model: TransAnno,
+    out: ForwardOutputs,
+    unassigned_threshold: float | None,
+    params: dict,
+    shared: dict | None,
+) -> None:
+    """Write labels, confidence, embedding, probabilities and ``uns`` of one forward pass."""
+    classes = list(model.classes_)
+    labels = assign_labels(classes, out, unassigned_threshold, novelty=params["novelty"])
+    categories = [*classes, UNASSIGNED] if UNASSIGNED not in classes else classes
+    rna.obs[keys.label] = pd.Categorical(labels, categories=categories)
+    rna.obs[keys.confidence] = confidence_score(out, novelty=params["novelty"])
+    rna.obsm[keys.embedding] = out.latent
+    rna.obsm[keys.probabilities] = pd.DataFrame(out.probs, index=rna.obs_names, columns=classes)
+    rna.uns[keys.uns] = {
+        "params": params,
+        "classes": np.asarray(classes, dtype=object),
+        "gene_overlap": {**out.overlap, **(shared or {})},
+        "calibration": {**(model.calibration_ or {}), "novelty_shift": out.novelty_shift},
+        "versions": versions(),
+    }

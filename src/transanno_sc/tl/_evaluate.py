@@ -8,8 +8,7 @@ from anndata import AnnData
 from sklearn.metrics import accuracy_score, classification_report, f1_score
 
 from transanno_sc._constants import UNASSIGNED
-
-from ._utils import get_rna
+from transanno_sc.data import get_rna
 
 
 def evaluate(

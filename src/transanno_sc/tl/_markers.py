@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 
-from ._utils import get_rna
+from transanno_sc.data import get_rna
 
 if TYPE_CHECKING:
     from anndata import AnnData
     from mudata import MuData
 
     from transanno_sc.model import TransAnno
-    from transanno_sc.model._markers import AttributionMethod
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +30,7 @@ def transanno_markers(
     n_genes: int = 20,
     groupby: str | None = None,
     key_added: str = "transanno",
-    method: AttributionMethod = "integrated_gradients",
+    method: Literal["integrated_gradients", "gradient"] = "integrated_gradients",
     max_cells_per_type: int | None = 300,
     batch_size: int = 64,
     random_state: int = 0,
