@@ -1,4 +1,5 @@
-"""Attribution of a model's logits to genes (the computations behind :class:`~transanno_sc.model.MarkersMixin`).
+"""Attribution of a model's logits to genes (the computations behind
+:class:`~transanno_sc.model.MarkersMixin`).
 
 A cell's logit for type ``c`` is the wide path's ``W[c] . x + b[c]`` plus ``deep_weight`` times
 the Transformer's logit, all divided by the calibration temperature (see

@@ -171,7 +171,8 @@ def choose_vocabulary(
     batches: np.ndarray,
     seed: int,
 ) -> tuple[list[str], dict | None]:
-    """The gene vocabulary for ``n_top_genes`` (see :class:`~transanno_sc.model.TransAnno`) and, for ``"auto"``
+    """The gene vocabulary for ``n_top_genes`` (see :class:`~transanno_sc.model.TransAnno`)
+    and, for ``"auto"``
     with several labeled batches, its leave-one-batch-out scores (else ``None``). ``codes``:
     label codes of the rows of ``X``, -1 where unlabeled; ``batches``: batch codes."""
     if isinstance(n_top_genes, str):

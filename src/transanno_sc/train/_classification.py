@@ -38,8 +38,8 @@ class ClassificationTrainingPlan(WarmupCosineTrainingPlan):
         Peak learning rate of the Transformer backbone; ``lr`` when ``None`` (a smaller one
         keeps more of a pretrained backbone).
     wide_lr
-        Peak learning rate of the linear "wide" path (a linear model needs larger steps:
-        ``1e-2`` against ``1e-3`` lifted Baron macro-F1 of the wide path from 0.67 to 0.83).
+        Peak learning rate of the linear "wide" path (a linear model needs larger
+        steps; ``benchmarks/README.md``).
     weight_decay
         AdamW weight decay (not applied to biases and normalization weights).
     warmup_fraction
@@ -50,10 +50,8 @@ class ClassificationTrainingPlan(WarmupCosineTrainingPlan):
         Maps registered label codes to class indices (-100 for unlabeled cells).
     label_smoothing
         Label smoothing of the training cross-entropy (the validation loss that early stopping
-        watches is not smoothed). 0.1 (0 before November 2026) raised the query macro-F1 of
-        the benchmark's single-batch tasks (Baron 0.917 -> 0.926, median of 8 seeds; PBMC
-        0.677 -> 0.682, 10 seeds) and moved the Zilionis splits by 0 to -0.002
-        (``benchmarks/README.md``).
+        watches is not smoothed). 0.1 helps the single-batch benchmark tasks and leaves the
+        others as they were (``benchmarks/README.md``).
     deep_loss_weight
         Weight of the extra cross-entropy of the Transformer's logits alone (without the wide
         path); it makes the cell embedding separate the cell types.

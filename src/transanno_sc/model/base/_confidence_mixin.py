@@ -61,8 +61,9 @@ def assign_labels(
     unassigned_threshold: float | None,
     novelty: bool = True,
 ) -> np.ndarray:
-    """Predicted types of one forward pass, ``"Unassigned"`` where :func:`~transanno_sc.model.base.confidence_score`
-    is below ``unassigned_threshold`` (``None``: every cell labeled)."""
+    """Predicted types of one forward pass, ``"Unassigned"`` where
+    :func:`~transanno_sc.model.base.confidence_score` is below ``unassigned_threshold``
+    (``None``: every cell labeled)."""
     labels = np.asarray(classes, dtype=object)[out.probs.argmax(1)]
     if unassigned_threshold is not None:
         check_threshold(unassigned_threshold)
@@ -183,19 +184,19 @@ class ConfidenceMixin:
         typicality of the cell, ``p / (p + NOVELTY_ALPHA)`` with ``p`` its novelty p-value.
 
         The novelty distance of a cell is its mean cosine distance to the 10 nearest reference
-        cells *of its predicted type* (in a PCA of the reference's log-expression), divided by
-        that type's median held-out distance, so tight and diffuse types are judged alike. The
-        p-value is the fraction of held-out reference cells (validation cells, and reference
-        cells cross-fitted in 5 folds, all types pooled) whose divided distance is at least
-        as large. A cell of a type the reference never contained lies far from the type it is
-        forced into, however sure the classifier is. A query of at least 50 cells that lies
-        farther from the reference as a whole (another technology, shallower sequencing, a
-        reference of near-duplicate cells) has its distances divided by the ratio of its 10th
-        percentile to the reference's (when above 1; ``novelty_shift`` in
-        ``uns["transanno"]["calibration"]``), so a shift of the whole query is not read as
-        novelty; the p-values of a cell then depend on the other cells scored with it. Cells with no expressed gene of the
-        vocabulary get confidence 0. This is the score that ``unassigned_threshold``
-        thresholds and that :func:`~transanno_sc.tl.transanno_annotate` writes.
+        cells *of its predicted type* (in a PCA of the reference's log-expression), divided by that
+        type's median held-out distance, so tight and diffuse types are judged alike. The p-value
+        is the fraction of held-out reference cells (validation cells, and reference cells
+        cross-fitted in 5 folds, all types pooled) whose divided distance is at least as large. A
+        cell of a type the reference never contained lies far from the type it is forced into,
+        however sure the classifier is. A query of at least 50 cells that lies farther from the
+        reference as a whole (another technology, shallower sequencing, a reference of
+        near-duplicate cells) has its distances divided by the ratio of its 10th percentile to the
+        reference's (when above 1; ``novelty_shift`` in ``uns["transanno"]["calibration"]``), so a
+        shift of the whole query is not read as novelty; the p-values of a cell then depend on the
+        other cells scored with it. Cells with no expressed gene of the vocabulary get confidence
+        0. This is the score that ``unassigned_threshold`` thresholds and that
+        :func:`~transanno_sc.tl.transanno_annotate` writes.
 
         Parameters
         ----------

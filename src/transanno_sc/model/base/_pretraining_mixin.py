@@ -30,8 +30,9 @@ class PretrainingMixin:
     """Self-supervised pretraining and transfer of the backbone (as scvi-tools' ``ArchesMixin``).
 
     Needs from the model class: ``module``, ``adata``, ``var_names_``, ``input_scale_``,
-    ``is_pretrained_``, ``_set_training_genes`` and ``_run_plan`` (:class:`TrainingMixin`);
-    which parts fine-tuning freezes is the module's :meth:`~transanno_sc.module.TransAnnoModule.frozen_parts`.
+    ``is_pretrained_``, ``_set_training_genes`` and ``_run_plan`` (:class:`TrainingMixin`); which
+    parts fine-tuning freezes is the module's
+    :meth:`~transanno_sc.module.TransAnnoModule.frozen_parts`.
     """
 
     @devices_dsp.dedent
@@ -55,9 +56,10 @@ class PretrainingMixin:
         Self-supervised (labels, if any, are not read): in each cell about ``mask_prob`` of the
         expressed-gene tokens have their value masked and the backbone learns to predict their
         value bins from the other genes (:class:`~transanno_sc.train.PretrainingPlan`). Then
-        :meth:`~transanno_sc.model.TransAnno.train` fine-tunes on labeled cells, or :meth:`~transanno_sc.model.TransAnno.save_backbone` keeps the backbone
-        for :meth:`~transanno_sc.model.TransAnno.from_pretrained` on other data. ``history`` gets ``pretrain_loss``,
-        ``pretrain_validation_loss`` and ``pretrain_validation_accuracy``.
+        :meth:`~transanno_sc.model.TransAnno.train` fine-tunes on labeled cells, or
+        :meth:`~transanno_sc.model.TransAnno.save_backbone` keeps the backbone for
+        :meth:`~transanno_sc.model.TransAnno.from_pretrained` on other data. ``history`` gets
+        ``pretrain_loss``, ``pretrain_validation_loss`` and ``pretrain_validation_accuracy``.
 
         Parameters
         ----------
@@ -145,7 +147,8 @@ class PretrainingMixin:
         The folder holds ``config.json`` and ``model.safetensors`` (loadable with
         ``TransAnnoBackbone.from_pretrained(dir_path)`` from :mod:`transanno_sc.nn`, as any
         :mod:`transformers` model) and ``vocabulary.json`` (the genes, in token order, and the
-        input normalization). :meth:`~transanno_sc.model.TransAnno.from_pretrained` builds a new model on it.
+        input normalization). :meth:`~transanno_sc.model.TransAnno.from_pretrained` builds a new
+        model on it.
 
         Parameters
         ----------
@@ -185,18 +188,19 @@ class PretrainingMixin:
     ) -> Self:
         """A new model on ``adata`` that starts from a saved backbone.
 
-        ``adata`` (set up with :meth:`~transanno_sc.model.TransAnno.setup_anndata`) is mapped onto the backbone's gene
-        vocabulary by name (exact, then case-insensitive); vocabulary genes it lacks are
-        treated as not expressed. The overlap with the backbone's vocabulary is stored in
-        ``adata.uns["transanno_backbone"]`` (with ``n_added_genes``, see below); below 50 % a
-        warning is issued, below 10 % a :class:`ValueError` is raised. Then :meth:`~transanno_sc.model.TransAnno.train`
-        fine-tunes (see its ``finetune``).
+        ``adata`` (set up with :meth:`~transanno_sc.model.TransAnno.setup_anndata`) is
+        mapped onto the backbone's gene vocabulary by name (exact, then case-insensitive);
+        vocabulary genes it lacks are treated as not expressed. The overlap with the backbone's
+        vocabulary is stored in ``adata.uns["transanno_backbone"]`` (with ``n_added_genes``,
+        see below); below 50 % a warning is issued, below 10 % a :class:`ValueError` is
+        raised. Then :meth:`~transanno_sc.model.TransAnno.train` fine-tunes (see its
+        ``finetune``).
 
         The vocabulary is then extended with ``adata``'s own highly variable genes: a backbone
         pretrained on another tissue or panel lacks many of the reference's marker genes
         however high the name overlap, and a model restricted to the backbone's genes cannot
-        see them (``benchmarks/README.md``: a lung immune-cell backbone on pancreas cells
-        lowered macro-F1 from 0.88 to 0.49 before this extension). The added genes come after
+        see them (``benchmarks/README.md`` measures a backbone from another tissue with and
+        without this extension). The added genes come after
         the backbone's, in alphabetical order (so the model does not depend on the AnnData's
         gene order); their gene embeddings start at random, with the pretrained embeddings'
         typical length, and are learned with ``finetune="full"`` (with ``"partial"`` and
@@ -214,8 +218,8 @@ class PretrainingMixin:
             already in the backbone's vocabulary are not added again. ``0`` keeps the
             backbone's vocabulary as it is.
         **model_kwargs
-            Non-architecture arguments of :class:`~transanno_sc.model.TransAnno` (``n_latent``, ``dropout``,
-            ``wide``); the architecture comes from the backbone.
+            Non-architecture arguments of :class:`~transanno_sc.model.TransAnno` (``n_latent``,
+            ``dropout``, ``wide``); the architecture comes from the backbone.
 
         Examples
         --------

@@ -130,21 +130,16 @@ class TrainingMixin:
         wide_class_weighting
             Class weights of ``wide_fit="logistic"``, as ``class_weighting`` (which weights the
             Transformer's loss, and the wide path's with ``wide_fit="joint"``). ``"balanced"``
-            (the default since November 2026; ``"sqrt"`` before) raised the query macro-F1 of
-            the Baron pancreas split (rare types) from 0.889 to 0.917 and of PBMC from 0.660 to
-            0.677 (medians of 8 and 10 seeds), cost the 11 Zilionis subtypes 0.014 and left
-            the other tasks as they were (``benchmarks/README.md``).
+            helps rare types most (measurements in ``benchmarks/README.md``).
         deep_weight
             Weight of the Transformer's logits added to the wide path's at prediction (1 while
             training). ``"auto"``: the value in 0, 0.05, ..., 1 with the lowest validation
             negative log-likelihood. ``None``: 0.2 with ``wide_fit="logistic"``, 1 with
             ``"joint"``. A small weight makes the Transformer a correction of the linear
-            model: on cross-batch label transfer (``benchmarks/README.md``) the query's
-            macro-F1 fell below the linear model's at 1, while validation cells, from the
-            reference's own batches, asked for weights of 0.5-1. 0.2 (0.1 until November
-            2026; label smoothing keeps the Transformer's logits smaller) raised the mean
-            query macro-F1 of all five benchmark tasks, by 0.002-0.018
-            (``benchmarks/deep_weight.py``). Without a wide path the weight is 1.
+            model, which transfers best across batches; validation cells, from the
+            reference's own batches, would ask for more (measurements in
+            ``benchmarks/README.md``, ``benchmarks/deep_weight.py``). Without a wide path the
+            weight is 1.
         datasplitter_kwargs
             Passed to :class:`~scvi.dataloaders.DataSplitter`.
         plan_kwargs
