@@ -12,8 +12,8 @@ import torch
 
 import transanno_sc as ta
 from transanno_sc._constants import MODULE_KEYS
-from transanno_sc.data import normalize_log1p, tokenize
-from transanno_sc.model import TransAnno, _utils
+from transanno_sc.data import _anndata, _streaming, normalize_log1p, tokenize
+from transanno_sc.model import TransAnno
 
 ATOL = 1e-5
 
@@ -125,8 +125,8 @@ def _peak_numpy_bytes(model, path):
 
 def test_memory_does_not_grow_with_cells(trained, split, tmp_path, monkeypatch):
     """Peak (numpy) memory of a backed prediction is set by the chunk, not the cell count."""
-    monkeypatch.setattr(_utils, "CHUNK_SIZE", 200)
-    monkeypatch.setattr(_utils, "N_ROWS_SCALE_DETECTION", 200)
+    monkeypatch.setattr(_streaming, "CHUNK_SIZE", 200)
+    monkeypatch.setattr(_anndata, "N_ROWS_SCALE_DETECTION", 200)
     small = _tiled_file(split, 2, tmp_path / "small.h5ad")  # 742 cells
     large = _tiled_file(split, 8, tmp_path / "large.h5ad")  # 2,968 cells
     peak_small = _peak_numpy_bytes(trained, small)
@@ -142,11 +142,11 @@ def test_iter_vocab_batches_bucketing_is_a_permutation(rng):
     counts.data = np.ceil(counts.data * 5)
     source = np.arange(0, 60, 2)
     target = rng.permutation(40)[:30]
-    plain = list(_utils.iter_vocab_batches(counts, source, target, 40, 16, chunk_size=100))
+    plain = list(_streaming.iter_vocab_batches(counts, source, target, 40, 16, chunk_size=100))
     bucketed = list(
-        _utils.iter_vocab_batches(counts, source, target, 40, 16, chunk_size=100, max_tokens=8)
+        _streaming.iter_vocab_batches(counts, source, target, 40, 16, chunk_size=100, max_tokens=8)
     )
-    assert len(plain) == len(bucketed) == _utils.n_forward_batches(500, 16, 100)
+    assert len(plain) == len(bucketed) == _streaming.n_forward_batches(500, 16, 100)
     x_plain = np.concatenate([b[1] for b in plain])
     pos = np.concatenate([b[0] for b in bucketed])
     x_bucketed = np.concatenate([b[1] for b in bucketed])
@@ -170,7 +170,7 @@ def test_bucketed_module_outputs_match(trained, split):
     module = trained.module.eval()
     out = {}
     with torch.inference_mode():
-        for pos, x, lib in _utils.iter_vocab_batches(
+        for pos, x, lib in _streaming.iter_vocab_batches(
             query.X, match.source, match.target, match.n_vocab, 40, max_tokens=8
         ):
             z = module.inference(torch.from_numpy(x), torch.from_numpy(lib))[MODULE_KEYS.Z_KEY]
