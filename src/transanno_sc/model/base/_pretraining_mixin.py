@@ -22,8 +22,12 @@ from transanno_sc.train import (
 )
 
 from ._save_load import FORMAT_VERSION, VOCAB_FILE, package_version, read_vocabulary, staged_folder
+from ._training_mixin import MAX_MONITOR_CELLS
 
 logger = logging.getLogger(__name__)
+
+#: Cells per epoch of a default pretraining run at most (a fresh random subset each epoch).
+MAX_PRETRAIN_EPOCH_CELLS = 10_000
 
 
 class PretrainingMixin:
@@ -65,7 +69,8 @@ class PretrainingMixin:
         ----------
         max_epochs
             Passes over the cells. ``None``: about 50,000 cell presentations, clipped to 5-50
-            epochs.
+            epochs of at most 10,000 random cells each (a fresh subset every epoch); early
+            stopping then watches at most 5,000 validation cells.
         mask_prob
             Fraction of each cell's expressed-gene tokens that is masked.
         lr
@@ -108,7 +113,11 @@ class PretrainingMixin:
         val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
         self._set_training_genes(self.adata)
         if max_epochs is None:
-            max_epochs = int(np.clip(np.ceil(50_000 / max(train_idx.size, 1)), 5, 50))
+            # about 50,000 presentations, in epochs of at most MAX_PRETRAIN_EPOCH_CELLS cells
+            epoch_cells = min(train_idx.size, MAX_PRETRAIN_EPOCH_CELLS)
+            max_epochs = int(np.clip(np.ceil(50_000 / max(epoch_cells, 1)), 5, 50))
+            if train_idx.size > epoch_cells and "limit_train_batches" not in trainer_kwargs:
+                trainer_kwargs["limit_train_batches"] = int(np.ceil(epoch_cells / batch_size))
         plan_kwargs = dict(plan_kwargs or {})
         plan_kwargs.setdefault("lr", lr)
         plan_kwargs.setdefault("mask_prob", mask_prob)
@@ -124,7 +133,11 @@ class PretrainingMixin:
         self._run_plan(
             PretrainingPlan,
             plan_kwargs,
-            [train_idx, val_idx, np.array([], dtype=np.int64)],
+            [
+                train_idx,
+                np.sort(order[: min(n_val, MAX_MONITOR_CELLS)]),
+                np.array([], dtype=np.int64),
+            ],
             frozen=list(self.module.head_modules.values()),
             batch_size=batch_size,
             max_epochs=max_epochs,

@@ -40,9 +40,38 @@ TRAIN_PRESENTATIONS = 15_000
 N_LINEAR_CELLS = 20_000
 
 
+#: Training cells per epoch of a default run at most: a larger reference trains each epoch on
+#: a fresh random subset of this many cells, so a default run presents at most 10 x 6,000 =
+#: 60,000 cells however large the reference (``benchmarks/budget.py``: query macro-F1 within
+#: 0.005 of the best budget tried at 1k, 10k and 50k reference cells).
+MAX_EPOCH_CELLS = 6_000
+#: Validation cells that early stopping watches at most (stratified subsample); every
+#: validation cell still calibrates the confidence.
+MAX_MONITOR_CELLS = 5_000
+
+
 def default_max_epochs(n_cells: int) -> int:
     """About :data:`TRAIN_PRESENTATIONS` cell presentations, between 10 and 100 epochs."""
     return int(np.clip(np.ceil(TRAIN_PRESENTATIONS / max(n_cells, 1)), 10, 100))
+
+
+def default_budget(n_cells: int, batch_size: int) -> tuple[int, int | None]:
+    """The default ``(max_epochs, limit_train_batches)`` for ``n_cells`` training cells: about
+    :data:`TRAIN_PRESENTATIONS` presentations in 10 to 100 epochs of at most
+    :data:`MAX_EPOCH_CELLS` cells (``None``: whole epochs)."""
+    max_epochs = default_max_epochs(min(n_cells, MAX_EPOCH_CELLS))
+    if n_cells <= MAX_EPOCH_CELLS:
+        return max_epochs, None
+    return max_epochs, int(np.ceil(MAX_EPOCH_CELLS / batch_size))
+
+
+def monitored_cells(val_idx: np.ndarray, codes: np.ndarray, seed: int) -> np.ndarray:
+    """The validation cells early stopping watches: all of them, or a stratified subsample of
+    :data:`MAX_MONITOR_CELLS` beyond that."""
+    if val_idx.size <= MAX_MONITOR_CELLS:
+        return val_idx
+    rng = np.random.default_rng(seed)
+    return np.sort(val_idx[stratified_subsample(codes[val_idx], MAX_MONITOR_CELLS, rng)])
 
 
 class TrainingMixin:
@@ -88,7 +117,10 @@ class TrainingMixin:
         ----------
         max_epochs
             Number of passes over the training cells. ``None``: about 15,000 cell presentations,
-            clipped to 10-100 epochs.
+            clipped to 10-100 epochs; a reference of more than 6,000 training cells trains 10
+            epochs of 6,000 random cells each (a fresh subset every epoch: 60,000
+            presentations however large the reference; ``limit_train_batches`` overrides the
+            epoch size), and early stopping then watches at most 5,000 validation cells.
         lr
             Peak learning rate (linear warm-up, then cosine decay).
         %(param_accelerator)s
@@ -185,8 +217,12 @@ class TrainingMixin:
             counts, weighting_power(wide_class_weighting, "wide_class_weighting")
         )
         self._set_training_genes(self.adata)
+        epoch_cells = train_idx.size
         if max_epochs is None:
-            max_epochs = default_max_epochs(train_idx.size)
+            max_epochs, limit = default_budget(train_idx.size, batch_size)
+            if limit is not None and "limit_train_batches" not in trainer_kwargs:
+                trainer_kwargs["limit_train_batches"] = limit
+                epoch_cells = limit * batch_size
         frozen = self.module.frozen_parts(finetune, trainable_layers)
         deep_weight = _checked_deep_weight(deep_weight, wide_fit)
         if self.module.wide is not None and wide_fit == "logistic":
@@ -200,18 +236,21 @@ class TrainingMixin:
         plan_kwargs.setdefault("backbone_lr", backbone_lr)
         plan_kwargs["class_weights"] = torch.as_tensor(weights, dtype=torch.float32)
         plan_kwargs["label_map"] = _label_map(len(self.classes_))
+        monitor = monitored_cells(val_idx, codes, settings.seed)
         logger.info(
-            "Training on %d labeled cells (%d validation, %d unlabeled ignored), %d epochs.",
+            "Training on %d labeled cells (%d validation, %d unlabeled ignored), %d epochs of "
+            "%d cells.",
             train_idx.size,
             val_idx.size,
             unlabeled.size,
             max_epochs,
+            min(epoch_cells, train_idx.size),
         )
         self.module.set_calibration(temperature=1.0, deep_weight=1.0)
         self._run_plan(
             self._training_plan_cls,
             plan_kwargs,
-            [train_idx, val_idx, unlabeled],
+            [train_idx, monitor, unlabeled],
             frozen=frozen,
             batch_size=batch_size,
             max_epochs=max_epochs,
