@@ -7,6 +7,8 @@ Run from the repository root (heavy: prefix with ``nice -n 10``)::
     python benchmarks/scale.py mfu                                # FLOP utilization, padding
     python benchmarks/scale.py compile                            # model.compile() vs eager
     python benchmarks/scale.py train-ddp --repeats 3              # devices=1 vs devices=2
+    python benchmarks/scale.py e2e --sizes 1000 10000 50000       # train + annotate, per size
+    python benchmarks/scale.py e2e --sizes 100000 --train-kwargs '{"max_epochs": 10}'
 
 Data: the bundled Zilionis mouse-lung cells (raw counts, 24,248 genes, ~840 expressed genes and
 ~1,850 UMIs per cell) tiled to the requested size, each copy binomially thinned (keep 70-100% of
@@ -17,6 +19,14 @@ The model is ``TransAnno`` with 2,000 genes, 2 layers x 128, 4 heads, ``max_toke
 (:data:`ARCH`: the defaults when benchmarks/README.md's scale numbers were measured; the
 defaults are now 64 wide with ``max_tokens=128``, about 3x fewer FLOPs per token), briefly
 trained on the Zilionis cells (weights do not affect speed).
+
+``e2e`` is what a new user runs: ``tl.transanno_annotate(query, reference=ref,
+labels_key="cell_type")`` with the package defaults (``--train-kwargs`` adds train arguments),
+the reference being the 287 healthy Zilionis cells and the query the 513 tumour cells, each
+tiled in memory to the size (:func:`tile_cells`, binomial thinning; reference = query size).
+Each size runs in a fresh process (``SCALE_THREADS`` torch threads, default 2), which reports
+the wall time of the call (and of the tiling apart), the Transformer's epochs and presented
+cells, the query's macro-F1 and its own peak RSS (VmHWM, and ``getrusage`` ``ru_maxrss``).
 """
 
 from __future__ import annotations
@@ -483,11 +493,110 @@ def train_ddp(repeats: int) -> dict:
     return result
 
 
+# -------------------------------------------------------------------------------- end to end
+def e2e_worker(n_cells: int, train_kwargs: dict) -> dict:
+    """In a fresh process: tile reference and query to ``n_cells``, train + annotate."""
+    import logging
+
+    import torch
+    from lightning.pytorch.callbacks import Callback
+    from sklearn.metrics import f1_score
+
+    import transanno_sc as ta
+
+    torch.set_num_threads(int(os.environ.get("SCALE_THREADS", "2")))
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+    class Count(Callback):
+        def __init__(self):
+            self.cells, self.epochs, self.fit = 0, 0, [0.0, 0.0]
+
+        def on_fit_start(self, trainer, pl_module):
+            self.fit[0] = time.perf_counter()
+
+        def on_fit_end(self, trainer, pl_module):
+            self.fit[1] = time.perf_counter()
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self.epochs += 1
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.cells += int(batch["X"].shape[0])
+
+    lung = _lung()
+    t0 = time.perf_counter()
+    ref = tile_cells(lung[lung.obs["condition"] == "healthy"], n_cells, seed=0)
+    query = tile_cells(lung[lung.obs["condition"] == "tumor"], n_cells, seed=1)
+    truth = query.obs["cell_type"].astype(str).to_numpy()
+    query.obs = query.obs[[]]
+    tile_s = time.perf_counter() - t0
+    rss_data = _peak_rss_gb()
+    count = Count()
+    t0 = time.perf_counter()
+    ta.tl.transanno_annotate(
+        query,
+        reference=ref,
+        labels_key="cell_type",
+        enable_progress_bar=False,
+        callbacks=[count],
+        **train_kwargs,
+    )
+    seconds = time.perf_counter() - t0
+    labels = query.obs["transanno_label"].astype(str).to_numpy()
+    classes = sorted(set(truth))
+    return {
+        "n_cells": n_cells,
+        "train_kwargs": train_kwargs,
+        "annotate_s": seconds,
+        "tile_s": tile_s,
+        "fit_s": count.fit[1] - count.fit[0],
+        "epochs": count.epochs,
+        "presentations": count.cells,
+        "cells_per_s": 2 * n_cells / seconds,  # reference + query cells per second
+        "macro_f1": float(f1_score(truth, labels, labels=classes, average="macro")),
+        "peak_rss_gb": _peak_rss_gb(),
+        "ru_maxrss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "rss_after_data_gb": rss_data,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def e2e(sizes: list[int], train_kwargs: dict) -> list[dict]:
+    """``tl.transanno_annotate`` (train + annotate) per size, each in a fresh process."""
+    results = []
+    for n in sizes:
+        cmd = [sys.executable, __file__, "_e2e", str(n), "--train-kwargs", json.dumps(train_kwargs)]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+        if proc.returncode:
+            raise RuntimeError(f"e2e worker ({n} cells) failed with exit code {proc.returncode}")
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        res["process_s"] = time.perf_counter() - t0
+        _log(
+            f"e2e {n:>9,} + {n:,} cells: annotate {res['annotate_s']:.0f} s (Transformer fit "
+            f"{res['fit_s']:.0f} s, {res['epochs']} epochs, {res['presentations']:,} cells "
+            f"presented), macro-F1 {res['macro_f1']:.3f}, peak RSS {res['peak_rss_gb']:.2f} GB"
+        )
+        results.append(res)
+    return results
+
+
 # -------------------------------------------------------------------------------------- main
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
-        "what", choices=["all", "infer-sizes", "mfu", "compile", "train-ddp", "_infer", "clean"]
+        "what",
+        choices=[
+            "all",
+            "infer-sizes",
+            "mfu",
+            "compile",
+            "train-ddp",
+            "e2e",
+            "_infer",
+            "_e2e",
+            "clean",
+        ],
     )
     p.add_argument("path", nargs="?")
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -495,7 +604,11 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--cleanup", action="store_true", help="delete each data file after use")
     p.add_argument("--out", type=Path, default=WORK / "results.json")
+    p.add_argument("--train-kwargs", default="{}", help="e2e: JSON of extra train arguments")
     a = p.parse_args(argv)
+    if a.what == "_e2e":
+        print(json.dumps(e2e_worker(int(a.path), json.loads(a.train_kwargs))))
+        return
     if a.what == "_infer":
         print(json.dumps(infer_worker(a.path, a.batch_size)))
         return
@@ -514,7 +627,10 @@ def main(argv=None) -> None:
                 results.setdefault("inference", {}).setdefault(str(r["n_cells"]), []).append(r)
     if a.what in ("all", "train-ddp"):
         results["train_ddp"] = train_ddp(a.repeats)
-    WORK.mkdir(parents=True, exist_ok=True)
+    if a.what == "e2e":  # not part of "all": minutes to hours per size
+        for r in e2e(a.sizes, json.loads(a.train_kwargs)):
+            results.setdefault("e2e", {}).setdefault(str(r["n_cells"]), []).append(r)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(results, indent=1, default=float))
     _log(f"results in {a.out}")
 
