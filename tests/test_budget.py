@@ -40,9 +40,16 @@ def test_monitored_validation_cells_are_a_stratified_subsample(monkeypatch):
 
 def test_large_reference_trains_epochs_of_a_random_subset(split, monkeypatch):
     """With more training cells than an epoch holds, each default epoch draws a bounded number
-    of batches (Lightning's limit_train_batches over the shuffled loader)."""
+    of batches (Lightning's limit_train_batches over the shuffled loader), and early stopping
+    watches a subsample of the validation cells (the others still calibrate)."""
+    from transanno_sc.data import _split
+    from transanno_sc.model.base import _pretraining_mixin as pretraining
+
     monkeypatch.setattr(training, "MAX_EPOCH_CELLS", 128)
     monkeypatch.setattr(training, "TRAIN_PRESENTATIONS", 100)  # 10 epochs
+    monkeypatch.setattr(training, "MAX_MONITOR_CELLS", 20)  # of 43 validation cells
+    monkeypatch.setattr(pretraining, "MAX_MONITOR_CELLS", 10)  # of 21 validation cells
+    monkeypatch.setattr(_split, "MIN_CELLS_PER_TYPE", 2)
     scvi.settings.seed = 0
     ref = split[0].copy()
     ta.model.TransAnno.setup_anndata(ref, labels_key="cell_type")
@@ -50,6 +57,11 @@ def test_large_reference_trains_epochs_of_a_random_subset(split, monkeypatch):
     model.train(batch_size=64, early_stopping=False, enable_progress_bar=False)
     assert model.trainer.num_training_batches == 2
     assert len(model.history["train_loss"]) == 10
+    watched = len(model.trainer.datamodule.val_idx)
+    assert 15 <= watched < 30
+    assert model.calibration_["n_cells"] >= 40 > watched  # every validation cell calibrates
+    model.pretrain(max_epochs=1, batch_size=64, enable_progress_bar=False)
+    assert len(model.trainer.datamodule.val_idx) == 10
     # an explicit limit wins over the default epoch size
     model.train(batch_size=64, early_stopping=False, limit_train_batches=1)
     assert model.trainer.num_training_batches == 1

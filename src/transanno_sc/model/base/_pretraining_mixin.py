@@ -133,10 +133,12 @@ class PretrainingMixin:
         self._run_plan(
             PretrainingPlan,
             plan_kwargs,
+            # early stopping watches at most MAX_MONITOR_CELLS random validation cells; the
+            # others go to the (unread) third set: scvi-tools wants every cell in one
             [
                 train_idx,
                 np.sort(order[: min(n_val, MAX_MONITOR_CELLS)]),
-                np.array([], dtype=np.int64),
+                np.sort(order[min(n_val, MAX_MONITOR_CELLS) : n_val]),
             ],
             frozen=list(self.module.head_modules.values()),
             batch_size=batch_size,

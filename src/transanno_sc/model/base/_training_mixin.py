@@ -250,7 +250,9 @@ class TrainingMixin:
         self._run_plan(
             self._training_plan_cls,
             plan_kwargs,
-            [train_idx, monitor, unlabeled],
+            # scvi-tools wants every cell in one of the three sets: the validation cells
+            # early stopping does not watch go with the unlabeled ones (not read)
+            [train_idx, monitor, np.union1d(unlabeled, np.setdiff1d(val_idx, monitor))],
             frozen=frozen,
             batch_size=batch_size,
             max_epochs=max_epochs,
