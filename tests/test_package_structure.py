@@ -95,3 +95,45 @@ def test_transanno_keeps_its_public_methods_after_the_mixin_split():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert expected <= set(module._own_methods(model))
+
+
+#: Which subpackages each subpackage may import (#16: cli -> tl/pp/pl -> model ->
+#: module/train/nn -> data); ``_constants`` is shared by all.
+ALLOWED_IMPORTS = {
+    "data": set(),
+    "nn": {"data"},
+    "module": {"nn", "data"},
+    "train": {"module", "nn", "data"},
+    "model": {"module", "train", "nn", "data"},
+    "tl": {"model", "module", "train", "nn", "data"},
+    "pp": {"model", "data"},
+    "pl": {"tl", "model", "data"},
+    "datasets": {"data"},
+    "cli": {"tl", "pp", "pl", "model", "data", "datasets", "__init__"},
+}
+
+
+def test_imports_flow_one_way_without_private_names():
+    """No subpackage imports one above it, and none imports another's underscore names."""
+    import ast
+    from pathlib import Path
+
+    root = Path(ta.__file__).parent
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root).parts
+        if len(parts) == 1:
+            continue  # the top-level modules (__init__, _constants)
+        package = parts[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or node.level or not node.module:
+                continue
+            names = node.module.split(".")
+            if names[0] != "transanno_sc":
+                continue
+            target = names[1] if len(names) > 1 else "__init__"
+            if target in (package, "_constants"):
+                continue
+            where = f"{path.relative_to(root)}:{node.lineno}"
+            assert target in ALLOWED_IMPORTS[package], f"{where} imports {node.module}"
+            private = [a.name for a in node.names if a.name.startswith("_") and a.name[1] != "_"]
+            assert not private, f"{where} imports private {private} from {node.module}"
