@@ -89,23 +89,7 @@ def training_history(
             "loaded from a folder keeps the history it was saved with)."
         )
         raise ValueError(msg)
-    if keys is None:
-        keys = [k for k in _LABELS if k in history]
-        keys += sorted(
-            k
-            for k in history
-            # validation_* of training, pretrain_validation_* of pretraining
-            if k not in keys and (k.endswith("_loss") or "validation_" in k)
-        )
-    else:
-        keys = [keys] if isinstance(keys, str) else list(keys)
-        missing = [k for k in keys if k not in history]
-        if missing:
-            msg = f"{missing[0]!r} is not in the training history (recorded: {sorted(history)})."
-            raise KeyError(msg)
-    if not keys:
-        msg = f"Nothing to plot: no loss or validation metric in the history ({sorted(history)})."
-        raise KeyError(msg)
+    keys = _history_keys(history, keys)
     loss_keys = [k for k in keys if k.endswith("loss")]
     metric_keys = [k for k in keys if not k.endswith("loss")]
 
@@ -160,3 +144,26 @@ def training_history(
         loss_ax.figure.tight_layout()
     shown = savefig_or_show(loss_ax.figure, show=show, save=save, own_figure=own_figure)
     return None if shown else [loss_ax, metric_ax]
+
+
+def _history_keys(history: Mapping[str, pd.DataFrame], keys: Sequence[str] | str | None):
+    """The metrics :func:`training_history` draws: ``keys`` (checked), or every loss and
+    validation metric of ``history``."""
+    if keys is None:
+        keys = [k for k in _LABELS if k in history]
+        keys += sorted(
+            k
+            for k in history
+            # validation_* of training, pretrain_validation_* of pretraining
+            if k not in keys and (k.endswith("_loss") or "validation_" in k)
+        )
+    else:
+        keys = [keys] if isinstance(keys, str) else list(keys)
+        missing = [k for k in keys if k not in history]
+        if missing:
+            msg = f"{missing[0]!r} is not in the training history (recorded: {sorted(history)})."
+            raise KeyError(msg)
+    if not keys:
+        msg = f"Nothing to plot: no loss or validation metric in the history ({sorted(history)})."
+        raise KeyError(msg)
+    return keys
