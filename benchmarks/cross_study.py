@@ -303,7 +303,11 @@ def run_transanno(ref, query, c: Case, seed, train_kwargs):
     uns = query.uns.get("transanno", {})
     notes = {
         k: (v.item() if hasattr(v, "item") else v)
-        for k, v in {**uns.get("gene_overlap", {}), **uns.get("params", {})}.items()
+        for k, v in {
+            **uns.get("gene_overlap", {}),
+            **uns.get("params", {}),
+            **uns.get("calibration", {}),  # temperature, novelty_shift, ...
+        }.items()
         if isinstance(v, (int, float, str, bool, np.generic))
     }
     return pred, forced, conf, notes
