@@ -1,23 +1,9 @@
-"""Marker genes of a trained model: which genes drive each cell type's logit.
+"""Marker genes of a trained model: which genes drive each cell type's logit, per type
+(:meth:`MarkersMixin.marker_genes`) or per cell (:meth:`MarkersMixin.cell_attributions`).
 
-A cell's logit for type ``c`` is the wide path's ``W[c] . x + b[c]`` plus ``deep_weight`` times
-the Transformer's logit, all divided by the calibration temperature (see
-:class:`~transanno_sc.module.TransAnnoModule`). The contribution of gene ``g`` to it is
-
-- wide path: ``W[c, g] * x[g]`` (``x``: the cell's log-normalized expression), which is the
-  exact (and integrated-gradients) attribution of a linear model against a cell without the
-  gene;
-- Transformer: the integrated gradients (Sundararajan et al. 2017, ICML) of the Transformer's logit
-  along a path that fades the gene's token in, from absent (no other token can attend to it) to
-  present. The fade is a bias ``log(alpha)`` added to the attention scores of every query for
-  that token, ``alpha`` going from 0 to 1: at ``alpha = 0`` the cell is read as if the gene had
-  not been expressed, at ``alpha = 1`` exactly as the model reads it. The contributions of a
-  cell's tokens add up to its logit minus the logit of a cell without any gene token
-  (completeness), so both parts share one baseline: the gene not expressed.
-
-Logits are centered over the cell types first (softmax does not change when every type's logit
-moves together, so only a gene's contribution to a type *relative to the others* can explain a
-call). Scores are in units of the calibrated logit, so wide and Transformer parts add up.
+The attribution itself (wide path's coefficient x expression plus the Transformer's integrated
+gradients along a path that fades each gene's token in, in calibrated-logit units) is
+explained and computed in :mod:`transanno_sc.model._attribution`.
 """
 
 from __future__ import annotations
