@@ -22,6 +22,9 @@ def test_default_budget_is_bounded_in_presentations():
         assert (epochs, batches) == (10, limit)
         presentations.append(epochs * batches * 64)
     assert max(presentations) <= 10 * (training.MAX_EPOCH_CELLS + 64)
+    # pretraining's numbers: about 50,000 presentations, 5-50 epochs of at most 10,000 cells
+    assert training.default_budget(3_000, 64, 50_000, (5, 50), 10_000) == (17, None)
+    assert training.default_budget(200_000, 64, 50_000, (5, 50), 10_000) == (5, 157)
 
 
 def test_monitored_validation_cells_are_a_stratified_subsample(monkeypatch):

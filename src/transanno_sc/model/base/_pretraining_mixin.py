@@ -22,7 +22,7 @@ from transanno_sc.train import (
 )
 
 from ._save_load import FORMAT_VERSION, VOCAB_FILE, package_version, read_vocabulary, staged_folder
-from ._training_mixin import MAX_MONITOR_CELLS
+from ._training_mixin import MAX_MONITOR_CELLS, default_budget
 
 logger = logging.getLogger(__name__)
 
@@ -114,10 +114,11 @@ class PretrainingMixin:
         self._set_training_genes(self.adata)
         if max_epochs is None:
             # about 50,000 presentations, in epochs of at most MAX_PRETRAIN_EPOCH_CELLS cells
-            epoch_cells = min(train_idx.size, MAX_PRETRAIN_EPOCH_CELLS)
-            max_epochs = int(np.clip(np.ceil(50_000 / max(epoch_cells, 1)), 5, 50))
-            if train_idx.size > epoch_cells and "limit_train_batches" not in trainer_kwargs:
-                trainer_kwargs["limit_train_batches"] = int(np.ceil(epoch_cells / batch_size))
+            max_epochs, limit = default_budget(
+                train_idx.size, batch_size, 50_000, (5, 50), MAX_PRETRAIN_EPOCH_CELLS
+            )
+            if limit is not None:
+                trainer_kwargs.setdefault("limit_train_batches", limit)
         plan_kwargs = dict(plan_kwargs or {})
         plan_kwargs.setdefault("lr", lr)
         plan_kwargs.setdefault("mask_prob", mask_prob)

@@ -50,19 +50,24 @@ MAX_EPOCH_CELLS = 6_000
 MAX_MONITOR_CELLS = 5_000
 
 
-def default_max_epochs(n_cells: int) -> int:
-    """About :data:`TRAIN_PRESENTATIONS` cell presentations, between 10 and 100 epochs."""
-    return int(np.clip(np.ceil(TRAIN_PRESENTATIONS / max(n_cells, 1)), 10, 100))
-
-
-def default_budget(n_cells: int, batch_size: int) -> tuple[int, int | None]:
+def default_budget(
+    n_cells: int,
+    batch_size: int,
+    presentations: int | None = None,
+    epochs: tuple[int, int] = (10, 100),
+    max_epoch_cells: int | None = None,
+) -> tuple[int, int | None]:
     """The default ``(max_epochs, limit_train_batches)`` for ``n_cells`` training cells: about
-    :data:`TRAIN_PRESENTATIONS` presentations in 10 to 100 epochs of at most
-    :data:`MAX_EPOCH_CELLS` cells (``None``: whole epochs)."""
-    max_epochs = default_max_epochs(min(n_cells, MAX_EPOCH_CELLS))
-    if n_cells <= MAX_EPOCH_CELLS:
+    ``presentations`` (:data:`TRAIN_PRESENTATIONS`) cell presentations in ``epochs`` (min,
+    max) epochs of at most ``max_epoch_cells`` (:data:`MAX_EPOCH_CELLS`) cells (``None``:
+    whole epochs). Pretraining calls it with its own numbers."""
+    presentations = TRAIN_PRESENTATIONS if presentations is None else presentations
+    max_epoch_cells = MAX_EPOCH_CELLS if max_epoch_cells is None else max_epoch_cells
+    epoch_cells = min(n_cells, max_epoch_cells)
+    max_epochs = int(np.clip(np.ceil(presentations / max(epoch_cells, 1)), *epochs))
+    if n_cells <= max_epoch_cells:
         return max_epochs, None
-    return max_epochs, int(np.ceil(MAX_EPOCH_CELLS / batch_size))
+    return max_epochs, int(np.ceil(max_epoch_cells / batch_size))
 
 
 def monitored_cells(val_idx: np.ndarray, codes: np.ndarray, seed: int) -> np.ndarray:
