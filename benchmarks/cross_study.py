@@ -45,6 +45,9 @@ celltypist   ``celltypist.train`` in its default mode (``run.celltypist_train``:
              predicted type.
 scanvi       scANVI reference mapping (scArches), ``run.scanvi`` (counts, reference HVGs).
              Slow: leave it out with ``--methods`` when time is short.
+scanvi_semi  semi-supervised scANVI: the same models trained on reference + query, the query
+             unlabelled (``run.scanvi(..., semi=True)``). Confidence of both: the maximum of
+             ``predict(soft=True)``.
 
 Baselines see both datasets with upper-cased gene names restricted to the genes both have
 (what a user of a linear model does across studies), normalized per cell to 10,000 and
@@ -115,7 +118,7 @@ PAIRS = [
     "zilionis_panel300",
     "zilionis_mixed_scale",
 ]
-METHODS = ["transanno", "logreg_l2", "logreg_l1", "knn", "celltypist", "scanvi"]
+METHODS = ["transanno", "logreg_l2", "logreg_l1", "knn", "celltypist", "scanvi", "scanvi_semi"]
 TABULA_NAMES = {
     "B cell": "B cells",
     "T cell": "T cells",
@@ -329,9 +332,10 @@ def run_method(method: str, c: Case, seed: int, train_kwargs: dict):
         return run_transanno(ref, query, c, seed, train_kwargs)
     ref, query = harmonize(c.ref, _blind(c.query))
     notes = {"shared_genes": int(ref.n_vars)}
-    if method == "scanvi":
+    if method in ("scanvi", "scanvi_semi"):
         batches = c.ref.obs[c.batch_key].astype(str).to_numpy() if c.batch_key else None
-        proba, _, _ = scanvi(ref, query, ref_labels, seed, False, batches, soft=True)
+        semi = method == "scanvi_semi"
+        proba, _, _ = scanvi(ref, query, ref_labels, seed, semi, batches, soft=True)
         forced, conf = _from_proba(proba.to_numpy(), proba.columns)
     else:
         r, q = lognorm(ref, c.log_normalized), lognorm(query, c.log_normalized)
