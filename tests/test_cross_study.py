@@ -148,3 +148,65 @@ def test_cell_type_missing_from_the_reference_is_unassigned_across_studies(lung)
     )
     baseline = roc_auc_score(~novel, clf.predict_proba(_lognorm(q[:, genes].X)).max(1))
     assert auroc > baseline
+
+
+def _ensembl_named(adata: ad.AnnData, symbols_to: str) -> ad.AnnData:
+    """``adata`` with made-up Ensembl IDs as var_names and its symbols in ``var[symbols_to]``
+    (as CELLxGENE writes ``feature_name``)."""
+    out = adata.copy()
+    out.var[symbols_to] = out.var_names.to_numpy()
+    out.var_names = [f"ENSMUSG{i:011d}" for i in range(out.n_vars)]
+    return out
+
+
+def test_query_naming_genes_by_ensembl_id_with_a_symbol_column(split):
+    """A query with Ensembl IDs in var_names and symbols in var['feature_name'] is annotated
+    from a symbol-named reference exactly as the same query named by symbols, the user's objects
+    unchanged; without that column the call refuses before training."""
+    ref, query = split[0], split[1][:150].copy()
+    kwargs = {"reference": ref, "labels_key": "cell_type", "model_kwargs": FAST_MODEL}
+    train = {**FAST_TRAIN, "max_epochs": 2}
+    by_symbol = ta.tl.transanno_annotate(query, copy=True, **kwargs, **train)
+    ensembl = _ensembl_named(query, "feature_name")
+    before = ensembl.var.copy()
+    by_id = ta.tl.transanno_annotate(ensembl, copy=True, **kwargs, **train)
+    np.testing.assert_array_equal(by_id.obs["transanno_label"], by_symbol.obs["transanno_label"])
+    np.testing.assert_allclose(
+        by_id.obs["transanno_confidence"], by_symbol.obs["transanno_confidence"], rtol=1e-5
+    )
+    overlap = by_id.uns["transanno"]["gene_overlap"]
+    assert overlap["query_gene_names"] == "var['feature_name']"
+    assert overlap["reference_gene_names"] == "var_names"
+    pd_testing = pytest.importorskip("pandas.testing")
+    pd_testing.assert_frame_equal(ensembl.var, before)
+    assert "feature_name" not in ref.var
+    ensembl.var = ensembl.var.drop(columns="feature_name")
+    with pytest.raises(ValueError, match="share only 0 genes"):
+        ta.tl.transanno_annotate(ensembl, **kwargs, **train)
+
+
+def test_reference_naming_genes_by_ensembl_id_with_a_symbol_column(split, tmp_path):
+    """The reverse (an Ensembl-named reference with var['gene_symbols'], a symbol-named query),
+    through an .h5ad round trip: the model's vocabulary is named by symbols, so the saved model
+    also annotates symbol-named data; and a saved symbol model annotates an Ensembl-named query
+    by its symbol column."""
+    ref = _ensembl_named(split[0], "gene_symbols")
+    ref.write_h5ad(tmp_path / "ref.h5ad")
+    ref = ad.read_h5ad(tmp_path / "ref.h5ad")
+    query = split[1][:150].copy()
+    ta.tl.transanno_annotate(
+        query,
+        reference=ref,
+        labels_key="cell_type",
+        model_kwargs=FAST_MODEL,
+        save_model=str(tmp_path / "model"),
+        **{**FAST_TRAIN, "max_epochs": 2},
+    )
+    assert query.uns["transanno"]["gene_overlap"]["reference_gene_names"] == "var['gene_symbols']"
+    model = ta.model.TransAnno.load(str(tmp_path / "model"))
+    assert set(model.var_names_) <= set(split[0].var_names)
+    ensembl_query = _ensembl_named(query, "feature_name")
+    np.testing.assert_array_equal(
+        model.predict(ensembl_query), query.obs["transanno_label"].astype(str).to_numpy()
+    )
+    assert ta.pp.gene_overlap(ensembl_query, model)["gene_names"] == "var['feature_name']"

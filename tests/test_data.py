@@ -37,3 +37,33 @@ def test_match_genes_exact_then_case_insensitive():
     assert m.n_exact == 1 and m.n_case_insensitive == 1 and m.n_matched == 2
     assert dict(zip(m.target.tolist(), m.source.tolist())) == {0: 1, 1: 0}
     assert abs(m.fraction - 2 / 3) < 1e-9
+
+
+def test_genes_matched_by_a_gene_name_column_only_when_it_clearly_matches_more():
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    from transanno_sc.data import match_adata_genes, match_shared_genes
+
+    ids = [f"ENSMUSG{i:011d}" for i in range(6)]
+    symbols = ["Cd3e", "Cd19", np.nan, "Ptprc", "Cd19", "Nkg7"]
+    adata = ad.AnnData(
+        np.zeros((2, 6), dtype=np.float32),
+        var=pd.DataFrame({"feature_name": symbols, "n_cells": range(6)}, index=ids),
+    )
+    m = match_adata_genes(adata, ["CD3E", "Cd19", "Nkg7", "Ptprc"])
+    assert m.names == "var['feature_name']"
+    # positions in adata: a missing symbol keeps its ID, a repeated one matches its first gene
+    assert dict(zip(m.target.tolist(), m.source.tolist())) == {0: 0, 1: 1, 2: 5, 3: 3}
+    assert match_adata_genes(adata, [ids[2], "Cd19", "Ptprc"]).source.tolist() == [2, 1, 3]
+    # var_names stay the default unless a column matches more than twice as many genes
+    m = match_adata_genes(adata, [ids[0], ids[1], "Cd19", "Nkg7", "Ptprc"])
+    assert m.names == "var_names" and m.n_matched == 2
+    ref = ad.AnnData(
+        np.zeros((2, 3), dtype=np.float32),
+        var=pd.DataFrame({"gene_ids": [ids[3], ids[5], "ENSMUSG99"]}, index=["a", "b", "c"]),
+    )
+    m, ref_names = match_shared_genes(adata, ref)
+    assert ref_names == "var['gene_ids']" and m.names == "var_names"
+    assert m.source.tolist() == [3, 5] and m.target.tolist() == [0, 1]

@@ -111,7 +111,7 @@ def test_no_gene_overlap_with_model(trained, query):
 
     ids = [f"ENSMUSG{i:011d}" for i in range(50)]
     with pytest.raises(ValueError, match="model uses Ensembl IDs while the data look like"):
-        checked_match(query.var_names, ids, "adata")
+        checked_match(query, ids, "adata")
 
 
 def test_query_with_negative_values(trained, query):

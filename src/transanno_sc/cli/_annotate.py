@@ -138,7 +138,7 @@ def _read_reference(args: argparse.Namespace, query):
     if args.batch_key is not None:
         _check_obs_key(ref, args.batch_key, "reference", "--batch-key")
     _check_layer(ref, args.layer, "reference")
-    shared = ta.data.match_genes(query.var_names, ref.var_names)
+    shared, _ = ta.data.match_shared_genes(query, ref)
     if shared.n_matched == 0:
         msg = (
             f"no gene of the query matches a reference gene by name (query genes such as "

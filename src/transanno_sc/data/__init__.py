@@ -7,6 +7,7 @@ does). Nothing here imports another subpackage of ``transanno_sc``.
 """
 
 from ._anndata import (
+    GENE_NAME_COLUMNS,
     RNA_MODALITY_NAMES,
     InputScale,
     check_labels,
@@ -15,8 +16,11 @@ from ._anndata import (
     check_values,
     detect_input_scale,
     expm1_rows,
+    gene_name_options,
     get_matrix,
     get_rna,
+    match_adata_genes,
+    match_shared_genes,
     non_string_labels,
     resolve_input_scale,
     scan_matrix,
@@ -47,6 +51,7 @@ from ._vocab import GeneMatch, gene_key, match_genes
 __all__ = [
     "CHUNK_SIZE",
     "CLS_ID",
+    "GENE_NAME_COLUMNS",
     "MASK_ID",
     "N_SPECIAL_GENE_TOKENS",
     "PAD_ID",
@@ -62,12 +67,15 @@ __all__ = [
     "empty_rows",
     "expm1_rows",
     "gene_key",
+    "gene_name_options",
     "get_matrix",
     "get_rna",
     "iter_row_chunks",
     "iter_vocab_batches",
     "length_batches",
+    "match_adata_genes",
     "match_genes",
+    "match_shared_genes",
     "n_forward_batches",
     "n_tokens",
     "non_string_labels",

@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from ._streaming import iter_row_chunks
+from ._vocab import GeneMatch, match_genes
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +24,86 @@ N_ROWS_SCALE_DETECTION = 2000
 
 #: log1p(counts per 10k) never exceeds this in practice; larger non-integer values are not log.
 MAX_LOG1P_VALUE = 30.0
+
+#: Columns of ``var`` that often hold a second name of each gene: gene symbols next to
+#: Ensembl IDs in ``var_names`` (CELLxGENE's ``feature_name``, scanpy's ``gene_symbols``) or
+#: Ensembl IDs next to symbols (10x / scanpy's ``gene_ids``).
+GENE_NAME_COLUMNS = (
+    "feature_name",
+    "gene_symbols",
+    "gene_symbol",
+    "gene_name",
+    "gene_names",
+    "symbol",
+    "gene_ids",
+    "gene_id",
+    "ensembl_id",
+    "feature_id",
+)
+
+
+def gene_name_options(adata: AnnData) -> dict[str, pd.Index]:
+    """The names adata's genes can be matched by: ``var_names``, then each column of
+    :data:`GENE_NAME_COLUMNS` in ``adata.var`` that holds strings (a gene without a value
+    there keeps its ``var_names`` entry; repeated names are made unique as
+    :meth:`~anndata.AnnData.var_names_make_unique` does)."""
+    from anndata.utils import make_index_unique
+
+    var_names = pd.Index(adata.var_names.astype(str))
+    options = {"var_names": var_names}
+    for col in GENE_NAME_COLUMNS:
+        if col not in adata.var.columns:
+            continue
+        values = adata.var[col]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            values = values.astype(object)
+        if not (pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values)):
+            continue
+        values = values.to_numpy(dtype=object)
+        missing = pd.isna(values) | (values.astype(str) == "")
+        names = np.where(missing, var_names.to_numpy(dtype=object), values).astype(str)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # make_index_unique warns about the duplicates
+            options[f"var[{col!r}]"] = make_index_unique(pd.Index(names))
+    return options
+
+
+def match_adata_genes(adata: AnnData, vocab) -> GeneMatch:
+    """Match ``vocab`` to the genes of ``adata`` (:func:`match_genes`) by ``var_names``, or by a
+    column of ``adata.var`` named in :data:`GENE_NAME_COLUMNS` when one matches more than twice
+    as many genes (then the column matching most): Ensembl IDs in ``var_names`` with gene
+    symbols in ``var['feature_name']``, say, against a vocabulary of symbols."""
+    vocab = [str(g) for g in vocab]
+    matches = [
+        match_genes(genes, vocab, names=names) for names, genes in gene_name_options(adata).items()
+    ]
+    best = matches[0]  # var_names
+    other = max(matches[1:], key=lambda m: m.n_matched, default=None)
+    if other is not None and other.n_matched > 2 * best.n_matched:
+        best = other
+        logger.info(
+            "Genes matched by %s (%d genes) rather than var_names.", best.names, best.n_matched
+        )
+    return best
+
+
+def match_shared_genes(adata: AnnData, reference: AnnData) -> tuple[GeneMatch, str]:
+    """The genes of ``reference`` found in ``adata``, each side named by ``var_names`` or by a
+    gene-name column of its ``var`` (:func:`match_adata_genes` on both sides).
+
+    Returns the match (``source``: columns of ``adata``, ``target``: columns of ``reference``)
+    and the key of :func:`gene_name_options` of ``reference`` that named its genes.
+    """
+    matches = {
+        names: match_adata_genes(adata, genes)
+        for names, genes in gene_name_options(reference).items()
+    }
+    best = "var_names"
+    other = max((n for n in matches if n != best), key=lambda n: matches[n].n_matched, default=None)
+    if other is not None and matches[other].n_matched > 2 * matches[best].n_matched:
+        best = other
+        logger.info("Reference genes matched by %s rather than var_names.", other)
+    return matches[best], best
 
 
 def get_matrix(adata: AnnData, layer: str | None):

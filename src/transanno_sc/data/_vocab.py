@@ -31,6 +31,9 @@ class GeneMatch:
     n_unversioned
         Further genes matched only after dropping Ensembl version suffixes
         (``ENSG00000141510.17`` ~ ``ENSG00000141510``).
+    names
+        Where the dataset's gene names came from: ``"var_names"``, or a column of ``var``
+        such as ``"var['feature_name']"`` (see :func:`match_adata_genes`).
     """
 
     source: np.ndarray
@@ -39,6 +42,7 @@ class GeneMatch:
     n_exact: int
     n_case_insensitive: int
     n_unversioned: int = 0
+    names: str = "var_names"
 
     @property
     def n_matched(self) -> int:
@@ -59,6 +63,7 @@ class GeneMatch:
             "n_case_insensitive": int(self.n_case_insensitive),
             "n_unversioned": int(self.n_unversioned),
             "fraction": float(self.fraction),
+            "gene_names": self.names,
         }
 
 
@@ -77,13 +82,16 @@ def gene_key(gene: str, *, case_insensitive: bool = True, drop_versions: bool = 
     return key.upper() if case_insensitive else key
 
 
-def match_genes(dataset_genes: Sequence[str], vocab: Sequence[str]) -> GeneMatch:
+def match_genes(
+    dataset_genes: Sequence[str], vocab: Sequence[str], names: str = "var_names"
+) -> GeneMatch:
     """Match ``vocab`` genes to ``dataset_genes`` by name.
 
     Exact names first; the remaining genes are matched when that is unambiguous after
     upper-casing both names (mouse ``Gnai3`` against an upper-case ``GNAI3`` panel) and
     dropping Ensembl version suffixes (``ENSG00000141510.17`` against ``ENSG00000141510``,
-    GENCODE against Ensembl annotations).
+    GENCODE against Ensembl annotations). ``names`` says where ``dataset_genes`` came from
+    (kept in the result).
     """
     dataset_genes = [str(g) for g in dataset_genes]
     vocab = [str(g) for g in vocab]
@@ -122,4 +130,5 @@ def match_genes(dataset_genes: Sequence[str], vocab: Sequence[str]) -> GeneMatch
         n_exact=n_exact,
         n_case_insensitive=n_ci,
         n_unversioned=n_unversioned,
+        names=names,
     )

@@ -20,6 +20,7 @@ from transanno_sc._constants import (
 from transanno_sc.data import (
     GeneMatch,
     get_matrix,
+    match_adata_genes,
     match_genes,
     stratified_subsample,
 )
@@ -225,29 +226,37 @@ RETRAIN_HINT = (
 
 
 def checked_match(
-    var_names: pd.Index, vocab: Sequence[str], what: str, stacklevel: int = 3
+    adata: AnnData, vocab: Sequence[str], what: str, stacklevel: int = 3, *, by_columns: bool = True
 ) -> GeneMatch:
-    """Match ``vocab`` to ``var_names`` by name; warn or refuse on a poor overlap."""
-    match = match_genes(var_names, vocab)
+    """Match ``vocab`` to the genes of ``adata`` by name (``by_columns``: or by a gene-name
+    column of ``adata.var``, see :func:`~transanno_sc.data.match_adata_genes`); warn or refuse
+    on a poor overlap."""
+    var_names = adata.var_names
+    match = match_adata_genes(adata, vocab) if by_columns else match_genes(var_names, vocab)
     if match.fraction < MIN_GENE_OVERLAP:
         example = ", ".join(map(str, var_names[:3]))
         data_ids = str(var_names[0]).upper().startswith("ENS")
         model_ids = str(vocab[0]).upper().startswith("ENS")
         if data_ids and not model_ids:
-            hint = (
-                " The data look like Ensembl IDs while the model uses gene symbols: map them "
-                "to symbols first (e.g. from a `var` column such as 'feature_name')."
+            hint = " The data look like Ensembl IDs while the model uses gene symbols: " + (
+                "put the symbols in a `var` column named 'feature_name' (or another of "
+                "transanno_sc.data.GENE_NAME_COLUMNS) and they are matched by it."
+                if by_columns
+                else "name the genes by their symbols."
             )
         elif model_ids and not data_ids:
-            hint = (
-                " The model uses Ensembl IDs while the data look like gene symbols: use the "
-                "same IDs (e.g. from a `var` column such as 'gene_ids')."
+            hint = " The model uses Ensembl IDs while the data look like gene symbols: " + (
+                "put the IDs in a `var` column named 'gene_ids' (or another of "
+                "transanno_sc.data.GENE_NAME_COLUMNS) and they are matched by it."
+                if by_columns
+                else "name the genes by the same IDs."
             )
         else:
             hint = " Check the species and the gene naming convention (symbols vs IDs)."
         msg = (
             f"Only {match.n_matched} of the model's {match.n_vocab} genes "
-            f"({match.fraction:.1%}) are in {what}.var_names (e.g. {example}); at least "
+            f"({match.fraction:.1%}) are in {what}.var_names (e.g. {example})"
+            f"{' or a gene-name column of its var' if by_columns else ''}; at least "
             f"{MIN_GENE_OVERLAP:.0%} are needed.{hint} If {what} was measured on a smaller "
             f"gene panel, train a model for its genes: {RETRAIN_HINT}"
         )

@@ -213,8 +213,9 @@ class TransAnno(
         self.gene_overlap_ = match.to_dict()
 
     def _match(self, adata: AnnData, what: str) -> GeneMatch:
-        """Match the model's genes to ``adata`` by name; warn or refuse on a poor overlap."""
-        return checked_match(adata.var_names, self.var_names_, what, stacklevel=4)
+        """Match the model's genes to ``adata`` by name (``var_names``, or a gene-name column
+        of ``adata.var``); warn or refuse on a poor overlap."""
+        return checked_match(adata, self.var_names_, what, stacklevel=4)
 
     # ------------------------------------------------------------------ setup
     @classmethod

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from anndata import AnnData
 
-from transanno_sc.data import match_genes
+from transanno_sc.data import match_adata_genes
 
 if TYPE_CHECKING:
     from transanno_sc.model import TransAnno
@@ -15,7 +15,9 @@ if TYPE_CHECKING:
 def gene_overlap(adata: AnnData, model: TransAnno) -> dict:
     """Match ``adata``'s genes to ``model``'s vocabulary by name and summarize.
 
-    Names are matched exactly first, then case-insensitively (``Cd3e`` ~ ``CD3E``).
+    Names are matched exactly first, then case-insensitively (``Cd3e`` ~ ``CD3E``), as the model
+    matches them: by ``var_names``, or by a gene-name column of ``adata.var`` (such as
+    ``feature_name``) that matches more than twice as many genes.
 
     Parameters
     ----------
@@ -27,7 +29,8 @@ def gene_overlap(adata: AnnData, model: TransAnno) -> dict:
     Returns
     -------
     A dict with ``n_model_genes``, ``n_matched``, ``n_exact``, ``n_case_insensitive``,
-    ``n_unversioned`` (matched without Ensembl version suffixes), ``fraction`` and ``missing``
+    ``n_unversioned`` (matched without Ensembl version suffixes), ``fraction``, ``gene_names``
+    (``"var_names"`` or the ``var`` column the genes were matched by) and ``missing``
     (the model genes absent from ``adata``).
 
     Examples
@@ -41,7 +44,7 @@ def gene_overlap(adata: AnnData, model: TransAnno) -> dict:
     if not isinstance(adata, AnnData):
         msg = f"adata must be an AnnData, got {type(adata).__name__}."
         raise TypeError(msg)
-    match = match_genes(adata.var_names, model.var_names_)
+    match = match_adata_genes(adata, model.var_names_)
     found = set(match.target.tolist())
     out = match.to_dict()
     out["missing"] = [g for j, g in enumerate(model.var_names_) if j not in found]

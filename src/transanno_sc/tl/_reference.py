@@ -11,7 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from transanno_sc.data import get_rna
+from transanno_sc.data import GENE_NAME_COLUMNS, get_rna
 
 if TYPE_CHECKING:
     from transanno_sc.model import TransAnno
@@ -43,7 +43,9 @@ def _private_reference(
     if isinstance(obs[labels_key].dtype, pd.CategoricalDtype):
         # a category without cells (left from subsetting) is no cell type to predict
         obs[labels_key] = obs[labels_key].cat.remove_unused_categories()
-    private = AnnData(X=X, obs=obs, var=pd.DataFrame(index=reference.var_names.copy()))
+    # the gene-name columns stay: the query may name its genes as one of them does
+    names = [c for c in GENE_NAME_COLUMNS if c in reference.var.columns]
+    private = AnnData(X=X, obs=obs, var=reference.var[names].copy())
     return private
 
 
@@ -64,16 +66,20 @@ def _shared_genes(private: AnnData, query: AnnData) -> tuple[AnnData, AnnData, d
     panel (a targeted or imaging-based assay) is not refused, nor scaled differently from the
     reference.
     """
-    from transanno_sc.data import match_genes
+    from transanno_sc.data import gene_name_options, match_shared_genes
 
-    match = match_genes(query.var_names, private.var_names)
-    # match_genes(dataset, vocab): the query is the dataset, the reference the vocabulary
+    match, ref_names = match_shared_genes(query, private)
     query_cols, ref_cols = match.source, match.target
     info = {
         "n_reference_genes": int(private.n_vars),
         "n_query_genes": int(query.n_vars),
         "n_shared_genes": int(ref_cols.size),
+        "reference_gene_names": ref_names,
+        "query_gene_names": match.names,
     }
+    if ref_names != "var_names":
+        # the model's vocabulary is named as the query's genes are
+        private.var_names = gene_name_options(private)[ref_names]
     if ref_cols.size < MIN_SHARED_GENES:
         example_ref = ", ".join(map(str, private.var_names[:3]))
         example_query = ", ".join(map(str, query.var_names[:3]))
@@ -85,11 +91,13 @@ def _shared_genes(private: AnnData, query: AnnData) -> tuple[AnnData, AnnData, d
         )
         raise ValueError(msg)
     logger.info(
-        "    %d genes shared by the reference (%d genes) and adata (%d genes): the model is "
-        "trained on these.",
+        "    %d genes shared by the reference (%d genes, named by its %s) and adata (%d genes, "
+        "its %s): the model is trained on these.",
         ref_cols.size,
         private.n_vars,
+        ref_names,
         query.n_vars,
+        match.names,
     )
     if ref_cols.size < private.n_vars:
         private = private[:, np.sort(ref_cols)].copy()
@@ -185,7 +193,7 @@ def _with_query_cells(
         expm1_rows,
         get_matrix,
         iter_row_chunks,
-        match_genes,
+        match_adata_genes,
         resolve_input_scale,
     )
 
@@ -195,9 +203,9 @@ def _with_query_cells(
     if ref_scale != query_scale and ref_scale == "log1p":
         private = AnnData(X=expm1_rows(private.X), obs=private.obs, var=private.var)
         ref_scale = "counts"
-    match = match_genes(private.var_names, query.var_names)
-    # match_genes(dataset, vocab): here the reference is the dataset, the query the vocab
-    ref_cols, query_cols = match.source, match.target
+    # the query's genes named as the model's vocabulary (the private reference's) matched them
+    match = match_adata_genes(query, private.var_names)
+    query_cols, ref_cols = match.source, match.target
     blocks = []
     for _, rows in iter_row_chunks(Xq):
         rows = sp.csr_matrix(rows)[:, query_cols]

@@ -275,7 +275,8 @@ class PretrainingMixin:
             raise ValueError(msg)
         manager = cls._get_most_recent_anndata_manager(adata, required=True)
         setup_args = manager.registry["setup_args"]
-        match = checked_match(adata.var_names, vocab, "adata")
+        # by var_names only: the registered AnnData's own genes become the vocabulary's
+        match = checked_match(adata, vocab, "adata", by_columns=False)
         overlap = match.to_dict()
         added = added_genes(adata, setup_args, match, reference_genes, settings.seed)
         model_kwargs.setdefault("dropout", config.hidden_dropout_prob)
