@@ -68,23 +68,33 @@ def gene_name_options(adata: AnnData) -> dict[str, pd.Index]:
     return options
 
 
+def _clearly_best(matches: dict[str, GeneMatch]) -> str:
+    """The key of ``matches`` to use: ``"var_names"``, unless another matches more than twice
+    as many genes (then the one matching most)."""
+    other = max(
+        (k for k in matches if k != "var_names"), key=lambda k: matches[k].n_matched, default=None
+    )
+    if other is not None and matches[other].n_matched > 2 * matches["var_names"].n_matched:
+        return other
+    return "var_names"
+
+
 def match_adata_genes(adata: AnnData, vocab) -> GeneMatch:
     """Match ``vocab`` to the genes of ``adata`` (:func:`match_genes`) by ``var_names``, or by a
     column of ``adata.var`` named in :data:`GENE_NAME_COLUMNS` when one matches more than twice
     as many genes (then the column matching most): Ensembl IDs in ``var_names`` with gene
     symbols in ``var['feature_name']``, say, against a vocabulary of symbols."""
     vocab = [str(g) for g in vocab]
-    matches = [
-        match_genes(genes, vocab, names=names) for names, genes in gene_name_options(adata).items()
-    ]
-    best = matches[0]  # var_names
-    other = max(matches[1:], key=lambda m: m.n_matched, default=None)
-    if other is not None and other.n_matched > 2 * best.n_matched:
-        best = other
+    matches = {
+        names: match_genes(genes, vocab, names=names)
+        for names, genes in gene_name_options(adata).items()
+    }
+    best = _clearly_best(matches)
+    if best != "var_names":
         logger.info(
-            "Genes matched by %s (%d genes) rather than var_names.", best.names, best.n_matched
+            "Genes matched by %s (%d genes) rather than var_names.", best, matches[best].n_matched
         )
-    return best
+    return matches[best]
 
 
 def match_shared_genes(adata: AnnData, reference: AnnData) -> tuple[GeneMatch, str]:
@@ -98,11 +108,9 @@ def match_shared_genes(adata: AnnData, reference: AnnData) -> tuple[GeneMatch, s
         names: match_adata_genes(adata, genes)
         for names, genes in gene_name_options(reference).items()
     }
-    best = "var_names"
-    other = max((n for n in matches if n != best), key=lambda n: matches[n].n_matched, default=None)
-    if other is not None and matches[other].n_matched > 2 * matches[best].n_matched:
-        best = other
-        logger.info("Reference genes matched by %s rather than var_names.", other)
+    best = _clearly_best(matches)
+    if best != "var_names":
+        logger.info("Reference genes matched by %s rather than var_names.", best)
     return matches[best], best
 
 
