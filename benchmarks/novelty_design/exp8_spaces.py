@@ -137,7 +137,7 @@ def main():
     out["known_all_cases"] = df.groupby(["space", "shift", "alpha"])["known"].median()
     print(out.round(3).to_string())
     for v in ("novel", "known"):
-        t = df[(df.shift == "global10") & (df.alpha == 0.01)].pivot_table(
+        t = df[(df["shift"] == "global10") & (df["alpha"] == 0.01)].pivot_table(
             index="case", columns="space", values=v
         )
         print(v, "(global10, alpha 0.01)")
