@@ -44,8 +44,8 @@ GENE_NAME_COLUMNS = (
 
 def gene_name_options(adata: AnnData) -> dict[str, pd.Index]:
     """The names adata's genes can be matched by: ``var_names``, then each column of
-    :data:`GENE_NAME_COLUMNS` in ``adata.var`` that holds strings (a gene without a value
-    there keeps its ``var_names`` entry; repeated names are made unique as
+    ``adata.var`` named in ``transanno_sc.data.GENE_NAME_COLUMNS`` that holds strings (a gene
+    without a value there keeps its ``var_names`` entry; repeated names are made unique as
     :meth:`~anndata.AnnData.var_names_make_unique` does)."""
     from anndata.utils import make_index_unique
 
@@ -80,10 +80,11 @@ def _clearly_best(matches: dict[str, GeneMatch]) -> str:
 
 
 def match_adata_genes(adata: AnnData, vocab) -> GeneMatch:
-    """Match ``vocab`` to the genes of ``adata`` (:func:`match_genes`) by ``var_names``, or by a
-    column of ``adata.var`` named in :data:`GENE_NAME_COLUMNS` when one matches more than twice
-    as many genes (then the column matching most): Ensembl IDs in ``var_names`` with gene
-    symbols in ``var['feature_name']``, say, against a vocabulary of symbols."""
+    """Match ``vocab`` to the genes of ``adata`` (:func:`~transanno_sc.data.match_genes`) by
+    ``var_names``, or by a column of ``adata.var`` named in
+    ``transanno_sc.data.GENE_NAME_COLUMNS`` when one matches more than twice as many genes (then
+    the column matching most): Ensembl IDs in ``var_names`` with gene symbols in
+    ``var['feature_name']``, say, against a vocabulary of symbols."""
     vocab = [str(g) for g in vocab]
     matches = {
         names: match_genes(genes, vocab, names=names)
@@ -99,10 +100,12 @@ def match_adata_genes(adata: AnnData, vocab) -> GeneMatch:
 
 def match_shared_genes(adata: AnnData, reference: AnnData) -> tuple[GeneMatch, str]:
     """The genes of ``reference`` found in ``adata``, each side named by ``var_names`` or by a
-    gene-name column of its ``var`` (:func:`match_adata_genes` on both sides).
+    gene-name column of its ``var`` (:func:`~transanno_sc.data.match_adata_genes` on both
+    sides).
 
     Returns the match (``source``: columns of ``adata``, ``target``: columns of ``reference``)
-    and the key of :func:`gene_name_options` of ``reference`` that named its genes.
+    and the key of :func:`~transanno_sc.data.gene_name_options` of ``reference`` that named its
+    genes.
     """
     matches = {
         names: match_adata_genes(adata, genes)

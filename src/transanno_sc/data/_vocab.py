@@ -33,7 +33,7 @@ class GeneMatch:
         (``ENSG00000141510.17`` ~ ``ENSG00000141510``).
     names
         Where the dataset's gene names came from: ``"var_names"``, or a column of ``var``
-        such as ``"var['feature_name']"`` (see :func:`match_adata_genes`).
+        such as ``"var['feature_name']"`` (see :func:`~transanno_sc.data.match_adata_genes`).
     """
 
     source: np.ndarray
