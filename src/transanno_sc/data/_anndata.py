@@ -86,10 +86,15 @@ def match_adata_genes(adata: AnnData, vocab) -> GeneMatch:
     the column matching most): Ensembl IDs in ``var_names`` with gene symbols in
     ``var['feature_name']``, say, against a vocabulary of symbols."""
     vocab = [str(g) for g in vocab]
+    by_var_names = match_genes(adata.var_names, vocab)
+    if 2 * by_var_names.n_matched >= len(vocab):
+        return by_var_names  # no column can match more than twice as many: none is read
     matches = {
         names: match_genes(genes, vocab, names=names)
         for names, genes in gene_name_options(adata).items()
+        if names != "var_names"
     }
+    matches["var_names"] = by_var_names
     best = _clearly_best(matches)
     if best != "var_names":
         logger.info(
@@ -107,10 +112,15 @@ def match_shared_genes(adata: AnnData, reference: AnnData) -> tuple[GeneMatch, s
     and the key of :func:`~transanno_sc.data.gene_name_options` of ``reference`` that named its
     genes.
     """
+    by_var_names = match_adata_genes(adata, reference.var_names)
+    if 2 * by_var_names.n_matched >= reference.n_vars:
+        return by_var_names, "var_names"  # as in match_adata_genes: no column can win
     matches = {
         names: match_adata_genes(adata, genes)
         for names, genes in gene_name_options(reference).items()
+        if names != "var_names"
     }
+    matches["var_names"] = by_var_names
     best = _clearly_best(matches)
     if best != "var_names":
         logger.info("Reference genes matched by %s rather than var_names.", best)
