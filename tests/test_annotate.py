@@ -259,31 +259,46 @@ def slash_annotated(split):
     ref, query = split[0].copy(), split[1].copy()
     ref.obs["cell_type"] = ref.obs["cell_type"].astype(str).replace(SLASHED)
     scvi.settings.seed = 0
-    return ta.tl.transanno_annotate(query, reference=ref, labels_key="cell_type", copy=True, **TINY)
+    with pytest.warns(UserWarning, match=r"'NK/ILC cells': 'NK_ILC cells'"):
+        return ta.tl.transanno_annotate(
+            query, reference=ref, labels_key="cell_type", copy=True, **TINY
+        )
 
 
-def test_labels_with_slashes_round_trip_through_h5ad(slash_annotated, tmp_path):
+@pytest.mark.parametrize("fmt", ["h5ad", "zarr"])
+def test_labels_with_slashes_round_trip_with_no_slash_in_a_key(slash_annotated, tmp_path, fmt):
     out = slash_annotated
     assert set(SLASHED.values()) <= set(out.obs["transanno_label"].astype(str))
+    assert set(SLASHED.values()) <= set(out.uns["transanno"]["classes"])
+    probs = out.obsm["transanno_probabilities"]
+    assert {"NK_ILC cells", "T cells_CD3+"} <= set(probs.columns)
+    assert not any("/" in c for c in probs.columns)
     with warnings.catch_warnings():
-        # anndata < 0.13 writes "/" in keys with a FutureWarning (see the xfail below)
-        warnings.filterwarnings("ignore", message="Forward slashes", category=FutureWarning)
-        out.write_h5ad(tmp_path / "q.h5ad")
-    back = ad.read_h5ad(tmp_path / "q.h5ad")
-    pd.testing.assert_series_equal(back.obs["transanno_label"], out.obs["transanno_label"])
-    pd.testing.assert_frame_equal(
-        back.obsm["transanno_probabilities"], out.obsm["transanno_probabilities"]
-    )
-    assert list(back.uns["transanno"]["classes"]) == list(out.uns["transanno"]["classes"])
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="obsm['transanno_probabilities'] is a DataFrame with the cell types as column "
-    "names, which become h5 keys: anndata warns that '/' in them will be refused in its next "
-    "minor release (then write_h5ad fails for such labels)",
-)
-def test_labels_with_slashes_need_no_deprecated_h5_keys(slash_annotated, tmp_path):
-    with warnings.catch_warnings():
+        # anndata refuses "/" in keys for zarr and warns (next minor: refuses) for h5ad
         warnings.filterwarnings("error", message="Forward slashes")
-        slash_annotated.write_h5ad(tmp_path / "q.h5ad")
+        getattr(out, f"write_{fmt}")(tmp_path / f"q.{fmt}")
+    back = getattr(ad, f"read_{fmt}")(tmp_path / f"q.{fmt}")
+    pd.testing.assert_series_equal(back.obs["transanno_label"], out.obs["transanno_label"])
+    pd.testing.assert_frame_equal(back.obsm["transanno_probabilities"], probs)
+    assert list(back.uns["transanno"]["classes"]) == list(out.uns["transanno"]["classes"])
+    # the evaluation knows the slashed types from uns (not from the renamed columns)
+    back.obs["truth"] = back.obs["transanno_label"].astype(str)
+    n_assigned = int((back.obs["truth"] != "Unassigned").sum())
+    assert ta.tl.evaluate(back, "truth", known_only=True)["n_cells"] == n_assigned
+
+
+def test_a_reference_type_named_unassigned_is_refused_with_the_way_out(split):
+    ref, query = split[0].copy(), split[1].copy()
+    ref.obs["cell_type"] = ref.obs["cell_type"].astype(str).replace({"NK cells": "Unassigned"})
+    with pytest.raises(ValueError, match=r"unlabeled_category='Unassigned'"):
+        ta.tl.transanno_annotate(query, reference=ref, labels_key="cell_type", **TINY)
+    assert "transanno_label" not in query.obs
+    out = ta.tl.transanno_annotate(
+        query,
+        reference=ref,
+        labels_key="cell_type",
+        unlabeled_category="Unassigned",
+        copy=True,
+        **TINY,
+    )
+    assert list(out.uns["transanno"]["classes"]) == ["B cells", "Neutrophils", "T cells"]

@@ -200,15 +200,27 @@ def test_backed_and_dense_queries(trained, query, tmp_path):
     np.testing.assert_allclose(trained.predict(dense, soft=True).to_numpy(), base, atol=1e-5)
 
 
-def test_log_normalized_query_on_counts_model(trained, query):
+@pytest.mark.parametrize("target_sum", [1e4, None])
+def test_log_normalized_query_on_counts_model(trained, query, rng, target_sum):
+    """log1p values give the predictions of their counts, whatever total they were normalized
+    to (scanpy's default ``None``: the median library size, here ~1,800, not 10,000) and
+    whether or not they were subset after normalizing (e.g. to highly variable genes)."""
     import scanpy as sc
 
     logq = query.copy()
-    sc.pp.normalize_total(logq, target_sum=1e4)
+    sc.pp.normalize_total(logq, target_sum=target_sum)
     sc.pp.log1p(logq)
     np.testing.assert_allclose(
         trained.predict(logq, soft=True).to_numpy(),
         trained.predict(query, soft=True).to_numpy(),
+        atol=1e-4,
+    )
+    # half of the model's genes and 1,000 others
+    vocab = query.var_names.get_indexer(trained.var_names_[::2])
+    genes = np.union1d(vocab[vocab >= 0], rng.choice(query.n_vars, 1000, replace=False))
+    np.testing.assert_allclose(
+        trained.predict(logq[:, genes].copy(), soft=True).to_numpy(),
+        trained.predict(query[:, genes].copy(), soft=True).to_numpy(),
         atol=1e-4,
     )
 

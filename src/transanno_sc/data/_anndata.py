@@ -11,6 +11,8 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from transanno_sc._constants import UNASSIGNED
+
 from ._streaming import iter_row_chunks
 from ._vocab import GeneMatch, match_genes
 
@@ -268,7 +270,8 @@ def string_labels(labels: pd.Series) -> pd.Series:
 
 
 def check_labels(adata: AnnData, labels_key: str | None, unlabeled_category: str) -> None:
-    """Refuse a missing ``labels_key``, labels that are not strings, or missing labels."""
+    """Refuse a missing ``labels_key``, labels that are not strings, missing labels, or a cell
+    type named as the model's ``"Unassigned"`` call."""
     if labels_key is None:
         return
     if labels_key not in adata.obs:
@@ -297,6 +300,14 @@ def check_labels(adata: AnnData, labels_key: str | None, unlabeled_category: str
                 f"trained on as a cell type. Pass unlabeled_category={lookalike[0]!r}."
             )
             raise ValueError(msg)
+    if UNASSIGNED in values and unlabeled_category != UNASSIGNED:
+        n = int((labels.astype(str) == UNASSIGNED).sum())
+        msg = (
+            f"adata.obs[{labels_key!r}] names {n} cells {UNASSIGNED!r}, the label TransAnno gives "
+            f"to cells it cannot assign: predictions could not tell the two apart. Pass "
+            f"unlabeled_category={UNASSIGNED!r} to train without those cells, or rename them."
+        )
+        raise ValueError(msg)
     if labels.isna().any():
         msg = (
             f"adata.obs[{labels_key!r}] has {int(labels.isna().sum())} missing values. Set them "

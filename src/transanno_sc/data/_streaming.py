@@ -75,6 +75,7 @@ def iter_vocab_batches(
     max_tokens: int | None = None,
     chunk_size: int | None = None,
     check=None,
+    log1p: bool = False,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Stream ``X`` as dense forward batches over a gene vocabulary.
 
@@ -102,6 +103,9 @@ def iter_vocab_batches(
         Rows read at once (at least ``batch_size``); :data:`CHUNK_SIZE` when ``None``.
     check
         Called on each raw chunk (e.g. :func:`check_values`).
+    log1p
+        ``X`` holds log1p values: the library is then the total of their ``expm1`` (the
+        count-like values the model normalizes them back from).
 
     Yields
     ------
@@ -115,7 +119,8 @@ def iter_vocab_batches(
     for start, rows in iter_row_chunks(X, chunk_size=chunk_size, indices=indices):
         if check is not None:
             check(rows)
-        library = np.asarray(rows.sum(axis=1), dtype=np.float32).reshape(-1)
+        totals = (rows.expm1() if sp.issparse(rows) else np.expm1(rows)) if log1p else rows
+        library = np.asarray(totals.sum(axis=1), dtype=np.float32).reshape(-1)
         sub = rows[:, source]
         if max_tokens is None:
             batches = [

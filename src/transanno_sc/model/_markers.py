@@ -349,6 +349,7 @@ class MarkersMixin:
             indices=cells,
             max_tokens=self.module.config.max_tokens,
             check=lambda rows: check_values(rows, data.where),
+            log1p=data.scale == "log1p",
         ):
             with torch.no_grad():
                 x_log = self.module.log_expression(

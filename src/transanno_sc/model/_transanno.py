@@ -285,7 +285,13 @@ class TransAnno(
         out = None if sparse else torch.zeros((len(indices), len(self.var_names_)))
         blocks = []
         for pos, x, library in iter_vocab_batches(
-            X, match.source, match.target, match.n_vocab, batch_size, indices=np.sort(indices)
+            X,
+            match.source,
+            match.target,
+            match.n_vocab,
+            batch_size,
+            indices=np.sort(indices),
+            log1p=self.input_scale_ == "log1p",
         ):
             values = self.module.log_expression(
                 torch.from_numpy(x),
@@ -354,6 +360,7 @@ class TransAnno(
             indices=indices,
             max_tokens=self.module.config.max_tokens,
             check=lambda rows: check_values(rows, where),
+            log1p=scale == "log1p",
         )
         n_batches = n_forward_batches(n, batch_size)
         t0 = time.perf_counter()

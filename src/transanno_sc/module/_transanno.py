@@ -133,13 +133,18 @@ class TransAnnoModule(BaseModuleClass):
         # median held-out distance, which the distances of its cells are divided by
         self.register_buffer("reference_labels", torch.zeros(0, dtype=torch.long))
         self.register_buffer("class_scale", torch.ones(n_classes))
+        # 1: log1p inputs are turned back into count-like values (expm1) and normalized as
+        # counts are, so that their normalization total (scanpy's default is the median library
+        # size, not 10,000) and the genes they were normalized over do not matter; 0 (models
+        # saved before 0.3): log1p inputs are taken as they are
+        self.register_buffer("renormalize_log1p", torch.ones(()))
         # Whether the registered training data hold counts (True) or log1p values (False).
         self.input_is_counts = True
 
     # ---------------------------------------------------------------- scvi-tools interface
     def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict:
         x = tensors[REGISTRY_KEYS.X_KEY]
-        library = x.sum(dim=1) if self.input_is_counts else None
+        library = (x if self.input_is_counts else torch.expm1(x.float())).sum(dim=1)
         idx = self.gene_index
         present = idx >= 0
         xv = torch.zeros((x.shape[0], self.n_genes), dtype=x.dtype, device=x.device)
@@ -167,8 +172,8 @@ class TransAnnoModule(BaseModuleClass):
         x
             ``(n_cells, n_genes)`` expression over the vocabulary (counts or log1p values).
         library
-            ``(n_cells,)`` total counts of each cell over all its genes (counts only); the row
-            sums of ``x`` when ``None``.
+            ``(n_cells,)`` total counts of each cell over all its genes (for log1p values: the
+            total of their ``expm1``); the row sums over the vocabulary when ``None``.
         is_counts
             Whether ``x`` holds counts (normalized here) or log1p-normalized values.
         """
@@ -282,8 +287,18 @@ class TransAnnoModule(BaseModuleClass):
     def log_expression(
         self, x: torch.Tensor, library: torch.Tensor | None = None, is_counts: bool = True
     ) -> torch.Tensor:
-        """Log-normalized expression over the vocabulary (what the tokens are made from)."""
+        """Log-normalized expression over the vocabulary (what the tokens are made from).
+
+        Counts are normalized to :data:`~transanno_sc._constants.TARGET_SUM` per cell (by
+        ``library``, the cell's total over all genes of its data) and log1p-transformed; log1p
+        values are first turned back into count-like values (``expm1``, ``library`` then being
+        their total) and normalized alike, so that data normalized to another total or over
+        other genes (then subset) give the values their counts would.
+        """
         x = x.float()
+        if not is_counts and self.renormalize_log1p.item():
+            x = torch.expm1(x).clamp_min(0.0)
+            is_counts = True
         return normalize_log1p(x, library, TARGET_SUM) if is_counts else x
 
     def resize_fitted_buffers(self, state: dict[str, torch.Tensor]) -> None:

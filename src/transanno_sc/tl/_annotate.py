@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -158,7 +159,11 @@ def transanno_annotate(
     `.obsm['X_{key_added}']` : :class:`numpy.ndarray` (dtype `float32`)
         Cell embedding, for :func:`scanpy.pp.neighbors` with ``use_rep``.
     `.obsm['{key_added}_probabilities']` : :class:`pandas.DataFrame`
-        Calibrated probability of every reference cell type.
+        Calibrated probability of every reference cell type, in the order of
+        ``uns['{key_added}']['classes']``. The columns are named by the types, except that a
+        ``"/"`` in a name becomes ``"_"`` (``"NK/ILC"`` -> ``"NK_ILC"``): ``.h5ad`` and
+        ``.zarr`` files cannot store column names with ``"/"``. The labels and ``classes``
+        keep the names as they are.
     `.uns['{key_added}']` : :class:`dict`
         ``params``, ``classes``, ``gene_overlap`` (with ``n_shared_genes`` when a model was
         trained here), ``calibration`` (temperature, the validation expected calibration
@@ -250,6 +255,31 @@ def transanno_annotate(
     return adata if copy else None
 
 
+def h5_safe_names(classes: list[str]) -> list[str]:
+    """Column names for ``classes`` that ``.h5ad`` and ``.zarr`` files can store: ``"/"``
+    becomes ``"_"`` (more ``"_"`` where that name is taken), with a warning."""
+    if not any("/" in c for c in classes):
+        return list(classes)
+    taken = set(classes)
+    names = []
+    for c in classes:
+        if "/" in c:
+            name = c.replace("/", "_")
+            while name in taken:
+                name += "_"
+            taken.add(name)
+            c = name
+        names.append(c)
+    renamed = {c: n for c, n in zip(classes, names, strict=True) if c != n}
+    warnings.warn(
+        f"Cell types with '/' name columns of obsm probabilities as {renamed} (h5ad and zarr "
+        "files cannot store '/' in column names); labels and uns classes keep the names.",
+        UserWarning,
+        stacklevel=4,  # transanno_annotate's caller
+    )
+    return names
+
+
 def _write_annotation(
     rna: AnnData,
     keys: _AnnotationKeys,
@@ -266,7 +296,9 @@ def _write_annotation(
     rna.obs[keys.label] = pd.Categorical(labels, categories=categories)
     rna.obs[keys.confidence] = confidence_score(out, novelty=params["novelty"])
     rna.obsm[keys.embedding] = out.latent
-    rna.obsm[keys.probabilities] = pd.DataFrame(out.probs, index=rna.obs_names, columns=classes)
+    rna.obsm[keys.probabilities] = pd.DataFrame(
+        out.probs, index=rna.obs_names, columns=h5_safe_names(classes)
+    )
     rna.uns[keys.uns] = {
         "params": params,
         "classes": np.asarray(classes, dtype=object),

@@ -29,8 +29,9 @@ def evaluate(
     pred_key
         Column of ``obs`` with the predictions.
     known_only
-        Score only cells whose true type is one the model could predict (a column of
-        ``obsm['{prefix}_probabilities']``, or any predicted type when that is absent). Cells
+        Score only cells whose true type is one the model could predict (in
+        ``uns['{prefix}']['classes']`` or, without it, a column of
+        ``obsm['{prefix}_probabilities']``; any predicted type when both are absent). Cells
         predicted ``"Unassigned"`` count as errors.
 
     Returns
@@ -57,11 +58,14 @@ def evaluate(
     if known_only:
         prefix = pred_key.removesuffix("_label")
         probs = rna.obsm.get(f"{prefix}_probabilities")
-        known = (
-            set(map(str, probs.columns))
-            if isinstance(probs, pd.DataFrame)
-            else set(pred) - {UNASSIGNED}
-        )
+        info = rna.uns.get(prefix)
+        classes = info.get("classes") if isinstance(info, dict) else None
+        if classes is not None:
+            known = set(map(str, classes))
+        elif isinstance(probs, pd.DataFrame):
+            known = set(map(str, probs.columns))
+        else:
+            known = set(pred) - {UNASSIGNED}
         keep = np.isin(true, list(known))
         true, pred = true[keep], pred[keep]
     if true.size == 0:

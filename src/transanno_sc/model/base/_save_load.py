@@ -280,6 +280,8 @@ class SaveLoadMixin:
         model.module.resize_fitted_buffers(state)
         # model folders written before the weight existed: the Transformer at full weight
         state.setdefault("deep_weight", torch.ones(()))
+        # saved before log1p inputs were normalized back from their expm1: taken as they are
+        state.setdefault("renormalize_log1p", torch.zeros(()))
         try:
             model.module.load_state_dict(state, strict=True)
         except RuntimeError as e:
