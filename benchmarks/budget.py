@@ -183,7 +183,8 @@ def run(
             t_end = time.time()
             labels = query.obs["transanno_label"].astype(str).to_numpy()
             probs = query.obsm["transanno_probabilities"]
-            argmax = probs.columns.to_numpy()[probs.to_numpy().argmax(1)].astype(str)
+            classes_ = np.asarray(query.uns["transanno"]["classes"], dtype=str)
+            argmax = classes_[probs.to_numpy().argmax(1)]
             classes = sorted(set(truth))
             res = {
                 "size": size,

@@ -301,9 +301,10 @@ def run_transanno(ref, query, c: Case, seed, train_kwargs):
     ta.tl.transanno_annotate(query, reference=ref, labels_key=c.key, **kwargs)
     pred = query.obs["transanno_label"].astype(str).to_numpy()
     probs = query.obsm["transanno_probabilities"]
-    forced = np.asarray(probs.columns, dtype=str)[np.asarray(probs).argmax(1)]
-    conf = query.obs["transanno_confidence"].to_numpy(dtype=float)
     uns = query.uns.get("transanno", {})
+    # the types as named (the columns have "_" for "/", which h5 keys cannot hold)
+    forced = np.asarray(uns["classes"], dtype=str)[np.asarray(probs).argmax(1)]
+    conf = query.obs["transanno_confidence"].to_numpy(dtype=float)
     notes = {
         k: (v.item() if hasattr(v, "item") else v)
         for k, v in {
