@@ -135,8 +135,8 @@ class TransAnnoModule(BaseModuleClass):
         self.register_buffer("class_scale", torch.ones(n_classes))
         # 1: log1p inputs are turned back into count-like values (expm1) and normalized as
         # counts are, so that their normalization total (scanpy's default is the median library
-        # size, not 10,000) and the genes they were normalized over do not matter; 0 (models
-        # saved before 0.3): log1p inputs are taken as they are
+        # size, not 10,000) and the genes they were normalized over do not matter; 0 (model
+        # folders saved before this buffer existed): log1p inputs are taken as they are
         self.register_buffer("renormalize_log1p", torch.ones(()))
         # Whether the registered training data hold counts (True) or log1p values (False).
         self.input_is_counts = True

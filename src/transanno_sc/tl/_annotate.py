@@ -255,7 +255,7 @@ def transanno_annotate(
     return adata if copy else None
 
 
-def h5_safe_names(classes: list[str]) -> list[str]:
+def _h5_safe_names(classes: list[str]) -> list[str]:
     """Column names for ``classes`` that ``.h5ad`` and ``.zarr`` files can store: ``"/"``
     becomes ``"_"`` (more ``"_"`` where that name is taken), with a warning."""
     if not any("/" in c for c in classes):
@@ -297,7 +297,7 @@ def _write_annotation(
     rna.obs[keys.confidence] = confidence_score(out, novelty=params["novelty"])
     rna.obsm[keys.embedding] = out.latent
     rna.obsm[keys.probabilities] = pd.DataFrame(
-        out.probs, index=rna.obs_names, columns=h5_safe_names(classes)
+        out.probs, index=rna.obs_names, columns=_h5_safe_names(classes)
     )
     rna.uns[keys.uns] = {
         "params": params,
