@@ -289,11 +289,11 @@ class TransAnnoModule(BaseModuleClass):
     ) -> torch.Tensor:
         """Log-normalized expression over the vocabulary (what the tokens are made from).
 
-        Counts are normalized to :data:`~transanno_sc._constants.TARGET_SUM` per cell (by
-        ``library``, the cell's total over all genes of its data) and log1p-transformed; log1p
-        values are first turned back into count-like values (``expm1``, ``library`` then being
-        their total) and normalized alike, so that data normalized to another total or over
-        other genes (then subset) give the values their counts would.
+        Counts are normalized to a total of 10,000 per cell (by ``library``, the cell's total
+        over all genes of its data) and log1p-transformed; log1p values are first turned back
+        into count-like values (``expm1``, ``library`` then being their total) and normalized
+        alike, so that data normalized to another total or over other genes (then subset) give
+        the values their counts would.
         """
         x = x.float()
         if not is_counts and self.renormalize_log1p.item():
