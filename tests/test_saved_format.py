@@ -91,3 +91,38 @@ def test_killed_save_leaves_a_loadable_model(trained, tmp_path, query):
     assert float(loaded.module.temperature) >= float(trained.module.temperature)
     # the temperature leaves the labels as they were: the weights are the trained ones
     np.testing.assert_array_equal(loaded.predict(query[:40]), trained.predict(query[:40]))
+
+
+def test_folder_saved_before_log1p_renormalization_keeps_its_input_handling(
+    trained, query, tmp_path
+):
+    """A folder without the ``renormalize_log1p`` buffer (saved before it existed) takes log1p
+    values as they are, as it did; a folder saved now normalizes them back from their expm1."""
+    import json
+
+    import scanpy as sc
+    from safetensors.torch import load_file, save_file
+
+    from transanno_sc.model.base._save_load import sha256
+
+    new, old = tmp_path / "new", tmp_path / "old"
+    trained.save(str(new))
+    trained.save(str(old))
+    state = load_file(old / "model.safetensors")
+    del state["renormalize_log1p"]
+    save_file(state, old / "model.safetensors")
+    config = json.loads((old / "transanno.json").read_text())
+    config["weights_sha256"] = sha256(str(old / "model.safetensors"))
+    (old / "transanno.json").write_text(json.dumps(config))
+
+    logq = query.copy()
+    sc.pp.normalize_total(logq)  # scanpy's default total: the median library size
+    sc.pp.log1p(logq)
+    counts = trained.predict(query, soft=True).to_numpy()
+    now, before = (ta.model.TransAnno.load(str(p)) for p in (new, old))
+    assert float(now.module.renormalize_log1p) == 1.0
+    assert float(before.module.renormalize_log1p) == 0.0
+    np.testing.assert_allclose(now.predict(logq, soft=True).to_numpy(), counts, atol=1e-4)
+    # the old handling: the values as they are, on another scale than the counts'
+    assert np.abs(before.predict(logq, soft=True).to_numpy() - counts).max() > 0.05
+    np.testing.assert_allclose(before.predict(query, soft=True).to_numpy(), counts, atol=1e-6)
