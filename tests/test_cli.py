@@ -335,3 +335,21 @@ def test_console_script_train_then_annotate(files, tmp_path):
     baseline = truth.value_counts(normalize=True).max()
     assert baseline < 0.4
     assert accuracy > baseline + 0.4, (accuracy, baseline)
+
+
+def test_annotate_labels_with_slashes_warns_in_one_line(files, split, tmp_path, capsys):
+    """A type named with "/" is written (h5ad keys cannot hold "/": its probability column
+    gets "_") and the CLI says so in one line, not with Python's file and source line."""
+    ref = split[0].copy()
+    ref.obs["cell_type"] = ref.obs["cell_type"].astype(str).replace({"NK cells": "NK/ILC"})
+    ref.write_h5ad(tmp_path / "ref_slash.h5ad")
+    out = tmp_path / "out.h5ad"
+    argv = ["annotate", "--reference", str(tmp_path / "ref_slash.h5ad"), "--labels-key"]
+    argv += ["cell_type", "--query", str(files / "query.h5ad"), "--out", str(out)]
+    assert main([*argv, *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "transanno: warning: Cell types with '/' name columns" in err, err
+    assert "ta.tl.transanno_annotate(" not in err  # no source line
+    q = ad.read_h5ad(out)
+    assert "NK/ILC" in q.uns["transanno"]["classes"]
+    assert "NK_ILC" in q.obsm["transanno_probabilities"].columns

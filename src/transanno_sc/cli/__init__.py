@@ -8,6 +8,7 @@ writes the result. User errors print one line and exit with code 2 (``--debug`` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import warnings
@@ -60,12 +61,32 @@ def _quiet_libraries() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
+@contextlib.contextmanager
+def _warnings_as_lines(*, debug: bool):
+    """Print warnings as one ``transanno: warning: ...`` line each (with ``--debug``: as
+    Python shows them, with file and line)."""
+    if debug:
+        yield
+        return
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"transanno: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``transanno`` command; returns the exit code."""
     args = _build_parser().parse_args(argv)
     _quiet_libraries()
     try:
-        return args.func(args)
+        with _warnings_as_lines(debug=_debug_requested(args)):
+            return args.func(args)
     except (CLIError, *USER_ERRORS) as e:
         if _debug_requested(args):
             raise
