@@ -56,6 +56,7 @@ def test_writes_only_documented_keys(trained, query, key_added):
         "classes",
         "gene_overlap",
         "calibration",
+        "query_context",
         "versions",
     }
     assert isinstance(query.obs[f"{key_added}_label"].dtype, pd.CategoricalDtype)
@@ -74,11 +75,17 @@ def test_copy_leaves_input_untouched(trained, query):
 
 
 def test_confidence_and_unassigned(trained, query):
-    ta.tl.transanno_annotate(query, trained, unassigned_threshold=0.95)
+    ta.tl.transanno_annotate(query, trained, unassigned_threshold=0.95, query_context=False)
     conf = query.obs["transanno_confidence"].to_numpy()
     probs = query.obsm["transanno_probabilities"].to_numpy()
     # calibrated probability times typicality (<= 1): never above the probability
     assert (conf <= probs.max(1) + 1e-6).all() and (conf >= 0).all()
+    unassigned = query.obs["transanno_label"].astype(str).to_numpy() == "Unassigned"
+    assert (unassigned == (conf < 0.95)).all()
+    # with the query context (the default) the threshold still reads the stored confidence
+    ta.tl.transanno_annotate(query, trained, unassigned_threshold=0.95)
+    conf = query.obs["transanno_confidence"].to_numpy()
+    assert ((conf >= 0) & (conf <= 1)).all()
     unassigned = query.obs["transanno_label"].astype(str).to_numpy() == "Unassigned"
     assert (unassigned == (conf < 0.95)).all()
     # without the novelty part the confidence is the probability of the predicted type
@@ -198,10 +205,12 @@ def test_argument_errors(trained, query):
 
 
 def test_one_cell_alone_as_in_a_batch(trained, query):
-    """A cell annotated alone gets what it gets among all the query's cells."""
-    full = ta.tl.transanno_annotate(query, trained, copy=True)
+    """A cell annotated alone gets what it gets among all the query's cells (cell by cell:
+    the query context reads the query as a whole, and a single cell has none)."""
+    full = ta.tl.transanno_annotate(query, trained, copy=True, query_context=False)
     for i in (0, 137, query.n_obs - 1):
         one = ta.tl.transanno_annotate(query[i : i + 1].copy(), trained, copy=True)
+        assert not one.uns["transanno"]["query_context"]["applied"]
         np.testing.assert_allclose(
             one.obsm["transanno_probabilities"].to_numpy(),
             full.obsm["transanno_probabilities"].to_numpy()[i : i + 1],

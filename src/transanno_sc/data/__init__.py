@@ -35,6 +35,7 @@ from ._streaming import (
     length_batches,
     n_forward_batches,
     n_tokens,
+    type_detection,
 )
 from ._tokenize import (
     CLS_ID,
@@ -86,5 +87,6 @@ __all__ = [
     "stratified_subsample",
     "string_labels",
     "tokenize",
+    "type_detection",
     "value_bins",
 ]

@@ -143,3 +143,23 @@ def empty_rows(X) -> np.ndarray:
         nnz = rows.getnnz(axis=1) if sp.issparse(rows) else np.count_nonzero(rows, axis=1)
         empty[start : start + rows.shape[0]] = nnz == 0
     return empty
+
+
+def type_detection(X, codes: np.ndarray, n_types: int) -> np.ndarray:
+    """``(n_types, n_genes)`` share of each type's cells (``codes``; -1: none) with a value
+    above 0, read in row chunks (works on backed matrices)."""
+    counts = np.zeros((n_types, X.shape[1]), dtype=np.float64)
+    for start, rows in iter_row_chunks(X):
+        c = codes[start : start + rows.shape[0]]
+        keep = c >= 0
+        if not keep.any():
+            continue
+        rows = sp.csr_matrix(rows)[keep]
+        rows.data = (rows.data > 0).astype(np.float64)
+        onehot = sp.csr_matrix(
+            (np.ones(keep.sum()), (c[keep], np.arange(keep.sum()))),
+            shape=(n_types, keep.sum()),
+        )
+        counts += np.asarray((onehot @ rows).todense())
+    n = np.bincount(codes[codes >= 0], minlength=n_types).astype(np.float64)
+    return (counts / np.maximum(n, 1)[:, None]).astype(np.float32)

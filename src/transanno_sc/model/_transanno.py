@@ -175,6 +175,8 @@ class TransAnno(
                 settings.seed,
             )
         self.calibration_: dict | None = None
+        # per-type gene detection of the reference, for tl.transanno_annotate's query context
+        self.type_detection_: tuple[list[str], np.ndarray] | None = None
         self.is_pretrained_ = False
         self.pretrain_history_: dict | None = None
         self.gene_overlap_: dict | None = None

@@ -14,8 +14,9 @@ from anndata import AnnData
 
 from transanno_sc._constants import NOVELTY_ALPHA, UNASSIGNED
 from transanno_sc.data import get_rna
-from transanno_sc.model.base import assign_labels, confidence_score
+from transanno_sc.model.base import confidence_score
 
+from . import _query_context as qc
 from ._reference import train_on_reference
 from ._utils import versions
 
@@ -58,6 +59,7 @@ def transanno_annotate(
     layer: str | None = None,
     unassigned_threshold: float | None = 0.5,
     novelty: bool = True,
+    query_context: bool = True,
     key_added: str = "transanno",
     copy: bool = False,
     save_model: str | None = None,
@@ -111,6 +113,15 @@ def transanno_annotate(
         :meth:`~transanno_sc.model.TransAnno.predict_confidence`), so that cells of a type the
         reference never contained come out ``"Unassigned"``. ``False``: the confidence is the
         calibrated probability alone.
+    query_context
+        With ``novelty``, refine each cell's confidence with the query's own structure
+        (queries of at least 50 cells): a cell's confidence is raised to its query
+        neighbourhood's mean (a known cell unsure alone among confident cells like it keeps its
+        label), and capped where most of its query cluster's marker genes are not detected by
+        the reference cells of its predicted type (a type the reference lacks, called as its
+        nearest known type; below one half where over half of the markers are such). The
+        cell-level confidence of :meth:`~transanno_sc.model.TransAnno.predict_confidence` does
+        neither. ``False``: cell by cell.
     key_added
         Prefix of the keys written to ``adata``.
     copy
@@ -154,8 +165,8 @@ def transanno_annotate(
     `.obs['{key_added}_confidence']` : :class:`numpy.ndarray` (dtype `float`)
         Confidence in the predicted type, in [0, 1], higher is more confident: the calibrated
         probability of the type times the cell's typicality (see
-        :meth:`~transanno_sc.model.TransAnno.predict_confidence`). This is the score that
-        ``unassigned_threshold`` thresholds.
+        :meth:`~transanno_sc.model.TransAnno.predict_confidence`), refined by
+        ``query_context``. This is the score that ``unassigned_threshold`` thresholds.
     `.obsm['X_{key_added}']` : :class:`numpy.ndarray` (dtype `float32`)
         Cell embedding, for :func:`scanpy.pp.neighbors` with ``use_rep``.
     `.obsm['{key_added}_probabilities']` : :class:`pandas.DataFrame`
@@ -168,7 +179,8 @@ def transanno_annotate(
         ``params``, ``classes``, ``gene_overlap`` (with ``n_shared_genes`` when a model was
         trained here), ``calibration`` (temperature, the validation expected calibration
         error before and after, and ``novelty_shift``, the factor this query's novelty
-        distances were divided by) and ``versions``. ``params`` stores ``-1.0`` for an
+        distances were divided by), ``query_context`` (its clusters whose markers are foreign
+        to their predicted type) and ``versions``. ``params`` stores ``-1.0`` for an
         ``unassigned_threshold`` of ``None`` and ``""`` for no ``labels_key``, so that the
         AnnData can be written to ``.h5ad``.
 
@@ -237,11 +249,21 @@ def transanno_annotate(
         "labels_key": labels_key if labels_key is not None else "",
         "novelty": novelty,
         "novelty_alpha": NOVELTY_ALPHA,
+        "query_context": bool(query_context and novelty),
         "input_scale": input_scale,
         "random_state": -1 if random_state is None else int(random_state),
         "model": model._model_summary_string,
     }
-    _write_annotation(rna, keys, model, out, unassigned_threshold, params, shared)
+    confidence = confidence_score(out, novelty=novelty)
+    context = None
+    if query_context and novelty:
+        context = _context(rna, model, out, confidence, layer, random_state)
+        if context is not None:
+            confidence = context.confidence(confidence)
+            confidence[out.n_expressed == 0] = 0.0
+    _write_annotation(
+        rna, keys, model, out, confidence, unassigned_threshold, params, shared, context
+    )
     logger.info(
         "    finished (%.1f s): added\n"
         "    '%s', '%s' (adata.obs)\n    '%s', '%s' (adata.obsm)\n    '%s' (adata.uns)",
@@ -280,21 +302,46 @@ def _h5_safe_names(classes: list[str]) -> list[str]:
     return names
 
 
+def _context(
+    rna: AnnData,
+    model: TransAnno,
+    out: ForwardOutputs,
+    confidence: np.ndarray,
+    layer: str | None,
+    random_state: int | None,
+) -> qc.QueryContext | None:
+    """The query-level refinement of ``confidence`` (:mod:`transanno_sc.tl._query_context`)."""
+    return qc.query_context(
+        rna,
+        layer=layer,
+        scale=out.overlap["input_scale"],
+        confidence=confidence,
+        forced=out.probs.argmax(1),
+        detection=model.type_detection_,
+        classes=list(model.classes_),
+        seed=0 if random_state is None else int(random_state),
+    )
+
+
 def _write_annotation(
     rna: AnnData,
     keys: _AnnotationKeys,
     model: TransAnno,
     out: ForwardOutputs,
+    confidence: np.ndarray,
     unassigned_threshold: float | None,
     params: dict,
     shared: dict | None,
+    context: qc.QueryContext | None,
 ) -> None:
     """Write labels, confidence, embedding, probabilities and ``uns`` of one forward pass."""
     classes = list(model.classes_)
-    labels = assign_labels(classes, out, unassigned_threshold, novelty=params["novelty"])
+    labels = np.asarray(classes, dtype=object)[out.probs.argmax(1)]
+    if unassigned_threshold is not None:
+        labels[confidence < unassigned_threshold] = UNASSIGNED
     categories = [*classes, UNASSIGNED] if UNASSIGNED not in classes else classes
     rna.obs[keys.label] = pd.Categorical(labels, categories=categories)
-    rna.obs[keys.confidence] = confidence_score(out, novelty=params["novelty"])
+    rna.obs[keys.confidence] = confidence
     rna.obsm[keys.embedding] = out.latent
     rna.obsm[keys.probabilities] = pd.DataFrame(
         out.probs, index=rna.obs_names, columns=_h5_safe_names(classes)
@@ -304,5 +351,25 @@ def _write_annotation(
         "classes": np.asarray(classes, dtype=object),
         "gene_overlap": {**out.overlap, **(shared or {})},
         "calibration": {**(model.calibration_ or {}), "novelty_shift": out.novelty_shift},
+        "query_context": _uns_context(context),
         "versions": versions(),
+    }
+
+
+def _uns_context(context: qc.QueryContext | None) -> dict:
+    """``uns`` form of the query context (h5ad-writable: no ``None``, clusters as a frame's
+    columns of equal length)."""
+    if context is None:
+        return {"applied": False}
+    flagged = context.summary["foreign_clusters"]
+    return {
+        "applied": True,
+        "n_neighbors": context.summary["n_neighbors"],
+        "n_clusters": context.summary["n_clusters"],
+        "foreign_markers": context.summary["foreign_markers"],
+        "foreign_clusters": {
+            "n_cells": np.asarray([r["n_cells"] for r in flagged], dtype=np.int64),
+            "type": np.asarray([r["type"] for r in flagged], dtype=object),
+            "foreign_share": np.asarray([r["foreign_share"] for r in flagged], dtype=np.float64),
+        },
     }

@@ -135,6 +135,7 @@ class ConfidenceMixin:
             "ece_calibrated": expected_calibration_error(calibrated, y),
             "n_cells": int(y.size),
         }
+        self._fit_type_detection(codes)
         if isinstance(self.history_, dict):
             epoch = pd.Index([len(self.history_.get("train_loss", [])) - 1], name="epoch")
             for key in ("deep_weight", "temperature", "ece_uncalibrated", "ece_calibrated"):
@@ -147,6 +148,17 @@ class ConfidenceMixin:
             self.calibration_["ece_uncalibrated"],
             self.calibration_["ece_calibrated"],
         )
+
+    def _fit_type_detection(self, codes: np.ndarray) -> None:
+        """The share of each type's labeled cells detecting each gene of the registered AnnData
+        (all its genes, not only the vocabulary): ``type_detection_``, read by
+        :func:`~transanno_sc.tl.transanno_annotate` to check a query cluster's markers."""
+        from transanno_sc.data import get_matrix, type_detection
+
+        n = len(self.classes_)
+        X = get_matrix(self.adata, self.registry_["setup_args"]["layer"])
+        detection = type_detection(X, np.where(codes < n, codes, -1), n)
+        self.type_detection_ = (list(map(str, self.adata.var_names)), detection)
 
     def _fit_deep_weight(self, heldout: np.ndarray, y: np.ndarray, batch_size: int) -> float:
         """Weight of the Transformer's logits added to the wide path's: the value in

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from typing import Self
 
+import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
@@ -142,6 +143,11 @@ def history_from_json(data: dict) -> dict[str, pd.DataFrame]:
     }
 
 
+#: Key of the reference's per-type gene detection (``type_detection_``) in the weights file;
+#: its genes are in the JSON. Folders saved before it existed load without it.
+TYPE_DETECTION_KEY = "__type_detection__"
+
+
 class SaveLoadMixin:
     """Saving a model to a folder and loading it back (JSON and safetensors only).
 
@@ -185,6 +191,9 @@ class SaveLoadMixin:
         ours = {f"{prefix}{name}" for name in (CONFIG_FILE, WEIGHTS_FILE, "adata.h5ad")}
         with staged_folder(dir_path, keep=lambda name: name not in ours) as tmp:
             state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+            detection = getattr(self, "type_detection_", None)
+            if detection is not None:
+                state[TYPE_DETECTION_KEY] = torch.from_numpy(np.ascontiguousarray(detection[1]))
             weights_path = os.path.join(tmp, f"{prefix}{WEIGHTS_FILE}")
             save_file(state, weights_path)
             config = {
@@ -198,6 +207,7 @@ class SaveLoadMixin:
                 "input_scale": self.input_scale_,
                 "is_trained": bool(self.is_trained_),
                 "calibration": self.calibration_,
+                "type_detection_genes": None if detection is None else list(detection[0]),
                 "gene_count_selection": self.gene_count_selection_,
                 "is_pretrained": bool(self.is_pretrained_),
                 "history": history_to_json(
@@ -277,6 +287,11 @@ class SaveLoadMixin:
         model.var_names_ = list(config["var_names"])
         model.input_scale_ = config["input_scale"]
         model._build_module()
+        detection = state.pop(TYPE_DETECTION_KEY, None)
+        genes = config.get("type_detection_genes")
+        model.type_detection_ = (
+            None if detection is None or genes is None else (list(genes), detection.numpy())
+        )
         model.module.resize_fitted_buffers(state)
         # model folders written before the weight existed: the Transformer at full weight
         state.setdefault("deep_weight", torch.ones(()))

@@ -1,0 +1,209 @@
+"""The query context of ``tl.transanno_annotate``'s "Unassigned" call: neighbourhood
+confidence and clusters whose markers are foreign to their predicted type."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import transanno_sc as ta
+from transanno_sc.data import type_detection
+from transanno_sc.tl._query_context import (
+    CELL_CYCLE_GENES,
+    MIN_QUERY_CELLS,
+    query_context,
+    state_genes,
+)
+
+
+def _planted(rng, n_per_group=60, markers=None):
+    """Counts of three groups of cells over 300 genes: groups 0 and 1 express genes 0-99 and
+    100-199 (the reference types "A" and "B"), group 2 expresses genes 200-299 (a type the
+    reference lacks); ``markers`` names genes 200-299."""
+    n = 3 * n_per_group
+    group = np.repeat([0, 1, 2], n_per_group)
+    lam = np.full((n, 300), 0.05)
+    for g in range(3):
+        lam[group == g, 100 * g : 100 * (g + 1)] = 3.0
+    X = rng.poisson(lam).astype(np.float32)
+    names = [f"G{i}" for i in range(300)]
+    if markers is not None:
+        names[200 : 200 + len(markers)] = markers
+    return ad.AnnData(sp.csr_matrix(X), var=pd.DataFrame(index=names)), group
+
+
+def test_type_detection_is_the_share_of_each_types_cells_with_the_gene(rng):
+    X = sp.csr_matrix(rng.poisson(0.5, size=(50, 7)).astype(np.float32))
+    codes = rng.integers(-1, 3, size=50)
+    det = type_detection(X, codes, 3)
+    dense = X.toarray() > 0
+    for t in range(3):
+        np.testing.assert_allclose(det[t], dense[codes == t].mean(0), rtol=1e-6)
+
+
+def test_a_cluster_with_markers_the_reference_type_lacks_is_foreign(rng):
+    query, group = _planted(rng)
+    ref, ref_group = _planted(np.random.default_rng(1))
+    keep = ref_group < 2  # the reference has types A and B only
+    detection = type_detection(ref.X[keep], ref_group[keep], 2)
+    forced = np.where(group == 1, 1, 0)  # the novel group is called "A"
+    ctx = query_context(
+        query,
+        layer=None,
+        scale="counts",
+        confidence=np.ones(query.n_obs),
+        forced=forced,
+        detection=(list(ref.var_names), detection),
+        classes=["A", "B"],
+        seed=0,
+    )
+    novel = group == 2
+    assert (ctx.foreign[novel] > 0.5).mean() > 0.9, ctx.foreign[novel]
+    assert (ctx.foreign[~novel] <= 0.5).all()
+    assert (ctx.confidence(np.ones(query.n_obs))[novel] < 0.5).mean() > 0.9
+    assert ctx.summary["foreign_clusters"]
+    assert {r["type"] for r in ctx.summary["foreign_clusters"]} == {"A"}
+
+
+def test_cell_cycle_markers_are_not_foreign(rng):
+    """The same planted group, its genes named as cell-cycle, histone, ribosomal and
+    mitochondrial genes: a state, not a type."""
+    cc = sorted(CELL_CYCLE_GENES)
+    cc += ["Hist1h1c", "RPL3", "mt-Co1", "Rps27"][: 100 - len(cc)]
+    cc += [f"RPL{i}A" for i in range(100 - len(cc))]
+    query, group = _planted(rng, markers=cc)
+    ref, ref_group = _planted(np.random.default_rng(1), markers=cc)
+    keep = ref_group < 2
+    ctx = query_context(
+        query,
+        layer=None,
+        scale="counts",
+        confidence=np.ones(query.n_obs),
+        forced=np.where(group == 1, 1, 0),
+        detection=(list(ref.var_names), type_detection(ref.X[keep], ref_group[keep], 2)),
+        classes=["A", "B"],
+        seed=0,
+    )
+    assert state_genes(cc).all()
+    assert (ctx.foreign <= 0.5).all()
+
+
+def test_neighbourhood_lifts_a_lone_unsure_cell_but_not_an_unsure_group(rng):
+    query, group = _planted(rng)
+    conf = np.full(query.n_obs, 0.9)
+    lone = np.flatnonzero(group == 0)[0]
+    conf[lone] = 0.1
+    conf[group == 2] = 0.2
+    ctx = query_context(
+        query,
+        layer=None,
+        scale="counts",
+        confidence=conf,
+        forced=np.zeros(query.n_obs, dtype=int),
+        detection=None,
+        classes=["A"],
+        seed=0,
+    )
+    refined = ctx.confidence(conf)
+    assert refined[lone] >= 0.5
+    assert (refined[group == 2] < 0.5).all()
+    assert "not available" in ctx.summary["foreign_markers"]
+
+
+def test_small_query_is_called_cell_by_cell(rng):
+    query, _ = _planted(rng, n_per_group=(MIN_QUERY_CELLS - 1) // 3)
+    ctx = query_context(
+        query,
+        layer=None,
+        scale="counts",
+        confidence=np.ones(query.n_obs),
+        forced=np.zeros(query.n_obs, dtype=int),
+        detection=None,
+        classes=["A"],
+        seed=0,
+    )
+    assert ctx is None
+
+
+def test_annotate_without_query_context_is_the_cell_level_call(trained, query):
+    q = query.copy()
+    ta.tl.transanno_annotate(q, trained, query_context=False)
+    cell = trained.predict_confidence(q)
+    np.testing.assert_allclose(q.obs["transanno_confidence"], cell["confidence"], rtol=1e-6)
+    np.testing.assert_array_equal(
+        q.obs["transanno_label"].astype(str), trained.predict(q, unassigned_threshold=0.5)
+    )
+    assert q.uns["transanno"]["query_context"] == {"applied": False}
+    assert q.uns["transanno"]["params"]["query_context"] is False
+
+
+def test_annotate_with_query_context_refines_the_cell_level_confidence(trained, query, tmp_path):
+    q = query.copy()
+    ta.tl.transanno_annotate(q, trained)
+    cell = trained.predict_confidence(q)["confidence"].to_numpy()
+    conf = q.obs["transanno_confidence"].to_numpy()
+    ctx = q.uns["transanno"]["query_context"]
+    assert ctx["applied"] and ctx["n_clusters"] >= 4
+    # no cluster of this query (every type in the reference) has foreign markers: the
+    # confidence only rises (neighbourhood), and fewer known cells are Unassigned
+    assert len(ctx["foreign_clusters"]["n_cells"]) == 0
+    assert (conf >= cell - 1e-9).all()
+    labels = q.obs["transanno_label"].astype(str).to_numpy()
+    assert np.mean(labels == "Unassigned") <= np.mean(cell < 0.5)
+    np.testing.assert_array_equal(labels == "Unassigned", conf < 0.5)
+    q.write_h5ad(tmp_path / "q.h5ad")
+    back = ad.read_h5ad(tmp_path / "q.h5ad")
+    assert back.uns["transanno"]["query_context"]["applied"]
+
+
+def test_saved_model_keeps_the_reference_detection(trained, query, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from transanno_sc.model.base._save_load import TYPE_DETECTION_KEY, sha256
+
+    genes, det = trained.type_detection_
+    assert (
+        det.shape
+        == (len(trained.classes_), trained.adata.n_vars)
+        == (len(trained.classes_), len(genes))
+    )
+    trained.save(str(tmp_path / "new"))
+    loaded = ta.model.TransAnno.load(str(tmp_path / "new"))
+    assert loaded.type_detection_[0] == genes
+    np.testing.assert_array_equal(loaded.type_detection_[1], det)
+    a, b = query.copy(), query.copy()
+    ta.tl.transanno_annotate(a, trained)
+    ta.tl.transanno_annotate(b, loaded)
+    np.testing.assert_array_equal(a.obs["transanno_label"], b.obs["transanno_label"])
+    np.testing.assert_allclose(a.obs["transanno_confidence"], b.obs["transanno_confidence"])
+
+    # a folder saved before the detection existed: loads without it, markers not checked
+    old = tmp_path / "old"
+    trained.save(str(old))
+    state = load_file(old / "model.safetensors")
+    del state[TYPE_DETECTION_KEY]
+    save_file(state, old / "model.safetensors")
+    config = json.loads((old / "transanno.json").read_text())
+    del config["type_detection_genes"]
+    config["weights_sha256"] = sha256(str(old / "model.safetensors"))
+    (old / "transanno.json").write_text(json.dumps(config))
+    before = ta.model.TransAnno.load(str(old))
+    assert before.type_detection_ is None
+    c = query.copy()
+    ta.tl.transanno_annotate(c, before)
+    assert "not available" in c.uns["transanno"]["query_context"]["foreign_markers"]
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
+def test_unassigned_is_exactly_the_confidence_below_the_threshold(trained, query, threshold):
+    q = query.copy()
+    ta.tl.transanno_annotate(q, trained, unassigned_threshold=threshold)
+    np.testing.assert_array_equal(
+        q.obs["transanno_label"].astype(str).to_numpy() == "Unassigned",
+        q.obs["transanno_confidence"].to_numpy() < threshold,
+    )
