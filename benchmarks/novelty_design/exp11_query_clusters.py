@@ -28,12 +28,11 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
-from sklearn.metrics import f1_score, roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cross_study as cs
+from exp9_rules import U, evaluate, result_row, summary
 
-U = "Unassigned"
 CC = set(
     """MCM5 PCNA TYMS FEN1 MCM2 MCM4 RRM1 UNG GINS2 MCM6 CDCA7 DTL PRIM1 UHRF1 MLF1IP HELLS
 RFC2 RPA2 NASP RAD51AP1 GMNN WDR76 SLBP CCNE2 UBR7 POLD3 MSH2 ATAD2 RAD51 RRM2 CDC45 CDC6 EXO1
@@ -47,16 +46,17 @@ EXCLUDE = None
 CLUSTERING = "leiden"
 
 
-def evaluate(r, pred, score):
-    t = r["truth"]
-    known = np.isin(t, r["ref_types"])
-    labels = sorted(set(t[known]))
-    f1 = f1_score(t[known], pred[known], labels=labels, average="macro", zero_division=0)
-    o = {"f1": f1, "known": 100 * np.mean(pred[known] == U)}
-    if (~known).any():
-        o["novel"] = 100 * np.mean(pred[~known] == U)
-        o["auroc"] = roc_auc_score(known, score)
-    return o
+def dumped_cases(folder, seeds):
+    """``(dump, case)`` of every dump of ``folder`` for ``seeds``, the case rebuilt with
+    ``cross_study.build`` (its query cells in the dump's order)."""
+    for f in sorted(glob.glob(f"{folder}/d_*.pkl")):
+        with open(f, "rb") as fh:
+            r = pickle.load(fh)
+        if r["seed"] not in seeds:
+            continue
+        c = cs.build(r["pair"], r["case"], r["seed"])
+        assert (c.query.obs[c.key].astype(str).to_numpy() == r["truth"]).all()
+        yield r, c
 
 
 def query_graph(c, resolution):
@@ -141,13 +141,7 @@ def main():
     CLUSTERING = "kmeans" if args.kmeans else "leiden"
     cs._quiet()
     rows = []
-    for f in sorted(glob.glob(f"{args.dir}/d_*.pkl")):
-        with open(f, "rb") as fh:
-            r = pickle.load(fh)
-        if r["seed"] not in args.seeds:
-            continue
-        c = cs.build(r["pair"], r["case"], r["seed"])
-        assert (c.query.obs[c.key].astype(str).to_numpy() == r["truth"]).all()
+    for r, c in dumped_cases(args.dir, args.seeds):
         _, conn, clusters = query_graph(c, args.resolution)
         prob = r["probs"].astype(float).max(1)
         p = r["pvalue"].astype(float)
@@ -182,16 +176,7 @@ def main():
         )
         for name, (flag, s) in rules.items():
             o = evaluate(r, np.where(flag, U, forced), s)
-            rows.append(
-                {
-                    "pair": r["pair"],
-                    "case": r["case"],
-                    "seed": r["seed"],
-                    "rule": name,
-                    "gap": o["f1"] - best,
-                    **o,
-                }
-            )
+            rows.append(result_row(r, name, o, best))
         known = np.isin(r["truth"], r["ref_types"])
         print(
             r["pair"],
@@ -217,19 +202,7 @@ def main():
         .round(3)
         .to_string()
     )
-    per_pair = df.groupby(["rule", "pair"])[["gap", "known", "novel", "auroc"]].median()
-    summary = per_pair.groupby("rule").agg(
-        gap_median=("gap", "median"),
-        gap_min=("gap", "min"),
-        pairs_behind=("gap", lambda x: int((x < 0).sum())),
-        known_max=("known", "max"),
-    )
-    novel = (
-        df[df.novel.notna()]
-        .groupby("rule")
-        .agg(novel_median=("novel", "median"), auroc_median=("auroc", "median"))
-    )
-    print(summary.join(novel).round(3).to_string())
+    print(summary(df).round(3).to_string())
 
 
 if __name__ == "__main__":

@@ -8,8 +8,6 @@ lift ``max(own, neighbourhood - d)``.
 """
 
 import argparse
-import glob
-import pickle
 import sys
 from pathlib import Path
 
@@ -19,7 +17,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cross_study as cs
-from exp11_query_clusters import U, evaluate
+from exp9_rules import U, evaluate, result_row, summary
+from exp11_query_clusters import dumped_cases
 
 import transanno_sc.tl._query_context as qcm
 from transanno_sc.data import type_detection
@@ -34,12 +33,7 @@ def main():
     args = ap.parse_args()
     cs._quiet()
     rows = []
-    for f in sorted(glob.glob(f"{args.dir}/d_*.pkl")):
-        with open(f, "rb") as fh:
-            r = pickle.load(fh)
-        if r["seed"] not in args.seeds:
-            continue
-        c = cs.build(r["pair"], r["case"], r["seed"])
+    for r, c in dumped_cases(args.dir, args.seeds):
         types = list(r["ref_types"])
         rh, _ = cs.harmonize(c.ref, c.query)
         codes = pd.Categorical(rh.obs[c.key].astype(str), categories=types).codes
@@ -86,16 +80,7 @@ def main():
             s = s.copy()
             s[r["n_expressed"] == 0] = 0
             o = evaluate(r, np.where(s < 0.5, U, r["forced"].astype(object)), s)
-            rows.append(
-                {
-                    "pair": r["pair"],
-                    "case": r["case"],
-                    "seed": r["seed"],
-                    "rule": name,
-                    "gap": o["f1"] - best,
-                    **o,
-                }
-            )
+            rows.append(result_row(r, name, o, best))
         print(r["pair"], r["case"], r["seed"], flush=True)
     df = pd.DataFrame(rows)
     pd.set_option("display.width", 250)
@@ -105,19 +90,7 @@ def main():
             .round(1)
             .to_string()
         )
-    per_pair = df.groupby(["rule", "pair"])[["gap", "known", "novel", "auroc"]].median()
-    summary = per_pair.groupby("rule").agg(
-        gap_median=("gap", "median"),
-        gap_min=("gap", "min"),
-        pairs_behind=("gap", lambda x: int((x < 0).sum())),
-        known_max=("known", "max"),
-    )
-    novel = (
-        df[df.novel.notna()]
-        .groupby("rule")
-        .agg(novel_median=("novel", "median"), auroc_median=("auroc", "median"))
-    )
-    print(summary.join(novel).round(3).to_string())
+    print(summary(df).round(3).to_string())
 
 
 if __name__ == "__main__":

@@ -57,6 +57,39 @@ def rules(r):
     del zero
 
 
+def result_row(r, rule, o, best) -> dict:
+    """One table row: the dump's case, the rule, its metrics ``o`` and its gap to ``best``."""
+    return {
+        "pair": r["pair"],
+        "case": r["case"],
+        "seed": r["seed"],
+        "rule": rule,
+        "gap": o["f1"] - best,
+        **o,
+    }
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per rule: median and minimum over pairs of the per-pair median gap, pairs behind, the
+    worst and median per-pair known "Unassigned" %, and over the cases with a novel type the
+    median novel "Unassigned" % and AUROC (``df``: one row per rule, case and seed)."""
+    per_pair = df.groupby(["rule", "pair"])[["gap", "known", "novel", "auroc"]].median()
+    out = per_pair.groupby("rule").agg(
+        gap_median=("gap", "median"),
+        gap_min=("gap", "min"),
+        pairs_behind=("gap", lambda x: int((x < 0).sum())),
+        known_max=("known", "max"),
+        known_median=("known", "median"),
+    )
+    novel = (
+        df[df.novel.notna()]
+        .groupby("rule")
+        .agg(novel_median=("novel", "median"), auroc_median=("auroc", "median"))
+    )
+    pd.set_option("display.width", 250)
+    return out.join(novel)
+
+
 def main():
     rows = []
     for f in sorted(glob.glob(f"{DIR}/d_*.pkl")):
@@ -76,32 +109,8 @@ def main():
             score[zero] = 0
             pred = np.where(score < t, U, r["forced"]).astype(object)
             o = evaluate(r, pred, score)
-            rows.append(
-                {
-                    "pair": r["pair"],
-                    "case": r["case"],
-                    "seed": r["seed"],
-                    "rule": f"{family} {name} alpha={a}",
-                    "gap": o["f1"] - best,
-                    **o,
-                }
-            )
-    df = pd.DataFrame(rows)
-    per_pair = df.groupby(["rule", "pair"])[["gap", "known", "novel", "auroc"]].median()
-    summary = per_pair.groupby("rule").agg(
-        gap_median=("gap", "median"),
-        gap_min=("gap", "min"),
-        pairs_behind=("gap", lambda x: int((x < 0).sum())),
-        known_max=("known", "max"),
-        known_median=("known", "median"),
-    )
-    novel = (
-        df[df.novel.notna()]
-        .groupby("rule")
-        .agg(novel_median=("novel", "median"), auroc_median=("auroc", "median"))
-    )
-    pd.set_option("display.width", 250)
-    print(summary.join(novel).round(3).to_string())
+            rows.append(result_row(r, f"{family} {name} alpha={a}", o, best))
+    print(summary(pd.DataFrame(rows)).round(3).to_string())
 
 
 if __name__ == "__main__":
