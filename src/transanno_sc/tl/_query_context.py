@@ -13,10 +13,10 @@ Two query-level steps refine the per-cell confidence (probability x novelty typi
   :data:`FOREIGN_RATIO` is foreign. The share of foreign markers, ``f`` (of
   :data:`N_MARKERS` at least, so that a few markers of a small panel are weak evidence), caps
   the cluster's confidence at ``min(1, 0.5 (1 - f) / (1 - F))`` (``F`` =
-  :data:`FOREIGN_SHARE`, 0.5): one half where ``f = F``. A type the reference lacks is often called as its nearest known
-  type with full confidence (B cells as T cells, where the reference's variable genes cannot
-  tell them apart), yet its own markers, which the query shows, are absent from the reference
-  cells of the type it is called. Cell-cycle, histone, ribosomal and mitochondrial genes
+  :data:`FOREIGN_SHARE`, 0.5): one half where ``f = F``. A type the reference lacks is often
+  called as its nearest known type with full confidence (B cells as T cells, where the
+  reference's variable genes cannot tell them apart), yet its own markers, which the query
+  shows, are absent from the reference cells of the type it is called. Cell-cycle, histone, ribosomal and mitochondrial genes
   are not markers here: they mark states (dividing cells), not types.
 
 The confidence is ``min(max(own, neighbourhood), cap(f))``: at the default threshold (0.5) a
@@ -42,9 +42,6 @@ logger = logging.getLogger(__name__)
 
 #: Query cells each cell's confidence is compared with (besides itself).
 N_NEIGHBORS = 15
-#: Quantile of the neighbourhood's confidences a cell's confidence is raised to (``None``: their
-#: mean, the default; the median did no better in ``benchmarks/novelty_design/exp12``).
-NEIGHBOURHOOD_QUANTILE = None
 #: Below this many query cells, or above :data:`MAX_QUERY_CELLS` (or for a backed query, whose
 #: matrix is not read into memory whole), the query-level steps are skipped.
 MIN_QUERY_CELLS = 50
@@ -108,11 +105,8 @@ def _log_normalized(query: AnnData, layer: str | None, scale: str) -> sp.csr_mat
     turned back with ``expm1`` first)."""
     from transanno_sc._constants import TARGET_SUM
     from transanno_sc.data import get_matrix
-    from transanno_sc.data._streaming import iter_row_chunks
 
-    X = get_matrix(query, layer)
-    X = sp.vstack([sp.csr_matrix(rows, dtype=np.float32) for _, rows in iter_row_chunks(X)])
-    X = sp.csr_matrix(X, dtype=np.float32)
+    X = sp.csr_matrix(get_matrix(query, layer), dtype=np.float32, copy=True)
     if scale == "log1p":
         X.data = np.expm1(X.data)
     total = np.asarray(X.sum(1)).ravel()
@@ -218,10 +212,7 @@ def query_context(
     k = min(N_NEIGHBORS + 1, n)
     neighbours = NearestNeighbors(n_neighbors=k).fit(pcs).kneighbors(return_distance=False)
     neighbours = np.concatenate([np.arange(n)[:, None], neighbours[:, : k - 1]], axis=1)
-    if NEIGHBOURHOOD_QUANTILE is None:
-        neighbourhood = confidence[neighbours].mean(1)
-    else:
-        neighbourhood = np.quantile(confidence[neighbours], NEIGHBOURHOOD_QUANTILE, axis=1)
+    neighbourhood = confidence[neighbours].mean(1)
     n_clusters = int(np.clip(round(n / CELLS_PER_CLUSTER), MIN_CLUSTERS, MAX_CLUSTERS))
     km = KMeans(n_clusters, n_init=3, random_state=seed)
     clusters = km.fit_predict(pcs[:, :N_PCS_CLUSTERS]).astype(np.int64)

@@ -191,7 +191,7 @@ class SaveLoadMixin:
         ours = {f"{prefix}{name}" for name in (CONFIG_FILE, WEIGHTS_FILE, "adata.h5ad")}
         with staged_folder(dir_path, keep=lambda name: name not in ours) as tmp:
             state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
-            detection = getattr(self, "type_detection_", None)
+            detection = self.type_detection_
             if detection is not None:
                 state[TYPE_DETECTION_KEY] = torch.from_numpy(np.ascontiguousarray(detection[1]))
             weights_path = os.path.join(tmp, f"{prefix}{WEIGHTS_FILE}")
