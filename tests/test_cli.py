@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from conftest import FAST_MODEL, linear_baseline
 
+import transanno_sc as ta
 from transanno_sc.cli import CLIError, main
 
 FAST = ["--max-epochs", "3", "--model-kwargs", json.dumps(FAST_MODEL), "--accelerator", "cpu"]
@@ -109,6 +110,19 @@ def test_annotate_with_saved_model_gives_same_labels(annotated, files, capsys):
         b.obs["transanno_label"].astype(str)[assigned],
     )
     pd.testing.assert_series_equal(a.obs["transanno_confidence"], b.obs["transanno_confidence"])
+
+
+def test_annotate_without_query_context_is_the_cell_level_call(annotated, files, tmp_path):
+    """``--no-query-context`` gives the labels and confidence of ``model.predict_confidence``."""
+    out = tmp_path / "cell.h5ad"
+    argv = ["annotate", "--model", str(files / "model"), "--query", str(files / "query.h5ad")]
+    assert main([*argv, "--out", str(out), "--no-query-context"]) == 0
+    q = ad.read_h5ad(out)
+    model = ta.model.TransAnno.load(str(files / "model"))
+    cell = model.predict_confidence(ad.read_h5ad(files / "query.h5ad"))
+    np.testing.assert_allclose(q.obs["transanno_confidence"], cell["confidence"], rtol=1e-6)
+    assert not q.uns["transanno"]["query_context"]["applied"]
+    assert not q.uns["transanno"]["params"]["query_context"]
 
 
 def test_evaluate_prints_and_writes_reports(annotated, files, split, tmp_path, capsys):

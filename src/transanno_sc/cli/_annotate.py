@@ -78,6 +78,13 @@ def add_annotate_parser(sub) -> None:
         help="cells whose confidence is below P are labeled Unassigned; 'none' turns it off",
     )
     p.add_argument(
+        "--no-query-context",
+        dest="query_context",
+        action="store_false",
+        help="make the Unassigned call cell by cell, without the query's neighbourhoods and "
+        "clusters (query_context=False)",
+    )
+    p.add_argument(
         "--batch-size",
         type=_positive_int,
         default=None,
@@ -223,6 +230,7 @@ def annotate(args: argparse.Namespace) -> int:
         input_scale=args.input_scale,
         random_state=args.seed,
         unassigned_threshold=args.unassigned_threshold,
+        query_context=args.query_context,
         key_added=args.key_added,
         batch_size=args.batch_size,
         **kwargs,
