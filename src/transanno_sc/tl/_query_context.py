@@ -80,12 +80,11 @@ STATE_GENE_PATTERN = re.compile(r"^(HIST|H2AF|H1F|H3F|RPL|RPS|MT-|MRPL|MRPS)", r
 
 @dataclass
 class QueryContext:
-    """Per query cell: the neighbourhood mean of the confidence, the foreign-marker share of
-    its cluster (0 where none was computed) and its cluster; ``summary`` goes to ``uns``."""
+    """Per query cell: the neighbourhood mean of the confidence and the foreign-marker share of
+    its cluster (0 where none was computed); ``summary`` goes to ``uns``."""
 
     neighbourhood: np.ndarray
     foreign: np.ndarray
-    clusters: np.ndarray
     summary: dict
 
     def confidence(self, own: np.ndarray) -> np.ndarray:
@@ -104,11 +103,10 @@ def _log_normalized(query: AnnData, layer: str | None, scale: str) -> sp.csr_mat
     """log1p of the query normalized to 10,000 per cell over its genes (log1p values are
     turned back with ``expm1`` first)."""
     from transanno_sc._constants import TARGET_SUM
-    from transanno_sc.data import get_matrix
+    from transanno_sc.data import expm1_rows, get_matrix
 
-    X = sp.csr_matrix(get_matrix(query, layer), dtype=np.float32, copy=True)
-    if scale == "log1p":
-        X.data = np.expm1(X.data)
+    X = get_matrix(query, layer)
+    X = expm1_rows(X) if scale == "log1p" else sp.csr_matrix(X, dtype=np.float32, copy=True)
     total = np.asarray(X.sum(1)).ravel()
     X = sp.diags((TARGET_SUM / np.maximum(total, 1e-12)).astype(np.float32)) @ X
     X = sp.csr_matrix(X)
@@ -190,9 +188,9 @@ def query_context(
 ) -> QueryContext | None:
     """The query-level steps of the module docstring for ``query`` (``forced``: the codes of
     the predicted types; ``detection``: the reference's genes and their
-    :func:`~transanno_sc.data.type_detection`, or ``None`` for a model without them). ``None`` (cell by cell)
-    for a query of fewer than :data:`MIN_QUERY_CELLS` or more than :data:`MAX_QUERY_CELLS`
-    cells, or a backed one."""
+    :func:`~transanno_sc.data.type_detection`, or ``None`` for a model without them).
+    ``None`` (cell by cell) for a query of fewer than :data:`MIN_QUERY_CELLS` or more than
+    :data:`MAX_QUERY_CELLS` cells, or a backed one."""
     from sklearn.cluster import KMeans
     from sklearn.neighbors import NearestNeighbors
 
@@ -209,9 +207,9 @@ def query_context(
         return None
     X = _log_normalized(query, layer, scale)
     pcs = _pca(X, seed)
-    k = min(N_NEIGHBORS + 1, n)
-    neighbours = NearestNeighbors(n_neighbors=k).fit(pcs).kneighbors(return_distance=False)
-    neighbours = np.concatenate([np.arange(n)[:, None], neighbours[:, : k - 1]], axis=1)
+    # kneighbors() without X leaves each cell out of its own neighbours: put it back
+    others = NearestNeighbors(n_neighbors=N_NEIGHBORS).fit(pcs).kneighbors(return_distance=False)
+    neighbours = np.concatenate([np.arange(n)[:, None], others], axis=1)
     neighbourhood = confidence[neighbours].mean(1)
     n_clusters = int(np.clip(round(n / CELLS_PER_CLUSTER), MIN_CLUSTERS, MAX_CLUSTERS))
     km = KMeans(n_clusters, n_init=3, random_state=seed)
@@ -220,11 +218,11 @@ def query_context(
     summary = {"n_neighbors": N_NEIGHBORS, "n_clusters": n_clusters, "foreign_clusters": []}
     if detection is None:
         logger.info(
-            "    the model holds no per-type gene detection of its reference (saved before "
-            "0.1.0's query context): foreign markers are not checked."
+            "    the model holds no per-type gene detection of its reference (saved before the "
+            "query context existed): foreign markers are not checked."
         )
         summary["foreign_markers"] = "not available (model without reference detection)"
-        return QueryContext(neighbourhood, foreign, clusters, summary)
+        return QueryContext(neighbourhood, foreign, summary)
     from transanno_sc.data import match_adata_genes
 
     genes, det = detection
@@ -247,4 +245,4 @@ def query_context(
             len(flagged),
             ", ".join(f"{r['n_cells']} called {r['type']}" for r in flagged),
         )
-    return QueryContext(neighbourhood, foreign, clusters, summary)
+    return QueryContext(neighbourhood, foreign, summary)
