@@ -69,6 +69,13 @@ TARGETS = {
     "ddp_ratio": 1.7,
     "label_agreement": 0.995,
 }
+#: Training variants ``--train-variants`` can time besides the default (devices=1).
+TRAIN_VARIANTS = {
+    "sparse": "datasplitter_kwargs={'load_sparse_tensor': True}: CSR batches, dense on the GPU",
+    "pinned": "datasplitter_kwargs={'pin_memory': True}",
+    "compile": "model.compile() before train() (first epoch, the warm-up, compiles)",
+    "sparse_compile": "both",
+}
 #: Largest absolute difference of class probabilities accepted between GPU and CPU.
 PROB_TOL = {"fp32": 1e-3, "bf16": 5e-2}
 #: Tiny model and sizes of ``--dry-run``.
@@ -168,6 +175,13 @@ def train_worker(cfg: dict) -> dict | None:
     clock = Clock()
     _reset_gpu_peak(device)
     extra = {"strategy": cfg["strategy"]} if cfg.get("strategy") else {}
+    variant = cfg.get("variant") or "default"
+    if variant in ("sparse", "sparse_compile"):
+        extra["datasplitter_kwargs"] = {"load_sparse_tensor": True}
+    if variant == "pinned":
+        extra["datasplitter_kwargs"] = {"pin_memory": True}
+    if variant in ("compile", "sparse_compile"):
+        model.compile()
     t0 = time.perf_counter()
     model.train(
         max_epochs=cfg["train_epochs"],
@@ -191,6 +205,7 @@ def train_worker(cfg: dict) -> dict | None:
     seconds = sum(s for s, _ in timed)
     cells = sum(n for _, n in timed) * cfg["train_batch_size"] * world
     res = {
+        "variant": variant,
         "devices": cfg["devices"],
         "world_size": world,
         "strategy": str(getattr(trainer, "strategy", None).__class__.__name__),
@@ -367,7 +382,7 @@ def _versions() -> dict:
     cuda = torch.cuda.is_available()
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
+            ["git", "describe", "--always", "--dirty"],
             cwd=HERE,
             capture_output=True,
             text=True,
@@ -466,7 +481,7 @@ def write_report(res: dict, out: Path) -> None:
         passed = {True: "yes", False: "**no**", None: "-"}[c["passed"]]
         lines.append(f"| {c['check']} | {_fmt(c['value'])} | {c['target']} | {passed} |")
     lines += ["", "| step | details |", "| --- | --- |"]
-    for d in ("devices_1", "devices_2"):
+    for d in ["devices_1", "devices_2"] + [k for k in res.get("train", {}) if "variant" in k]:
         t = res.get("train", {}).get(d)
         if isinstance(t, dict) and "train_cells_per_s" in t:
             gpu = f"{t['peak_gpu_gb']:.2f} GB" if t["peak_gpu_gb"] is not None else "-"
@@ -526,6 +541,13 @@ def main(argv=None) -> int:
     p.add_argument("--no-isolate", action="store_true", help="run steps in this process")
     p.add_argument("--isolate", action="store_true", help="dry run: steps in subprocesses too")
     p.add_argument("--skip", nargs="*", default=[], choices=["ddp", "infer", "agree"])
+    p.add_argument(
+        "--train-variants",
+        nargs="*",
+        default=[],
+        choices=list(TRAIN_VARIANTS),
+        help="extra devices=1 training runs, timed after the other steps",
+    )
     a = p.parse_args(argv)
 
     import torch
@@ -702,6 +724,15 @@ def main(argv=None) -> int:
                 )
     if file_proc is not None and file_proc.poll() is None:
         file_proc.kill()
+    for variant in a.train_variants:
+        res["train"][f"variant_{variant}"] = attempt(
+            f"train variant {variant}",
+            lambda variant=variant: runner.run(
+                "train",
+                {**train_cfg, "devices": 1, "variant": variant, "tag": variant},
+                timeout=min(0.35 * time_limit, runner.remaining() - 15),
+            ),
+        )
     res["checks"] = _checks(res)
     res["total_s"] = time.perf_counter() - t_start
     write_report(res, out)

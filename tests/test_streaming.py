@@ -163,6 +163,52 @@ def test_iter_vocab_batches_bucketing_is_a_permutation(rng):
     assert padding(bucketed) < padding(plain)
 
 
+def test_iter_vocab_batches_sparse_equals_dense_and_a_manual_scatter(rng):
+    counts = sp.random(300, 50, density=0.3, format="csr", random_state=1, dtype=np.float32)
+    source = np.sort(rng.choice(50, 20, replace=False))
+    target = rng.permutation(35)[:20]  # vocabulary of 35, 15 genes absent from the data
+    expected = np.zeros((300, 35), dtype=np.float32)
+    expected[:, target] = counts.toarray()[:, source]
+    for X in (counts, counts.toarray()):
+        batches = list(_streaming.iter_vocab_batches(X, source, target, 35, 32, max_tokens=6))
+        pos = np.concatenate([b[0] for b in batches])
+        x = np.concatenate([b[1] for b in batches])
+        assert x.dtype == np.float32
+        np.testing.assert_array_equal(x, expected[pos])
+
+
+def test_prefetch_keeps_order_raises_in_place_and_stops_early():
+    import threading
+
+    assert list(_streaming.prefetch(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        yield 2
+        raise ValueError("bad chunk")
+
+    seen = []
+    with pytest.raises(ValueError, match="bad chunk"):
+        for item in _streaming.prefetch(failing()):
+            seen.append(item)
+    assert seen == [1, 2]
+
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    for item in _streaming.prefetch(endless(), depth=2):
+        if item == 5:
+            break
+    assert not any(t.name == "transanno-prefetch" for t in threading.enumerate())
+    assert len(produced) <= 5 + 1 + 2 + 1  # consumed, in the queue, in the producer's hand
+
+
 def test_bucketed_module_outputs_match(trained, split):
     """Module outputs of bucketed batches equal those of one-cell batches, cell by cell."""
     query = split[1]

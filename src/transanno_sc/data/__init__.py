@@ -35,6 +35,7 @@ from ._streaming import (
     length_batches,
     n_forward_batches,
     n_tokens,
+    prefetch,
     type_detection,
 )
 from ._tokenize import (
@@ -81,6 +82,7 @@ __all__ = [
     "n_tokens",
     "non_string_labels",
     "normalize_log1p",
+    "prefetch",
     "resolve_input_scale",
     "scan_matrix",
     "stratified_split",

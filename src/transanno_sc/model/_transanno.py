@@ -35,6 +35,7 @@ from transanno_sc.data import (
     iter_vocab_batches,
     match_genes,
     n_forward_batches,
+    prefetch,
     resolve_input_scale,
 )
 from transanno_sc.module import TransAnnoModule
@@ -364,6 +365,10 @@ class TransAnno(
             check=lambda rows: check_values(rows, where),
             log1p=scale == "log1p",
         )
+        if device.type != "cpu":
+            # the accelerator computes while a thread prepares the next batches; on the CPU
+            # that thread would only compete with torch for the cores
+            batches = prefetch(batches)
         n_batches = n_forward_batches(n, batch_size)
         t0 = time.perf_counter()
         for pos, x, library in track(

@@ -144,6 +144,8 @@ class TransAnnoModule(BaseModuleClass):
     # ---------------------------------------------------------------- scvi-tools interface
     def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict:
         x = tensors[REGISTRY_KEYS.X_KEY]
+        if x.layout != torch.strided:  # ``load_sparse_tensor=True``: densified on the device
+            x = x.to_dense()
         library = (x if self.input_is_counts else torch.expm1(x.float())).sum(dim=1)
         idx = self.gene_index
         present = idx >= 0

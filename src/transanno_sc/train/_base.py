@@ -52,10 +52,13 @@ class WarmupCosineTrainingPlan(TrainingPlan):
         if not groups:
             msg = "Every parameter is frozen: there is nothing to train."
             raise ValueError(msg)
+        params = [p for ps in groups.values() for p in ps]
         optimizer = torch.optim.AdamW(
             [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()],
             lr=self.lr,
             eps=self.eps,
+            # one kernel for the whole update on CUDA (a small model's step is launch-bound)
+            fused=all(p.is_cuda for p in params) or None,
         )
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = max(int(total * self.warmup_fraction), 1)
