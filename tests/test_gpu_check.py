@@ -1,4 +1,5 @@
-"""benchmarks/gpu_check.py (issue #18): its CPU dry run, and the one line without CUDA."""
+"""benchmarks/gpu_check.py and gpu_smoke.py (issue #18): the CPU dry run, and the one line
+without CUDA."""
 
 from __future__ import annotations
 
@@ -72,3 +73,20 @@ def test_without_cuda_one_line_and_exit_0(tmp_path):
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("CUDA is not available")
     assert not (tmp_path / "gpu_check.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_gpu_smoke_without_cuda_one_line_and_exit_0(tmp_path):
+    smoke = SCRIPT.with_name("gpu_smoke.py")
+    proc = subprocess.run(
+        [sys.executable, str(smoke), "--out", str(tmp_path)],
+        cwd=SCRIPT.parents[1],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("CUDA is not available")
+    assert not (tmp_path / "gpu_smoke.json").exists()
