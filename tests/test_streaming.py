@@ -177,6 +177,23 @@ def test_iter_vocab_batches_sparse_equals_dense_and_a_manual_scatter(rng):
         np.testing.assert_array_equal(x, expected[pos])
 
 
+def test_row_chunks_of_backed_indices_equal_in_memory_rows(query_file, rng):
+    backed = ad.read_h5ad(query_file, backed="r")
+    memory = ad.read_h5ad(query_file).X.tocsr()
+    n = memory.shape[0]
+    patterns = {
+        "contiguous": np.arange(5, n - 5),
+        "every third": np.arange(0, n, 3),
+        "sparse in their span": np.sort(rng.choice(n, max(n // 10, 2), replace=False)),
+        "permuted block": rng.permutation(np.arange(10, 60)),
+        "one row": np.array([n - 1]),
+    }
+    for name, idx in patterns.items():
+        got = sp.vstack([r for _, r in _streaming.iter_row_chunks(backed.X, 16, indices=idx)])
+        assert got.dtype == np.float32, name
+        np.testing.assert_array_equal(got.toarray(), memory[idx].toarray(), err_msg=name)
+
+
 def test_prefetch_keeps_order_raises_in_place_and_stops_early():
     import threading
 

@@ -28,12 +28,24 @@ def iter_row_chunks(
     n = X.shape[0] if indices is None else len(indices)
     for start in range(0, n, chunk_size):
         stop = min(start + chunk_size, n)
-        rows = X[start:stop] if indices is None else X[indices[start:stop]]
+        rows = X[start:stop] if indices is None else _read_rows(X, indices[start:stop])
         if sp.issparse(rows):
             rows = sp.csr_matrix(rows, dtype=np.float32)
         else:
             rows = np.asarray(rows, dtype=np.float32)
         yield start, rows
+
+
+def _read_rows(X, rows: np.ndarray):
+    """``X[rows]``, read as one slice when the rows fill a quarter of their span: a backed sparse
+    matrix reads an index array row by row (two h5py reads per row, about 20 us per cell),
+    a slice in one read."""
+    lo, hi = int(rows.min()), int(rows.max()) + 1
+    if hi - lo > 4 * rows.size:
+        return X[rows]
+    block = X[lo:hi]
+    in_order = hi - lo == rows.size and bool((np.diff(rows) == 1).all())
+    return block if in_order else block[rows - lo]
 
 
 def n_tokens(rows, max_tokens: int | None = None) -> np.ndarray:
