@@ -13,6 +13,7 @@ import scipy.sparse as sp
 
 import transanno_sc as ta
 from transanno_sc.data import type_detection
+from transanno_sc.tl import _query_context as qc
 from transanno_sc.tl._query_context import (
     CELL_CYCLE_GENES,
     MIN_QUERY_CELLS,
@@ -128,6 +129,64 @@ def test_small_query_is_called_cell_by_cell(rng):
         seed=0,
     )
     assert ctx is None
+
+
+def _planted_context(query, group, ref, ref_group, conf):
+    keep = ref_group < 2
+    return query_context(
+        query,
+        layer=None,
+        scale="counts",
+        confidence=conf,
+        forced=np.where(group == 1, 1, 0),
+        detection=(list(ref.var_names), type_detection(ref.X[keep], ref_group[keep], 2)),
+        classes=["A", "B"],
+        seed=0,
+    )
+
+
+def test_large_or_backed_query_is_streamed_and_agrees(rng, tmp_path, monkeypatch):
+    """Over MAX_QUERY_CELLS (here lowered to 100) or backed, the query is read in chunks, with
+    the PCA and centres from a sample and neighbours within parts: with every cell sampled and
+    one part it is the exact computation; with a third sampled and three parts it still flags
+    the planted type and only it, and lifts a lone unsure cell but not an unsure group."""
+    query, group = _planted(rng, n_per_group=80)
+    ref, ref_group = _planted(np.random.default_rng(1))
+    conf = np.clip(rng.normal(0.8, 0.2, query.n_obs), 0, 1)
+    exact = _planted_context(query, group, ref, ref_group, conf)
+    assert "sampled_cells" not in exact.summary
+    monkeypatch.setattr(qc, "MAX_QUERY_CELLS", 100)
+    monkeypatch.setattr(qc, "STREAM_CHUNK", 70)  # several chunks, a short last one
+    streamed = _planted_context(query, group, ref, ref_group, conf)
+    assert streamed.summary["sampled_cells"] == query.n_obs
+    np.testing.assert_allclose(streamed.foreign, exact.foreign)
+    assert np.mean(np.isclose(streamed.neighbourhood, exact.neighbourhood)) > 0.98
+
+    path = tmp_path / "query.h5ad"
+    query.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    monkeypatch.setattr(qc, "MAX_QUERY_CELLS", 100_000)
+    from_disk = _planted_context(backed, group, ref, ref_group, conf)
+    assert from_disk.summary["sampled_cells"] == query.n_obs
+    np.testing.assert_array_equal(from_disk.foreign, streamed.foreign)
+    np.testing.assert_allclose(from_disk.neighbourhood, streamed.neighbourhood)
+
+    monkeypatch.setattr(qc, "SAMPLE_CELLS", 80)
+    monkeypatch.setattr(qc, "NEIGHBOUR_BLOCK", 100)  # neighbours within 3 parts
+    sampled = _planted_context(backed, group, ref, ref_group, conf)
+    assert sampled.summary["sampled_cells"] == 80
+    assert sampled.summary["neighbour_parts"] == 3
+    novel = group == 2
+    assert (sampled.foreign[novel] > 0.5).mean() > 0.9
+    assert (sampled.foreign[~novel] <= 0.5).all()
+    # the neighbourhood is still made of similar cells: a lone unsure cell among sure ones
+    # is lifted, an unsure group is not
+    conf = np.where(novel, 0.2, 0.9)
+    lone = np.flatnonzero(group == 0)[:3]
+    conf[lone] = 0.1
+    lifted = _planted_context(backed, group, ref, ref_group, conf).neighbourhood
+    assert (lifted[lone] >= 0.5).all()
+    assert (lifted[novel] < 0.5).all()
 
 
 def test_annotate_without_query_context_is_the_cell_level_call(trained, query):

@@ -115,7 +115,8 @@ def transanno_annotate(
         calibrated probability alone.
     query_context
         With ``novelty``, refine each cell's confidence with the query's own structure
-        (queries of at least 50 cells): a cell's confidence is raised to its query
+        (queries of at least 50 cells; over 100,000 cells or backed, read in chunks, with the
+        PCA, clusters and neighbours from 50,000 sampled cells): a cell's confidence is raised to its query
         neighbourhood's mean (a known cell unsure alone among confident cells like it keeps its
         label), and capped where most of its query cluster's marker genes are not detected by
         the reference cells of its predicted type (a type the reference lacks, called as its
@@ -367,6 +368,10 @@ def _uns_context(context: qc.QueryContext | None) -> dict:
         "n_neighbors": context.summary["n_neighbors"],
         "n_clusters": context.summary["n_clusters"],
         "foreign_markers": context.summary["foreign_markers"],
+        # streamed (large or backed query): cells the PCA and centres were fitted on, and the
+        # parts the neighbours were searched within; all cells and one part otherwise
+        "sampled_cells": int(context.summary.get("sampled_cells", context.neighbourhood.size)),
+        "neighbour_parts": int(context.summary.get("neighbour_parts", 1)),
         "foreign_clusters": {
             "n_cells": np.asarray([r["n_cells"] for r in flagged], dtype=np.int64),
             "type": np.asarray([r["type"] for r in flagged], dtype=object),

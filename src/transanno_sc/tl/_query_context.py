@@ -42,10 +42,18 @@ logger = logging.getLogger(__name__)
 
 #: Query cells each cell's confidence is compared with (besides itself).
 N_NEIGHBORS = 15
-#: Below this many query cells, or above :data:`MAX_QUERY_CELLS` (or for a backed query, whose
-#: matrix is not read into memory whole), the query-level steps are skipped.
+#: Below this many query cells the query-level steps are skipped.
 MIN_QUERY_CELLS = 50
+#: Above this many cells, or for a backed query (whose matrix is not read into memory whole),
+#: the PCA, the k-means centres and the neighbours come from :data:`SAMPLE_CELLS` cells drawn
+#: at random, and the query is read chunk by chunk (:func:`_streamed_context`).
 MAX_QUERY_CELLS = 100_000
+SAMPLE_CELLS = 50_000
+#: Rows read at once by the streamed path.
+STREAM_CHUNK = 10_000
+#: The streamed path finds neighbours within parts of about this many cells (k-means parts
+#: of the PCA): exact among a part's cells, and a part holds a cell's near neighbours.
+NEIGHBOUR_BLOCK = 50_000
 #: Query cells per k-means cluster (between :data:`MIN_CLUSTERS` and :data:`MAX_CLUSTERS`).
 CELLS_PER_CLUSTER = 50
 MIN_CLUSTERS = 4
@@ -102,10 +110,16 @@ def state_genes(names) -> np.ndarray:
 def _log_normalized(query: AnnData, layer: str | None, scale: str) -> sp.csr_matrix:
     """log1p of the query normalized to 10,000 per cell over its genes (log1p values are
     turned back with ``expm1`` first)."""
-    from transanno_sc._constants import TARGET_SUM
-    from transanno_sc.data import expm1_rows, get_matrix
+    from transanno_sc.data import get_matrix
 
-    X = get_matrix(query, layer)
+    return _log_normalize(get_matrix(query, layer), scale)
+
+
+def _log_normalize(X, scale: str) -> sp.csr_matrix:
+    """:func:`_log_normalized` of a matrix (dense, sparse, or rows read from a backed one)."""
+    from transanno_sc._constants import TARGET_SUM
+    from transanno_sc.data import expm1_rows
+
     X = expm1_rows(X) if scale == "log1p" else sp.csr_matrix(X, dtype=np.float32, copy=True)
     total = np.asarray(X.sum(1)).ravel()
     X = sp.diags((TARGET_SUM / np.maximum(total, 1e-12)).astype(np.float32)) @ X
@@ -114,19 +128,51 @@ def _log_normalized(query: AnnData, layer: str | None, scale: str) -> sp.csr_mat
     return X
 
 
-def _pca(X: sp.csr_matrix, seed: int) -> np.ndarray:
+@dataclass
+class _Pca:
+    """A PCA of the query's highly variable genes: ``genes`` (column positions), their
+    ``mean`` and the ``components`` (genes x components), and the cells' coordinates."""
+
+    genes: np.ndarray
+    mean: np.ndarray
+    components: np.ndarray
+    pcs: np.ndarray
+
+    def project(self, X: sp.csr_matrix) -> np.ndarray:
+        """Coordinates of other cells (``X`` log-normalized over all genes)."""
+        return np.asarray((X[:, self.genes] @ self.components) - self.mean @ self.components)
+
+
+def _pca(X: sp.csr_matrix, seed: int) -> _Pca:
     """PCA of the query's own highly variable genes (scanpy's defaults otherwise)."""
     import scanpy as sc
     from anndata import AnnData
 
     tmp = AnnData(X=X)
+    genes = np.arange(X.shape[1])
     n_hvg = min(N_HVG, X.shape[1])
     if n_hvg < X.shape[1]:
         sc.pp.highly_variable_genes(tmp, n_top_genes=n_hvg, flavor="seurat")
-        tmp = tmp[:, tmp.var["highly_variable"].to_numpy()].copy()
+        genes = np.flatnonzero(tmp.var["highly_variable"].to_numpy())
+        tmp = tmp[:, genes].copy()
     n_comps = max(2, min(N_PCS, tmp.n_vars - 1, tmp.n_obs - 1))
     sc.pp.pca(tmp, n_comps=n_comps, random_state=seed)
-    return tmp.obsm["X_pca"]
+    mean = np.asarray(tmp.X.mean(0)).ravel()
+    return _Pca(genes, mean, tmp.varm["PCs"], tmp.obsm["X_pca"])
+
+
+def _cluster_sums(
+    X: sp.csr_matrix, clusters: np.ndarray, n_clusters: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per cluster: its number of cells, and the sums of ``X`` and of ``X > 0`` per gene."""
+    onehot = sp.csr_matrix(
+        (np.ones(X.shape[0]), (clusters, np.arange(X.shape[0]))), shape=(n_clusters, X.shape[0])
+    )
+    size = np.asarray(onehot.sum(1)).ravel()
+    sums = np.asarray((onehot @ X).todense())
+    binary = X.copy()
+    binary.data = (binary.data > 0).astype(np.float32)
+    return size, sums, np.asarray((onehot @ binary).todense())
 
 
 def _foreign_shares(
@@ -138,19 +184,26 @@ def _foreign_shares(
 ) -> tuple[np.ndarray, list[dict]]:
     """Per cluster, the share of its markers foreign to its majority type (``X`` and
     ``detection`` on the same genes, state genes removed)."""
-    onehot = sp.csr_matrix(
-        (np.ones(X.shape[0]), (clusters, np.arange(X.shape[0]))), shape=(n_clusters, X.shape[0])
-    )
-    size = np.asarray(onehot.sum(1)).ravel()
-    sums = np.asarray((onehot @ X).todense())
-    binary = X.copy()
-    binary.data = (binary.data > 0).astype(np.float32)
-    detected = np.asarray((onehot @ binary).todense()) / np.maximum(size, 1)[:, None]
+    size, sums, n_detected = _cluster_sums(X, clusters, n_clusters)
+    return _shares_of_sums(size, sums, n_detected, clusters, forced, detection)
+
+
+def _shares_of_sums(
+    size: np.ndarray,
+    sums: np.ndarray,
+    n_detected: np.ndarray,
+    clusters: np.ndarray,
+    forced: np.ndarray,
+    detection: np.ndarray,
+) -> tuple[np.ndarray, list[dict]]:
+    """:func:`_foreign_shares` from the clusters' sums (:func:`_cluster_sums`)."""
+    n_clusters, n_cells = size.size, clusters.size
+    detected = n_detected / np.maximum(size, 1)[:, None]
     total = sums.sum(0)
     shares = np.zeros(n_clusters)
     records = []
     for k in range(n_clusters):
-        rest = X.shape[0] - size[k]
+        rest = n_cells - size[k]
         if size[k] < MIN_CLUSTER_CELLS or rest < MIN_CLUSTER_CELLS:
             continue
         diff = sums[k] / size[k] - (total - sums[k]) / rest
@@ -189,40 +242,58 @@ def query_context(
     """The query-level steps of the module docstring for ``query`` (``forced``: the codes of
     the predicted types; ``detection``: the reference's genes and their
     :func:`~transanno_sc.data.type_detection`, or ``None`` for a model without them).
-    ``None`` (cell by cell) for a query of fewer than :data:`MIN_QUERY_CELLS` or more than
-    :data:`MAX_QUERY_CELLS` cells, or a backed one."""
-    from sklearn.cluster import KMeans
-    from sklearn.neighbors import NearestNeighbors
-
+    ``None`` (cell by cell) for a query of fewer than :data:`MIN_QUERY_CELLS` cells. Above
+    :data:`MAX_QUERY_CELLS` cells, or backed, see :func:`_streamed_context`."""
     n = query.n_obs
-    if n < MIN_QUERY_CELLS or n > MAX_QUERY_CELLS or query.isbacked:
-        why = "backed" if query.isbacked else f"{n} cells"
+    if n < MIN_QUERY_CELLS:
         logger.info(
-            "    query %s (the query context needs %d-%d cells in memory): the Unassigned "
-            "call is made cell by cell.",
-            why,
+            "    query of %d cells (the query context needs %d at least): the Unassigned call "
+            "is made cell by cell.",
+            n,
             MIN_QUERY_CELLS,
-            MAX_QUERY_CELLS,
         )
         return None
+    if n > MAX_QUERY_CELLS or query.isbacked:
+        return _streamed_context(query, layer, scale, confidence, forced, detection, classes, seed)
+    from sklearn.neighbors import NearestNeighbors
+
     X = _log_normalized(query, layer, scale)
-    pcs = _pca(X, seed)
+    pcs = _pca(X, seed).pcs
     # kneighbors() without X leaves each cell out of its own neighbours: put it back
     others = NearestNeighbors(n_neighbors=N_NEIGHBORS).fit(pcs).kneighbors(return_distance=False)
     neighbours = np.concatenate([np.arange(n)[:, None], others], axis=1)
     neighbourhood = confidence[neighbours].mean(1)
-    n_clusters = int(np.clip(round(n / CELLS_PER_CLUSTER), MIN_CLUSTERS, MAX_CLUSTERS))
-    km = KMeans(n_clusters, n_init=3, random_state=seed)
+    km = _kmeans(n, seed)
     clusters = km.fit_predict(pcs[:, :N_PCS_CLUSTERS]).astype(np.int64)
-    foreign = np.zeros(n)
-    summary = {"n_neighbors": N_NEIGHBORS, "n_clusters": n_clusters, "foreign_clusters": []}
+    summary = {"n_neighbors": N_NEIGHBORS, "n_clusters": km.n_clusters, "foreign_clusters": []}
+    marker_genes = _marker_genes(query, detection, summary)
+    if marker_genes is None:
+        return QueryContext(neighbourhood, np.zeros(n), summary)
+    cols, det = marker_genes
+    shares, records = _foreign_shares(X[:, cols], clusters, forced, det, km.n_clusters)
+    return QueryContext(neighbourhood, shares[clusters], _flagged(summary, records, classes))
+
+
+def _kmeans(n: int, seed: int):
+    from sklearn.cluster import KMeans
+
+    n_clusters = int(np.clip(round(n / CELLS_PER_CLUSTER), MIN_CLUSTERS, MAX_CLUSTERS))
+    return KMeans(n_clusters, n_init=3, random_state=seed)
+
+
+def _marker_genes(
+    query: AnnData, detection: tuple[list[str], np.ndarray] | None, summary: dict
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The query columns the foreign-marker check compares and the reference's detection of
+    them (state genes left out); ``None``, logged and noted in ``summary``, for a model
+    without the reference's detection."""
     if detection is None:
         logger.info(
             "    the model holds no per-type gene detection of its reference (saved before the "
             "query context existed): foreign markers are not checked."
         )
         summary["foreign_markers"] = "not available (model without reference detection)"
-        return QueryContext(neighbourhood, foreign, summary)
+        return None
     from transanno_sc.data import match_adata_genes
 
     genes, det = detection
@@ -230,12 +301,15 @@ def query_context(
     cols, rows = match.source, match.target
     keep = ~state_genes(np.asarray(genes)[rows])
     cols, rows = cols[keep], rows[keep]
-    shares, records = _foreign_shares(X[:, cols], clusters, forced, det[:, rows], n_clusters)
-    foreign = shares[clusters]
+    summary["foreign_markers"] = f"{cols.size} genes compared"
+    return cols, det[:, rows]
+
+
+def _flagged(summary: dict, records: list[dict], classes: list[str]) -> dict:
+    """``summary`` with the clusters over :data:`FOREIGN_SHARE` (logged)."""
     for r in records:
         r["type"] = classes[r["type"]]
     flagged = [r for r in records if r["foreign_share"] > FOREIGN_SHARE]
-    summary["foreign_markers"] = f"{cols.size} genes compared"
     summary["foreign_clusters"] = flagged
     if flagged:
         logger.info(
@@ -245,4 +319,92 @@ def query_context(
             len(flagged),
             ", ".join(f"{r['n_cells']} called {r['type']}" for r in flagged),
         )
-    return QueryContext(neighbourhood, foreign, summary)
+    return summary
+
+
+def _streamed_context(
+    query: AnnData,
+    layer: str | None,
+    scale: str,
+    confidence: np.ndarray,
+    forced: np.ndarray,
+    detection: tuple[list[str], np.ndarray] | None,
+    classes: list[str],
+    seed: int,
+) -> QueryContext:
+    """:func:`query_context` of a large or backed query, with bounded memory.
+
+    The PCA (genes, centring, components) and the k-means centres are fitted on
+    :data:`SAMPLE_CELLS` cells drawn at random; the query is then read
+    :data:`STREAM_CHUNK` rows at a time: each chunk is projected, assigned to its nearest
+    centre, and added to the clusters' sums for the marker check. A cell's neighbourhood is
+    itself and its :data:`N_NEIGHBORS` nearest cells of its part of the query: the PCA cut by
+    k-means into parts of about :data:`NEIGHBOUR_BLOCK` cells (one part, the whole query,
+    below that). With every cell sampled and one part this is :func:`query_context`'s exact
+    computation.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    from transanno_sc.data import get_matrix, iter_row_chunks
+
+    X = get_matrix(query, layer)
+    n = query.n_obs
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n, min(n, SAMPLE_CELLS), replace=False))
+    logger.info(
+        "    query context of %d cells%s: PCA, clusters and neighbours from %d sampled cells, "
+        "the query read %d rows at a time.",
+        n,
+        " (backed)" if query.isbacked else "",
+        sample.size,
+        STREAM_CHUNK,
+    )
+    rows = [r for _, r in iter_row_chunks(X, chunk_size=STREAM_CHUNK, indices=sample)]
+    rows = sp.vstack(rows, format="csr") if sp.issparse(rows[0]) else np.concatenate(rows)
+    pca = _pca(_log_normalize(rows, scale), seed)
+    del rows
+    km = _kmeans(n, seed)
+    km.fit(pca.pcs[:, :N_PCS_CLUSTERS])
+    summary = {
+        "n_neighbors": N_NEIGHBORS,
+        "n_clusters": km.n_clusters,
+        "sampled_cells": int(sample.size),
+        "foreign_clusters": [],
+    }
+    marker_genes = _marker_genes(query, detection, summary)
+    pcs = np.empty((n, pca.pcs.shape[1]), dtype=pca.pcs.dtype)
+    clusters = np.empty(n, dtype=np.int64)
+    totals = None
+    for start, rows in iter_row_chunks(X, chunk_size=STREAM_CHUNK):
+        stop = start + rows.shape[0]
+        Xc = _log_normalize(rows, scale)
+        pcs[start:stop] = pca.project(Xc)
+        clusters[start:stop] = km.predict(pcs[start:stop, :N_PCS_CLUSTERS])
+        if marker_genes is not None:
+            part = _cluster_sums(Xc[:, marker_genes[0]], clusters[start:stop], km.n_clusters)
+            totals = part if totals is None else tuple(a + b for a, b in zip(totals, part))
+    n_parts = -(-n // NEIGHBOUR_BLOCK)
+    parts = np.zeros(n, dtype=np.int64)
+    if n_parts > 1:
+        from sklearn.cluster import KMeans
+
+        cut = KMeans(n_parts, n_init=1, random_state=seed).fit(pca.pcs[:, :N_PCS_CLUSTERS])
+        parts = cut.predict(pcs[:, :N_PCS_CLUSTERS])
+    neighbourhood = confidence.astype(float).copy()
+    for k in range(n_parts):
+        members = np.flatnonzero(parts == k)
+        if members.size < 2:
+            continue
+        n_near = min(N_NEIGHBORS, members.size - 1)
+        # kneighbors() without X leaves each cell out of its own neighbours
+        near = (
+            NearestNeighbors(n_neighbors=n_near).fit(pcs[members]).kneighbors(return_distance=False)
+        )
+        neighbourhood[members] = (confidence[members] + confidence[members[near]].sum(1)) / (
+            n_near + 1
+        )
+    summary["neighbour_parts"] = int(n_parts)
+    if marker_genes is None:
+        return QueryContext(neighbourhood, np.zeros(n), summary)
+    shares, records = _shares_of_sums(*totals, clusters, forced, marker_genes[1])
+    return QueryContext(neighbourhood, shares[clusters], _flagged(summary, records, classes))

@@ -1,0 +1,97 @@
+"""The streamed query context (large or backed queries) against the exact one (issue #17).
+
+On every dumped case (``dump_outputs.py``), the default call's confidence refined by
+``tl._query_context`` exactly (the query in memory, every cell a neighbour candidate) and
+streamed (``MAX_QUERY_CELLS`` set to 0: the PCA and k-means centres from a random
+``--fraction`` of the query's cells, read ``STREAM_CHUNK`` rows at a time, and the neighbours
+within as many k-means parts as a query of ``SAMPLE_CELLS / fraction`` cells would have). Same table as
+``exp12``. ``--split`` also combines the exact neighbourhood with the streamed clusters and
+the other way round.
+
+    python benchmarks/novelty_design/exp14_streamed_context.py [DIR] [--fractions 0.5 0.25]
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cross_study as cs
+from exp9_rules import U, evaluate, result_row, summary
+from exp11_query_clusters import dumped_cases
+
+import transanno_sc.tl._query_context as qc
+from transanno_sc.data import type_detection
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("dir", nargs="?", default="benchmarks/results_tmp/nov17")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--fractions", nargs="+", type=float, default=[0.5, 0.25])
+    ap.add_argument("--split", action="store_true", help="also each part exact, the other not")
+    args = ap.parse_args()
+    cs._quiet()
+    rows = []
+    for r, c in dumped_cases(args.dir, args.seeds):
+        types = list(r["ref_types"])
+        rh, _ = cs.harmonize(c.ref, c.query)
+        codes = np.asarray(pd.Categorical(rh.obs[c.key].astype(str), categories=types).codes)
+        det = type_detection(rh.X, codes, len(types))
+        forced = np.asarray(pd.Categorical(r["forced"], categories=types).codes)
+        prob = r["probs"].astype(float).max(1)
+        p = r["pvalue"].astype(float)
+        own = prob * p / (p + 0.03)
+        own[r["n_expressed"] == 0] = 0
+        best = max(
+            evaluate(r, np.where(r[f"{k}_conf"] < 0.5, U, r[f"{k}_forced"]), r[f"{k}_conf"])["f1"]
+            for k in ("lr", "knn")
+        )
+        n = c.query.n_obs
+        for name, fraction in [("exact", None)] + [(f"streamed {f:g}", f) for f in args.fractions]:
+            saved = qc.MAX_QUERY_CELLS, qc.SAMPLE_CELLS, qc.NEIGHBOUR_BLOCK
+            if fraction is not None:
+                # the sample a fraction of the query, and as many neighbour parts as a query of
+                # SAMPLE_CELLS / fraction cells has
+                qc.MAX_QUERY_CELLS, qc.SAMPLE_CELLS = 0, max(int(fraction * n), 50)
+                qc.NEIGHBOUR_BLOCK = max(int(fraction * n * saved[2] / saved[1]), 20)
+            try:
+                ctx = qc.query_context(
+                    c.query,
+                    layer=None,
+                    scale="log1p" if c.log_normalized else "counts",
+                    confidence=own,
+                    forced=forced,
+                    detection=(list(rh.var_names), det),
+                    classes=types,
+                    seed=0,
+                )
+            finally:
+                qc.MAX_QUERY_CELLS, qc.SAMPLE_CELLS, qc.NEIGHBOUR_BLOCK = saved
+            if fraction is None:
+                exact = ctx
+            variants = {name: ctx}
+            if fraction is not None and args.split:
+                variants[f"{name}, exact neighbourhood"] = qc.QueryContext(
+                    exact.neighbourhood, ctx.foreign, ctx.summary
+                )
+                variants[f"{name}, exact clusters"] = qc.QueryContext(
+                    ctx.neighbourhood, exact.foreign, ctx.summary
+                )
+            for v, vctx in variants.items():
+                s = vctx.confidence(own)
+                s[r["n_expressed"] == 0] = 0
+                o = evaluate(r, np.where(s < 0.5, U, r["forced"].astype(object)), s)
+                rows.append(result_row(r, v, o, best))
+        print(r["pair"], r["case"], r["seed"], n, flush=True)
+    df = pd.DataFrame(rows)
+    pd.set_option("display.width", 250)
+    print(summary(df).round(3).to_string())
+
+
+if __name__ == "__main__":
+    main()
