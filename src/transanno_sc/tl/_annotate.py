@@ -116,7 +116,8 @@ def transanno_annotate(
     query_context
         With ``novelty``, refine each cell's confidence with the query's own structure
         (queries of at least 50 cells; over 100,000 cells or backed, read in chunks, with the
-        PCA, clusters and neighbours from 50,000 sampled cells): a cell's confidence is raised to its query
+        PCA and clusters fitted on 50,000 sampled cells and the neighbours searched within
+        parts of about 25,000 cells): a cell's confidence is raised to its query
         neighbourhood's mean (a known cell unsure alone among confident cells like it keeps its
         label), and capped where most of its query cluster's marker genes are not detected by
         the reference cells of its predicted type (a type the reference lacks, called as its

@@ -53,7 +53,7 @@ SAMPLE_CELLS = 50_000
 STREAM_CHUNK = 10_000
 #: The streamed path finds neighbours within parts of about this many cells (k-means parts
 #: of the PCA): exact among a part's cells, and a part holds a cell's near neighbours.
-NEIGHBOUR_BLOCK = 50_000
+NEIGHBOUR_BLOCK = 25_000
 #: Query cells per k-means cluster (between :data:`MIN_CLUSTERS` and :data:`MAX_CLUSTERS`).
 CELLS_PER_CLUSTER = 50
 MIN_CLUSTERS = 4
