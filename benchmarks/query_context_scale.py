@@ -8,7 +8,8 @@ process, and the share of cells "Unassigned"::
 
     python benchmarks/query_context_scale.py [--cells 200000] [--out benchmarks/results]
 
-Writes ``query_context_scale.json`` and ``.md`` in ``--out``.
+Writes ``query_context_scale.json`` and ``.md`` in ``--out`` (``query_context_scale_N`` for
+another ``--cells N``); ``--backed-only`` skips the in-memory query.
 """
 
 from __future__ import annotations
@@ -78,12 +79,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--cells", type=int, default=200_000)
     p.add_argument("--out", type=Path, default=HERE / "results")
+    p.add_argument("--backed-only", action="store_true", help="skip the in-memory query")
     a = p.parse_args(argv)
     scale.WORK = WORK
     path = scale.make_file(a.cells)
     model_dir = _model()
     rows = []
-    for backed in (False, True):
+    for backed in (True,) if a.backed_only else (False, True):
         for context in (False, True):
             cfg = json.dumps([str(path), str(model_dir), backed, context])
             proc = subprocess.run(
@@ -99,10 +101,11 @@ def main(argv=None) -> int:
             print(row, flush=True)
             rows.append(row)
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "query_context_scale.json").write_text(json.dumps(rows, indent=1))
+    stem = f"query_context_scale_{a.cells}" if a.cells != 200_000 else "query_context_scale"
+    (a.out / f"{stem}.json").write_text(json.dumps(rows, indent=1))
     lines = [
         f"# Query context on {a.cells:,} cells (`python benchmarks/query_context_scale.py "
-        f"--cells {a.cells}`)",
+        f"--cells {a.cells}{' --backed-only' if a.backed_only else ''}`)",
         "",
         "| query | query context | wall s | peak RSS GB | Unassigned % | sampled cells | parts "
         "| cells in foreign clusters |",
@@ -115,7 +118,7 @@ def main(argv=None) -> int:
             f"{r['sampled_cells'] or '-'} | {r['neighbour_parts'] or '-'} | "
             f"{r['foreign_cluster_cells'] if r['query_context'] else '-'} |"
         )
-    (a.out / "query_context_scale.md").write_text("\n".join(lines) + "\n")
+    (a.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -23,6 +23,7 @@ import glob
 import pickle
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -44,6 +45,60 @@ CDCA8 ECT2 KIF23 HMMR AURKA PSRC1 ANLN LBR CKAP5 CENPE CTCF NEK2 G2E3 GAS2L3 CBX
 STATE = r"^(HIST|H2AF|H1F|H3F|RPL|RPS|MT-|MRPL|MRPS)"
 EXCLUDE = None
 CLUSTERING = "leiden"
+
+
+def case_inputs(r, c) -> SimpleNamespace:
+    """What the query-context experiments (exp12-exp14) need of a dumped case ``r`` and its
+    rebuilt ``c``: the reference types, the harmonized reference ``rh`` and its type codes,
+    the input scale, the reference's per-type detection, the forced label codes, the
+    probability, p-value and default cell-level confidence ``own``, and ``best``: the better
+    shared macro-F1 of L2 logistic regression and kNN in the dump (the "gap" baseline)."""
+    from transanno_sc.data import type_detection
+
+    types = list(r["ref_types"])
+    rh, _ = cs.harmonize(c.ref, c.query)
+    codes = np.asarray(pd.Categorical(rh.obs[c.key].astype(str), categories=types).codes)
+    prob = r["probs"].astype(float).max(1)
+    p = r["pvalue"].astype(float)
+    own = prob * p / (p + 0.03)
+    own[r["n_expressed"] == 0] = 0
+    best = max(
+        evaluate(r, np.where(r[f"{k}_conf"] < 0.5, U, r[f"{k}_forced"]), r[f"{k}_conf"])["f1"]
+        for k in ("lr", "knn")
+    )
+    return SimpleNamespace(
+        types=types,
+        rh=rh,
+        codes=codes,
+        scale="log1p" if c.log_normalized else "counts",
+        det=type_detection(rh.X, codes, len(types)),
+        forced=np.asarray(pd.Categorical(r["forced"], categories=types).codes),
+        prob=prob,
+        p=p,
+        own=own,
+        best=best,
+    )
+
+
+def score_row(r, rule: str, score: np.ndarray, best: float) -> dict:
+    """The table row of ``rule`` whose confidence is ``score`` (0 for cells without expressed
+    vocabulary genes; "Unassigned" below 0.5)."""
+    s = np.asarray(score, dtype=float).copy()
+    s[r["n_expressed"] == 0] = 0
+    o = evaluate(r, np.where(s < 0.5, U, r["forced"].astype(object)), s)
+    return result_row(r, rule, o, best)
+
+
+def print_tables(df: pd.DataFrame, cases: bool) -> None:
+    """Per case (``cases``) the known and novel "Unassigned" %, then :func:`summary`."""
+    pd.set_option("display.width", 250)
+    if cases:
+        print(
+            df.pivot_table(index=["pair", "case"], columns="rule", values=["known", "novel"])
+            .round(1)
+            .to_string()
+        )
+    print(summary(df).round(3).to_string())
 
 
 def dumped_cases(folder, seeds):

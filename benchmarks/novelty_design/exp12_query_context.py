@@ -20,10 +20,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cross_study as cs
-from exp9_rules import U, evaluate, result_row, summary
-from exp11_query_clusters import dumped_cases
+from exp11_query_clusters import case_inputs, dumped_cases, print_tables, score_row
 
-from transanno_sc.data import type_detection
 from transanno_sc.tl._query_context import query_context
 
 
@@ -36,61 +34,38 @@ def main():
     cs._quiet()
     rows = []
     for r, c in dumped_cases(args.dir, args.seeds):
-        types = list(r["ref_types"])
-        rh, _ = cs.harmonize(c.ref, c.query)
-        codes = pd.Categorical(rh.obs[c.key].astype(str), categories=types).codes
-        det = type_detection(rh.X, np.asarray(codes), len(types))
-        forced = pd.Categorical(r["forced"], categories=types).codes
-        prob = r["probs"].astype(float).max(1)
-        p = r["pvalue"].astype(float)
-        own = prob * p / (p + 0.03)
-        own[r["n_expressed"] == 0] = 0
-        typ = p / (p + 0.03)
-        rules = {"cell": own}
-        for what, base in (("score", own), ("prob", prob)):
+        x = case_inputs(r, c)
+        typ = x.p / (x.p + 0.03)
+        rules = {"cell": x.own}
+        for what, base in (("score", x.own), ("prob", x.prob)):
             ctx = query_context(
                 c.query,
                 layer=None,
-                scale="log1p" if c.log_normalized else "counts",
+                scale=x.scale,
                 confidence=base,
-                forced=np.asarray(forced),
-                detection=(list(rh.var_names), det),
-                classes=types,
+                forced=x.forced,
+                detection=(list(x.rh.var_names), x.det),
+                classes=x.types,
                 seed=0,
             )
             variants = {}
             if what == "score":
-                variants["score"] = np.maximum(own, ctx.neighbourhood)
+                variants["score"] = np.maximum(x.own, ctx.neighbourhood)
                 variants["score-typical"] = np.where(
-                    typ >= 0.5, np.maximum(own, ctx.neighbourhood), own
+                    typ >= 0.5, np.maximum(x.own, ctx.neighbourhood), x.own
                 )
             else:
-                variants["prob"] = np.maximum(prob, ctx.neighbourhood) * typ
+                variants["prob"] = np.maximum(x.prob, ctx.neighbourhood) * typ
             for v, lifted in variants.items():
                 rules[f"lift {v}"] = lifted
                 for f0 in (0.5, 0.6):
                     rules[f"context F0={f0} {v}"] = np.minimum(
                         lifted, np.minimum(1, 0.5 * (1 - ctx.foreign) / (1 - f0))
                     )
-        best = max(
-            evaluate(r, np.where(r[f"{k}_conf"] < 0.5, U, r[f"{k}_forced"]), r[f"{k}_conf"])["f1"]
-            for k in ("lr", "knn")
-        )
-        for name, s in rules.items():
-            s = s.copy()
-            s[r["n_expressed"] == 0] = 0
-            o = evaluate(r, np.where(s < 0.5, U, r["forced"].astype(object)), s)
-            rows.append(result_row(r, name, o, best))
+        for name, score in rules.items():
+            rows.append(score_row(r, name, score, x.best))
         print(r["pair"], r["case"], r["seed"], flush=True)
-    df = pd.DataFrame(rows)
-    pd.set_option("display.width", 250)
-    if args.cases:
-        print(
-            df.pivot_table(index=["pair", "case"], columns="rule", values=["known", "novel"])
-            .round(1)
-            .to_string()
-        )
-    print(summary(df).round(3).to_string())
+    print_tables(pd.DataFrame(rows), args.cases)
 
 
 if __name__ == "__main__":

@@ -25,11 +25,9 @@ import scipy.sparse as sp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cross_study as cs
-from exp9_rules import U, evaluate, result_row, summary
-from exp11_query_clusters import dumped_cases
+from exp11_query_clusters import case_inputs, dumped_cases, print_tables, score_row
 
 import transanno_sc.tl._query_context as qc
-from transanno_sc.data import type_detection
 
 ORIGINAL = qc._foreign_shares
 
@@ -50,15 +48,8 @@ def patched(rule: str, ratio: float):
         det, mean = detection[:n_types], detection[n_types:]
         if rule == "det":
             return ORIGINAL(X, clusters, forced, det, n_clusters)
-        onehot = sp.csr_matrix(
-            (np.ones(X.shape[0]), (clusters, np.arange(X.shape[0]))),
-            shape=(n_clusters, X.shape[0]),
-        )
-        size = np.asarray(onehot.sum(1)).ravel()
-        sums = np.asarray((onehot @ X).todense())
-        binary = X.copy()
-        binary.data = (binary.data > 0).astype(np.float32)
-        detected = np.asarray((onehot @ binary).todense()) / np.maximum(size, 1)[:, None]
+        size, sums, n_detected = qc._cluster_sums(X, clusters, n_clusters)
+        detected = n_detected / np.maximum(size, 1)[:, None]
         total = sums.sum(0)
         shares = np.zeros(n_clusters)
         records = []
@@ -159,49 +150,26 @@ def main():
     cs._quiet()
     rows = []
     for r, c in dumped_cases(args.dir, args.seeds):
-        types = list(r["ref_types"])
-        rh, _ = cs.harmonize(c.ref, c.query)
-        codes = np.asarray(pd.Categorical(rh.obs[c.key].astype(str), categories=types).codes)
-        scale = "log1p" if c.log_normalized else "counts"
-        det = type_detection(rh.X, codes, len(types))
-        mean = type_means(qc._log_normalized(rh, None, scale), codes, len(types))
-        forced = np.asarray(pd.Categorical(r["forced"], categories=types).codes)
-        prob = r["probs"].astype(float).max(1)
-        p = r["pvalue"].astype(float)
-        own = prob * p / (p + 0.03)
-        own[r["n_expressed"] == 0] = 0
-        best = max(
-            evaluate(r, np.where(r[f"{k}_conf"] < 0.5, U, r[f"{k}_forced"]), r[f"{k}_conf"])["f1"]
-            for k in ("lr", "knn")
-        )
+        x = case_inputs(r, c)
+        mean = type_means(qc._log_normalized(x.rh, None, x.scale), x.codes, len(x.types))
         for rule, ratio in RULES:
             qc._foreign_shares = patched(rule, ratio)
             ctx = qc.query_context(
                 c.query,
                 layer=None,
-                scale=scale,
-                confidence=own,
-                forced=forced,
-                detection=(list(rh.var_names), np.concatenate([det, mean])),
-                classes=types,
+                scale=x.scale,
+                confidence=x.own,
+                forced=x.forced,
+                detection=(list(x.rh.var_names), np.concatenate([x.det, mean])),
+                classes=x.types,
                 seed=0,
             )
-            s = ctx.confidence(own)
-            s[r["n_expressed"] == 0] = 0
-            o = evaluate(r, np.where(s < 0.5, U, r["forced"].astype(object)), s)
-            rows.append(result_row(r, f"{rule} {ratio:g}", o, best))
+            rows.append(score_row(r, f"{rule} {ratio:g}", ctx.confidence(x.own), x.best))
         qc._foreign_shares = ORIGINAL
         print(r["pair"], r["case"], r["seed"], flush=True)
     df = pd.DataFrame(rows)
     df.to_csv(Path(args.dir) / "exp13.csv", index=False)
-    pd.set_option("display.width", 250)
-    if args.cases:
-        print(
-            df.pivot_table(index=["pair", "case"], columns="rule", values=["known", "novel"])
-            .round(1)
-            .to_string()
-        )
-    print(summary(df).round(3).to_string())
+    print_tables(df, args.cases)
 
 
 if __name__ == "__main__":

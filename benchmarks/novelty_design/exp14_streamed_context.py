@@ -15,17 +15,14 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cross_study as cs
-from exp9_rules import U, evaluate, result_row, summary
-from exp11_query_clusters import dumped_cases
+from exp11_query_clusters import case_inputs, dumped_cases, print_tables, score_row
 
 import transanno_sc.tl._query_context as qc
-from transanno_sc.data import type_detection
 
 
 def main():
@@ -38,19 +35,7 @@ def main():
     cs._quiet()
     rows = []
     for r, c in dumped_cases(args.dir, args.seeds):
-        types = list(r["ref_types"])
-        rh, _ = cs.harmonize(c.ref, c.query)
-        codes = np.asarray(pd.Categorical(rh.obs[c.key].astype(str), categories=types).codes)
-        det = type_detection(rh.X, codes, len(types))
-        forced = np.asarray(pd.Categorical(r["forced"], categories=types).codes)
-        prob = r["probs"].astype(float).max(1)
-        p = r["pvalue"].astype(float)
-        own = prob * p / (p + 0.03)
-        own[r["n_expressed"] == 0] = 0
-        best = max(
-            evaluate(r, np.where(r[f"{k}_conf"] < 0.5, U, r[f"{k}_forced"]), r[f"{k}_conf"])["f1"]
-            for k in ("lr", "knn")
-        )
+        x = case_inputs(r, c)
         n = c.query.n_obs
         for name, fraction in [("exact", None)] + [(f"streamed {f:g}", f) for f in args.fractions]:
             saved = qc.MAX_QUERY_CELLS, qc.SAMPLE_CELLS, qc.NEIGHBOUR_BLOCK
@@ -63,11 +48,11 @@ def main():
                 ctx = qc.query_context(
                     c.query,
                     layer=None,
-                    scale="log1p" if c.log_normalized else "counts",
-                    confidence=own,
-                    forced=forced,
-                    detection=(list(rh.var_names), det),
-                    classes=types,
+                    scale=x.scale,
+                    confidence=x.own,
+                    forced=x.forced,
+                    detection=(list(x.rh.var_names), x.det),
+                    classes=x.types,
                     seed=0,
                 )
             finally:
@@ -83,14 +68,9 @@ def main():
                     ctx.neighbourhood, exact.foreign, ctx.summary
                 )
             for v, vctx in variants.items():
-                s = vctx.confidence(own)
-                s[r["n_expressed"] == 0] = 0
-                o = evaluate(r, np.where(s < 0.5, U, r["forced"].astype(object)), s)
-                rows.append(result_row(r, v, o, best))
+                rows.append(score_row(r, v, vctx.confidence(x.own), x.best))
         print(r["pair"], r["case"], r["seed"], n, flush=True)
-    df = pd.DataFrame(rows)
-    pd.set_option("display.width", 250)
-    print(summary(df).round(3).to_string())
+    print_tables(pd.DataFrame(rows), cases=False)
 
 
 if __name__ == "__main__":
