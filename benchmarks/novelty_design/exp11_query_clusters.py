@@ -101,6 +101,17 @@ def print_tables(df: pd.DataFrame, cases: bool) -> None:
     print(summary(df).round(3).to_string())
 
 
+def dump_args(description: str, cases: bool = True) -> argparse.ArgumentParser:
+    """The arguments of the experiments on dumped cases: ``dir``, ``--seeds`` and, with
+    ``cases``, ``--cases`` (print the per-case table)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("dir", nargs="?", default="benchmarks/results_tmp/nov17")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    if cases:
+        ap.add_argument("--cases", action="store_true")
+    return ap
+
+
 def dumped_cases(folder, seeds):
     """``(dump, case)`` of every dump of ``folder`` for ``seeds``, the case rebuilt with
     ``cross_study.build`` (its query cells in the dump's order)."""

@@ -10,7 +10,6 @@ version never committed that used ``neighbourhood - d`` in place of the neighbou
     python benchmarks/novelty_design/exp12_query_context.py [DIR] [--seeds 0 1 2] [--cases]
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -20,16 +19,19 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cross_study as cs
-from exp11_query_clusters import case_inputs, dumped_cases, print_tables, score_row
+from exp11_query_clusters import (
+    case_inputs,
+    dump_args,
+    dumped_cases,
+    print_tables,
+    score_row,
+)
 
 from transanno_sc.tl._query_context import query_context
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("dir", nargs="?", default="benchmarks/results_tmp/nov17")
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--cases", action="store_true")
+    ap = dump_args(__doc__, cases=True)
     args = ap.parse_args()
     cs._quiet()
     rows = []

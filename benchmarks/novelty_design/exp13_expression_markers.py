@@ -14,7 +14,6 @@ the dumped default-call outputs (``exp12``), at the default cut and cap.
     python benchmarks/novelty_design/exp13_expression_markers.py [DIR] [--seeds 0 1 2] [--cases]
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -25,7 +24,13 @@ import scipy.sparse as sp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cross_study as cs
-from exp11_query_clusters import case_inputs, dumped_cases, print_tables, score_row
+from exp11_query_clusters import (
+    case_inputs,
+    dump_args,
+    dumped_cases,
+    print_tables,
+    score_row,
+)
 
 import transanno_sc.tl._query_context as qc
 
@@ -66,24 +71,18 @@ def patched(rule: str, ratio: float):
             label = np.bincount(forced[clusters == k]).argmax()
             by_det = det[label, markers] < detected[k, markers] / qc.FOREIGN_RATIO
             if rule.startswith("sibling"):
-                shares[k] = by_det.sum() / max(markers.size, qc.N_MARKERS)
-                sib = sibling_share(k, label, clusters, forced, size, sums, detected, mean, ratio)
-                shares[k] = max(shares[k], sib)
-                records.append(
-                    {
-                        "cluster": k,
-                        "n_cells": int(size[k]),
-                        "type": int(label),
-                        "foreign_share": float(shares[k]),
-                        "n_markers": int(markers.size),
-                    }
+                shares[k] = max(
+                    by_det.sum() / max(markers.size, qc.N_MARKERS),
+                    sibling_share(k, label, clusters, forced, size, sums, detected, mean, ratio),
                 )
-                continue
-            by_mean = mean[label, markers] < mean_k[markers] - np.log(ratio)
-            foreign = {"mean": by_mean, "det|mean": by_det | by_mean, "det&mean": by_det & by_mean}[
-                rule
-            ]
-            shares[k] = foreign.sum() / max(markers.size, qc.N_MARKERS)
+            else:
+                by_mean = mean[label, markers] < mean_k[markers] - np.log(ratio)
+                foreign = {
+                    "mean": by_mean,
+                    "det|mean": by_det | by_mean,
+                    "det&mean": by_det & by_mean,
+                }[rule]
+                shares[k] = foreign.sum() / max(markers.size, qc.N_MARKERS)
             records.append(
                 {
                     "cluster": k,
@@ -142,10 +141,7 @@ RULES = (
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("dir", nargs="?", default="benchmarks/results_tmp/nov17")
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--cases", action="store_true")
+    ap = dump_args(__doc__, cases=True)
     args = ap.parse_args()
     cs._quiet()
     rows = []

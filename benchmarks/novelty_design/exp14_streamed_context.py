@@ -11,7 +11,6 @@ the other way round.
     python benchmarks/novelty_design/exp14_streamed_context.py [DIR] [--fractions 0.5 0.25]
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -20,15 +19,19 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cross_study as cs
-from exp11_query_clusters import case_inputs, dumped_cases, print_tables, score_row
+from exp11_query_clusters import (
+    case_inputs,
+    dump_args,
+    dumped_cases,
+    print_tables,
+    score_row,
+)
 
 import transanno_sc.tl._query_context as qc
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("dir", nargs="?", default="benchmarks/results_tmp/nov17")
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap = dump_args(__doc__, cases=False)
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.5, 0.25])
     ap.add_argument("--split", action="store_true", help="also each part exact, the other not")
     args = ap.parse_args()

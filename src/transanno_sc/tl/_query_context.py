@@ -255,14 +255,9 @@ def query_context(
         return None
     if n > MAX_QUERY_CELLS or query.isbacked:
         return _streamed_context(query, layer, scale, confidence, forced, detection, classes, seed)
-    from sklearn.neighbors import NearestNeighbors
-
     X = _log_normalized(query, layer, scale)
     pcs = _pca(X, seed).pcs
-    # kneighbors() without X leaves each cell out of its own neighbours: put it back
-    others = NearestNeighbors(n_neighbors=N_NEIGHBORS).fit(pcs).kneighbors(return_distance=False)
-    neighbours = np.concatenate([np.arange(n)[:, None], others], axis=1)
-    neighbourhood = confidence[neighbours].mean(1)
+    neighbourhood = _neighbourhood(pcs, confidence)
     km = _kmeans(n, seed)
     clusters = km.fit_predict(pcs[:, :N_PCS_CLUSTERS]).astype(np.int64)
     summary = {"n_neighbors": N_NEIGHBORS, "n_clusters": km.n_clusters, "foreign_clusters": []}
@@ -272,6 +267,27 @@ def query_context(
     cols, det = marker_genes
     shares, records = _foreign_shares(X[:, cols], clusters, forced, det, km.n_clusters)
     return QueryContext(neighbourhood, shares[clusters], _flagged(summary, records, classes))
+
+
+def _neighbourhood(
+    pcs: np.ndarray, confidence: np.ndarray, parts: np.ndarray | None = None
+) -> np.ndarray:
+    """Mean ``confidence`` of each cell and its :data:`N_NEIGHBORS` nearest cells in ``pcs``
+    (exact; within the cell's part where ``parts`` labels them)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    parts = np.zeros(len(pcs), dtype=np.int64) if parts is None else parts
+    out = confidence.astype(float).copy()
+    for k in np.unique(parts):
+        members = np.flatnonzero(parts == k)
+        if members.size < 2:
+            continue
+        n_near = min(N_NEIGHBORS, members.size - 1)
+        # kneighbors() without X leaves each cell out of its own neighbours: put it back
+        nn = NearestNeighbors(n_neighbors=n_near).fit(pcs[members])
+        cells = np.concatenate([members[:, None], members[nn.kneighbors(return_distance=False)]], 1)
+        out[members] = confidence[cells].mean(1)
+    return out
 
 
 def _kmeans(n: int, seed: int):
@@ -343,8 +359,6 @@ def _streamed_context(
     below that). With every cell sampled and one part this is :func:`query_context`'s exact
     computation.
     """
-    from sklearn.neighbors import NearestNeighbors
-
     from transanno_sc.data import get_matrix, iter_row_chunks
 
     X = get_matrix(query, layer)
@@ -384,25 +398,13 @@ def _streamed_context(
             part = _cluster_sums(Xc[:, marker_genes[0]], clusters[start:stop], km.n_clusters)
             totals = part if totals is None else tuple(a + b for a, b in zip(totals, part))
     n_parts = -(-n // NEIGHBOUR_BLOCK)
-    parts = np.zeros(n, dtype=np.int64)
+    parts = None
     if n_parts > 1:
         from sklearn.cluster import KMeans
 
         cut = KMeans(n_parts, n_init=1, random_state=seed).fit(pca.pcs[:, :N_PCS_CLUSTERS])
         parts = cut.predict(pcs[:, :N_PCS_CLUSTERS])
-    neighbourhood = confidence.astype(float).copy()
-    for k in range(n_parts):
-        members = np.flatnonzero(parts == k)
-        if members.size < 2:
-            continue
-        n_near = min(N_NEIGHBORS, members.size - 1)
-        # kneighbors() without X leaves each cell out of its own neighbours
-        near = (
-            NearestNeighbors(n_neighbors=n_near).fit(pcs[members]).kneighbors(return_distance=False)
-        )
-        neighbourhood[members] = (confidence[members] + confidence[members[near]].sum(1)) / (
-            n_near + 1
-        )
+    neighbourhood = _neighbourhood(pcs, confidence, parts)
     summary["neighbour_parts"] = int(n_parts)
     if marker_genes is None:
         return QueryContext(neighbourhood, np.zeros(n), summary)
