@@ -89,6 +89,16 @@ def test_annotate_backed(trained, query_file, dense_reference):
     assigned = labels != "Unassigned"
     assert assigned.mean() > 0.5
     assert (labels[assigned] == expected[assigned]).all()
+    # the query context reads the backed query in chunks (every cell sampled at this size) and
+    # gives the in-memory call's confidence
+    context = backed.uns["transanno"]["query_context"]
+    assert context["applied"] and context["sampled_cells"] == backed.n_obs
+    memory = ad.read_h5ad(query_file)
+    ta.tl.transanno_annotate(memory, model=trained)
+    assert memory.uns["transanno"]["query_context"]["neighbour_parts"] == 1
+    np.testing.assert_allclose(
+        backed.obs["transanno_confidence"], memory.obs["transanno_confidence"], atol=1e-5
+    )
     backed.file.close()
 
 
