@@ -120,7 +120,8 @@ def _log_normalize(X, scale: str) -> sp.csr_matrix:
     from transanno_sc._constants import TARGET_SUM
     from transanno_sc.data import expm1_rows
 
-    X = expm1_rows(X) if scale == "log1p" else sp.csr_matrix(X, dtype=np.float32, copy=True)
+    # no copy of counts: the normalization below makes a new matrix and leaves X as it is
+    X = expm1_rows(X) if scale == "log1p" else sp.csr_matrix(X, dtype=np.float32)
     total = np.asarray(X.sum(1)).ravel()
     X = sp.diags((TARGET_SUM / np.maximum(total, 1e-12)).astype(np.float32)) @ X
     X = sp.csr_matrix(X)
@@ -373,8 +374,9 @@ def _streamed_context(
         sample.size,
         STREAM_CHUNK,
     )
-    rows = [r for _, r in iter_row_chunks(X, chunk_size=STREAM_CHUNK, indices=sample)]
-    rows = sp.vstack(rows, format="csr") if sp.issparse(rows[0]) else np.concatenate(rows)
+    chunks = [r for _, r in iter_row_chunks(X, chunk_size=STREAM_CHUNK, indices=sample)]
+    rows = sp.vstack(chunks, format="csr") if sp.issparse(chunks[0]) else np.concatenate(chunks)
+    del chunks
     pca = _pca(_log_normalize(rows, scale), seed)
     del rows
     km = _kmeans(n, seed)
