@@ -55,19 +55,10 @@ def patched(rule: str, ratio: float):
             return ORIGINAL(X, clusters, forced, det, n_clusters)
         size, sums, n_detected = qc._cluster_sums(X, clusters, n_clusters)
         detected = n_detected / np.maximum(size, 1)[:, None]
-        total = sums.sum(0)
         shares = np.zeros(n_clusters)
         records = []
-        for k in range(n_clusters):
-            rest = X.shape[0] - size[k]
-            if size[k] < qc.MIN_CLUSTER_CELLS or rest < qc.MIN_CLUSTER_CELLS:
-                continue
+        for k, markers in qc._cluster_markers(size, sums, detected, X.shape[0]):
             mean_k = sums[k] / size[k]
-            diff = mean_k - (total - sums[k]) / rest
-            ok = (detected[k] >= qc.MIN_MARKER_DETECTION) & (diff > 0)
-            if not ok.any():
-                continue
-            markers = np.flatnonzero(ok)[np.argsort(-diff[ok])][: qc.N_MARKERS]
             label = np.bincount(forced[clusters == k]).argmax()
             by_det = det[label, markers] < detected[k, markers] / qc.FOREIGN_RATIO
             if rule.startswith("sibling"):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -189,6 +190,23 @@ def _foreign_shares(
     return _shares_of_sums(size, sums, n_detected, clusters, forced, detection)
 
 
+def _cluster_markers(
+    size: np.ndarray, sums: np.ndarray, detected: np.ndarray, n_cells: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(cluster, its markers)`` for each cluster with :data:`MIN_CLUSTER_CELLS` cells on
+    both sides: the :data:`N_MARKERS` genes most above the rest of the query in mean, among
+    those it detects in :data:`MIN_MARKER_DETECTION` of its cells (``detected``: shares)."""
+    total = sums.sum(0)
+    for k in range(size.size):
+        rest = n_cells - size[k]
+        if size[k] < MIN_CLUSTER_CELLS or rest < MIN_CLUSTER_CELLS:
+            continue
+        diff = sums[k] / size[k] - (total - sums[k]) / rest
+        ok = (detected[k] >= MIN_MARKER_DETECTION) & (diff > 0)
+        if ok.any():
+            yield k, np.flatnonzero(ok)[np.argsort(-diff[ok])][:N_MARKERS]
+
+
 def _shares_of_sums(
     size: np.ndarray,
     sums: np.ndarray,
@@ -198,20 +216,10 @@ def _shares_of_sums(
     detection: np.ndarray,
 ) -> tuple[np.ndarray, list[dict]]:
     """:func:`_foreign_shares` from the clusters' sums (:func:`_cluster_sums`)."""
-    n_clusters, n_cells = size.size, clusters.size
     detected = n_detected / np.maximum(size, 1)[:, None]
-    total = sums.sum(0)
-    shares = np.zeros(n_clusters)
+    shares = np.zeros(size.size)
     records = []
-    for k in range(n_clusters):
-        rest = n_cells - size[k]
-        if size[k] < MIN_CLUSTER_CELLS or rest < MIN_CLUSTER_CELLS:
-            continue
-        diff = sums[k] / size[k] - (total - sums[k]) / rest
-        ok = (detected[k] >= MIN_MARKER_DETECTION) & (diff > 0)
-        if not ok.any():
-            continue
-        markers = np.flatnonzero(ok)[np.argsort(-diff[ok])][:N_MARKERS]
+    for k, markers in _cluster_markers(size, sums, detected, clusters.size):
         label = np.bincount(forced[clusters == k]).argmax()
         foreign = detection[label, markers] < detected[k, markers] / FOREIGN_RATIO
         # over N_MARKERS at least: a cluster with few markers (a small gene panel) is weak
