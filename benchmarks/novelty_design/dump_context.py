@@ -1,0 +1,121 @@
+"""Per-cell outputs of the default call with the query context's inputs (issue #17, label
+votes in the query): for every case of ``cross_study.py`` and every task of ``run.py``, the
+probabilities, the cell-level and final confidences, the query PCA the context uses, and the
+truth. ``exp15_label_vote.py`` reads them.
+
+    python benchmarks/novelty_design/dump_context.py --seeds 0 1 2 [--out DIR]
+    python benchmarks/novelty_design/dump_context.py --tasks pbmc68k_30 --task-seeds 0 1 2 3
+"""
+
+import argparse
+import pickle
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cross_study as cs
+import run as rb
+
+import transanno_sc.tl._annotate as annotate
+import transanno_sc.tl._query_context as qc
+
+OUT = Path("benchmarks/results_tmp/p4")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    ap.add_argument("--pairs", nargs="*", default=cs.PAIRS)
+    ap.add_argument("--tasks", nargs="*", default=rb.TASKS)
+    ap.add_argument("--task-seeds", nargs="*", type=int, default=[0, 1, 2])
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    cs._quiet()
+    store = {}
+    context_fn = qc.query_context
+
+    def capture(query, **kw):
+        X = qc._log_normalized(query, kw["layer"], kw["scale"])
+        store["pcs"] = qc._pca(X, kw["seed"]).pcs
+        store["cell_conf"] = kw["confidence"].copy()
+        store["query"] = query
+        ctx = context_fn(query, **kw)
+        store["neighbourhood"] = None if ctx is None else ctx.neighbourhood
+        store["foreign"] = None if ctx is None else ctx.foreign
+        return ctx
+
+    annotate.qc.query_context = capture
+
+    def save(name, rec):
+        with open(args.out / f"{name}.pkl", "wb") as fh:
+            pickle.dump(rec, fh)
+
+    for seed in args.seeds:
+        for pair in args.pairs:
+            for case in cs.CASES[pair]:
+                name = f"c_{pair}_{case.replace(' ', '_')}_{seed}"
+                if (args.out / f"{name}.pkl").exists():
+                    continue
+                t0 = time.time()
+                c = cs.build(pair, case, seed)
+                _, forced, conf, _ = cs.run_method("transanno", c, seed, {})
+                rec = {
+                    "kind": "cross",
+                    "pair": pair,
+                    "case": case,
+                    "seed": seed,
+                    "truth": c.query.obs[c.key].astype(str).to_numpy(),
+                    "ref_types": np.unique(c.ref.obs[c.key].astype(str)),
+                    "forced": np.asarray(forced),
+                    "conf": np.asarray(conf),
+                    **{k: store[k] for k in ("pcs", "cell_conf", "neighbourhood", "foreign")},
+                }
+                q = store.pop("query")
+                rec["probs"] = np.asarray(q.obsm["transanno_probabilities"])
+                rec["classes"] = np.asarray(q.uns["transanno"]["classes"], dtype=str)
+                save(name, rec)
+                print(f"{name}: {time.time() - t0:.0f} s", flush=True)
+    for seed in args.task_seeds:
+        for task in args.tasks:
+            name = f"t_{task}_{seed}"
+            if (args.out / f"{name}.pkl").exists():
+                continue
+            t0 = time.time()
+            ref, query, key = rb.task(task, seed)
+            truth = query.obs[key].astype(str).to_numpy()
+            batches = ref.obs["batch"].astype(str).to_numpy() if "batch" in ref.obs else None
+            ref = ref.copy()
+            ref.obs = ref.obs[[key]].copy()
+            blind = rb._blind(query)
+            for a in (ref, blind):
+                for k in list(a.layers):
+                    del a.layers[k]
+            model = rb.train_transanno(ref, key, seed, ref_batches=batches)
+            import transanno_sc as ta
+
+            ta.tl.transanno_annotate(blind, model=model)
+            probs = np.asarray(blind.obsm["transanno_probabilities"])
+            classes = np.asarray(blind.uns["transanno"]["classes"], dtype=str)
+            rec = {
+                "kind": "task",
+                "pair": task,
+                "case": task,
+                "seed": seed,
+                "truth": truth,
+                "ref_types": np.unique(ref.obs[key].astype(str)),
+                "forced": classes[probs.argmax(1)],
+                "conf": blind.obs["transanno_confidence"].to_numpy(dtype=float),
+                "probs": probs,
+                "classes": classes,
+                **{k: store[k] for k in ("pcs", "cell_conf", "neighbourhood", "foreign")},
+            }
+            save(name, rec)
+            print(f"{name}: {time.time() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
