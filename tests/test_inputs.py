@@ -264,3 +264,154 @@ def test_ensembl_version_suffixes_are_matched(trained, query):
     assert ta.data.match_genes(["Gm1.1"], ["Gm1"]).n_matched == 0
     # two versions of one ID are ambiguous: neither is taken
     assert ta.data.match_genes(["ENSG01.1", "ENSG01.2"], ["ENSG01"]).n_matched == 0
+
+
+# ------------------------------------------------- tl.transanno_annotate with reference=
+# A misspelled training argument: Lightning refuses it once training starts, so a query error
+# raised instead proves the query was checked before any training.
+_NOT_TRAINED = {"max_epoch": 1}
+
+
+def _fast_annotate(query, ref, **kwargs):
+    from conftest import FAST_MODEL, FAST_TRAIN
+
+    model_kwargs = {k: v for k, v in FAST_MODEL.items() if k != "n_top_genes"}
+    train = {**FAST_TRAIN, "max_epochs": 3}
+    ta.tl.transanno_annotate(
+        query, reference=ref, labels_key="cell_type", model_kwargs=model_kwargs, **train, **kwargs
+    )
+
+
+@pytest.mark.parametrize(
+    ("problem", "match"),
+    [
+        ("negative", "negative values"),
+        ("nan", "NaN or infinite"),
+        ("duplicate genes", "not unique"),
+        ("all zero", "no non-zero value"),
+        ("log1p on counts", "look like counts"),
+        ("missing layer", "layer"),
+    ],
+)
+def test_query_problems_are_refused_before_training(ref, query, problem, match):
+    kwargs = dict(_NOT_TRAINED)
+    q = query[:50].copy()
+    X = q.X.toarray()
+    if problem == "negative":
+        X[3, 5] = -1.0
+    elif problem == "nan":
+        X[7, 2] = np.nan
+    elif problem == "all zero":
+        X[:] = 0.0
+    elif problem == "log1p on counts":
+        kwargs["input_scale"] = "log1p"
+    elif problem == "missing layer":
+        kwargs["layer"] = "counts"
+        ref = ref.copy()
+        ref.layers["counts"] = ref.X.copy()
+    q.X = sp.csr_matrix(X)
+    if problem == "duplicate genes":
+        q.var_names = [q.var_names[0], *q.var_names[:-1]]
+    with pytest.raises((ValueError, KeyError), match=match):
+        ta.tl.transanno_annotate(q, reference=ref, labels_key="cell_type", **kwargs)
+
+
+def test_backed_view_query_is_refused_up_front(ref, query, tmp_path):
+    path = tmp_path / "query.h5ad"
+    query.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    with pytest.raises(ValueError, match="to_memory"):
+        ta.tl.transanno_annotate(
+            backed[:100], reference=ref, labels_key="cell_type", **_NOT_TRAINED
+        )
+    backed.file.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "kwargs", "error", "match"),
+    [
+        ("nan batch", {"batch_key": "batch"}, ValueError, "3 missing values"),
+        ("none", {"batch_key": "cell_type"}, ValueError, "both name"),
+        ("none", {"batch_key": "donor"}, KeyError, "not a column"),
+        ("none", {"labels_key": ["cell_type"]}, TypeError, "a str"),
+        ("none", {"key_added": "a/b"}, ValueError, "without '/'"),
+        ("file", {}, ValueError, "existing file"),
+    ],
+)
+def test_reference_arguments_are_refused_up_front(
+    ref, query, tmp_path, change, kwargs, error, match
+):
+    ref = ref.copy()
+    if change == "nan batch":
+        ref.obs["batch"] = ref.obs["batch"].astype(object)
+        ref.obs.iloc[:3, ref.obs.columns.get_loc("batch")] = np.nan
+    if change == "file":
+        (tmp_path / "model").write_text("not a model")
+        kwargs = {"save_model": str(tmp_path / "model")}
+    kwargs = {"labels_key": "cell_type", **kwargs, **_NOT_TRAINED}
+    with pytest.raises(error, match=match):
+        ta.tl.transanno_annotate(query[:60].copy(), reference=ref, **kwargs)
+
+
+def test_model_and_reference_together_are_refused(trained, ref, query):
+    with pytest.raises(ValueError, match="not both"):
+        ta.tl.transanno_annotate(query, model=trained, reference=ref, labels_key="cell_type")
+
+
+def test_batch_key_with_missing_values_in_setup_anndata(ref):
+    ref = ref.copy()
+    ref.obs["batch"] = ref.obs["batch"].astype(object)
+    ref.obs.iloc[:2, ref.obs.columns.get_loc("batch")] = None
+    with pytest.raises(ValueError, match="2 missing values"):
+        TransAnno.setup_anndata(ref, labels_key="cell_type", batch_key="batch")
+
+
+def test_dense_reference_and_callers_random_state_are_left_alone(ref, query):
+    """A dense float32 reference matrix is not normalized in place (it was, through the
+    gene selection's subsample), and the caller's global random generators continue as if
+    the call had not happened."""
+    import random
+
+    import torch
+
+    dense = ref.copy()
+    dense.X = dense.X.toarray().astype(np.float32)
+    before = dense.X.copy()
+    np.random.seed(123)
+    random.seed(123)
+    torch.manual_seed(123)
+    expected = (np.random.rand(), random.random(), float(torch.rand(1)))
+    np.random.seed(123)
+    random.seed(123)
+    torch.manual_seed(123)
+    _fast_annotate(query, dense)
+    assert np.array_equal(dense.X, before)
+    assert (np.random.rand(), random.random(), float(torch.rand(1))) == expected
+    assert query.obs["transanno_label"].notna().all()
+
+
+def test_query_context_skipped_when_too_few_genes_are_expressed(trained, query):
+    q = query[:80].copy()
+    X = q.X.toarray()
+    keep = np.argsort(-X.sum(0))[:2]
+    mask = np.zeros(X.shape[1], dtype=bool)
+    mask[keep] = True
+    X[:, ~mask] = 0.0
+    X[:, keep] += 1.0
+    q.X = sp.csr_matrix(X)
+    ta.tl.transanno_annotate(q, model=trained)
+    assert q.uns["transanno"]["query_context"]["applied"] is False
+    assert q.obs["transanno_label"].notna().all()
+
+
+def test_float_cluster_numbers_are_named_without_decimals(ref):
+    """Cluster numbers stored as floats (as pandas does once a column held NaN) name the
+    types "0", "1", ..., as integers do, not "0.0"."""
+    from transanno_sc.tl._reference import _private_reference
+
+    ref = ref.copy()
+    codes = ref.obs["cell_type"].cat.codes.to_numpy()
+    ref.obs["cluster"] = codes.astype(float)
+    private = _private_reference(ref, "cluster", None, None)
+    assert sorted(private.obs["cluster"].unique()) == sorted(str(c) for c in set(codes))
+    assert ref.obs["cluster"].dtype == float  # the user's column is kept

@@ -193,6 +193,19 @@ def scan_matrix(X, what: str = "adata.X") -> None:
         check_values(rows, what)
 
 
+def _sampled_rows(X):
+    """The rows of ``X`` that scale detection reads (spread evenly, at most
+    :data:`N_ROWS_SCALE_DETECTION`)."""
+    n = min(X.shape[0], N_ROWS_SCALE_DETECTION)
+    indices = np.unique(np.linspace(0, X.shape[0] - 1, n).astype(np.int64))
+    return indices, next(iter_row_chunks(X, chunk_size=indices.size, indices=indices))[1]
+
+
+def _max_sampled(X) -> float:
+    v = _values(_sampled_rows(X)[1])
+    return float(v.max()) if v.size else 0.0
+
+
 def detect_input_scale(X, what: str = "adata.X") -> Literal["counts", "log1p"]:
     """Decide from a sample of rows whether ``X`` holds count-like or log1p-normalized values.
 
@@ -203,12 +216,10 @@ def detect_input_scale(X, what: str = "adata.X") -> Literal["counts", "log1p"]:
     values). The rows read are spread evenly over ``X`` (at most
     :data:`N_ROWS_SCALE_DETECTION`).
     """
-    n = min(X.shape[0], N_ROWS_SCALE_DETECTION)
-    if n == 0:
+    if X.shape[0] == 0:
         msg = f"{what} has no cells."
         raise ValueError(msg)
-    indices = np.unique(np.linspace(0, X.shape[0] - 1, n).astype(np.int64))
-    rows = next(iter_row_chunks(X, chunk_size=indices.size, indices=indices))[1]
+    indices, rows = _sampled_rows(X)
     check_values(rows, what)
     v = _values(rows)
     v = v[v != 0]
@@ -220,16 +231,29 @@ def detect_input_scale(X, what: str = "adata.X") -> Literal["counts", "log1p"]:
     return "log1p"
 
 
-def resolve_input_scale(X, input_scale: InputScale, what: str = "adata.X") -> str:
-    """Check an explicit ``input_scale`` or detect it."""
+def resolve_input_scale(
+    X, input_scale: InputScale, what: str = "adata.X", *, quiet: bool = False
+) -> str:
+    """Check an explicit ``input_scale`` or detect it (``quiet``: no log line or warning, for a
+    check made ahead of the call that uses it)."""
     if input_scale not in ("auto", "counts", "log1p"):
         msg = f"input_scale must be 'auto', 'counts' or 'log1p', got {input_scale!r}."
         raise ValueError(msg)
     detected = detect_input_scale(X, what)
+    if input_scale == "log1p":
+        top = _max_sampled(X)
+        if top > MAX_LOG1P_VALUE:
+            msg = (
+                f"input_scale='log1p', but {what} holds values up to {top:.4g}: log1p-normalized "
+                f"values stay below {MAX_LOG1P_VALUE:g} (log1p of 10,000 per cell is 9.2). These "
+                "look like counts: pass input_scale='counts' or 'auto'."
+            )
+            raise ValueError(msg)
     if input_scale == "auto":
-        logger.info("%s holds %s values (detected).", what, _SCALE_NAMES[detected])
+        if not quiet:
+            logger.info("%s holds %s values (detected).", what, _SCALE_NAMES[detected])
         return detected
-    if input_scale != detected:
+    if input_scale != detected and not quiet:
         warnings.warn(
             f"input_scale={input_scale!r}, but {what} looks like {_SCALE_NAMES[detected]} "
             f"values; they are treated as {_SCALE_NAMES[input_scale]} values as asked.",
@@ -262,11 +286,19 @@ def non_string_labels(labels: pd.Series) -> list:
     return [v for v in pd.Series(values).dropna().unique() if not isinstance(v, str)]
 
 
+def _label_string(v) -> str:
+    """``3`` and ``3.0`` -> ``"3"`` (cluster numbers stored as floats, e.g. after a NaN)."""
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    return str(v)
+
+
 def string_labels(labels: pd.Series) -> pd.Series:
-    """``labels`` with every non-missing value as a string (``3`` -> ``"3"``), NaN kept."""
+    """``labels`` with every non-missing value as a string (``3`` and ``3.0`` -> ``"3"``),
+    NaN kept."""
     if isinstance(labels.dtype, pd.CategoricalDtype):
-        return labels.cat.rename_categories([str(c) for c in labels.cat.categories])
-    return labels.map(lambda v: v if pd.isna(v) else str(v)).astype(object)
+        return labels.cat.rename_categories([_label_string(c) for c in labels.cat.categories])
+    return labels.map(lambda v: v if pd.isna(v) else _label_string(v)).astype(object)
 
 
 def check_labels(adata: AnnData, labels_key: str | None, unlabeled_category: str) -> None:
@@ -274,6 +306,7 @@ def check_labels(adata: AnnData, labels_key: str | None, unlabeled_category: str
     type named as the model's ``"Unassigned"`` call."""
     if labels_key is None:
         return
+    check_key(labels_key, "labels_key")
     if labels_key not in adata.obs:
         msg = (
             f"labels_key={labels_key!r} is not a column of adata.obs "
@@ -312,6 +345,43 @@ def check_labels(adata: AnnData, labels_key: str | None, unlabeled_category: str
         msg = (
             f"adata.obs[{labels_key!r}] has {int(labels.isna().sum())} missing values. Set them "
             f"to unlabeled_category={unlabeled_category!r} to mark those cells as unlabeled."
+        )
+        raise ValueError(msg)
+
+
+def check_key(key, name: str) -> None:
+    """Refuse a column key that is not a string (a list of columns, say)."""
+    if not isinstance(key, str):
+        msg = f"{name} must be the name of one column of obs (a str), got {key!r}."
+        raise TypeError(msg)
+
+
+def check_batches(
+    adata: AnnData, batch_key: str | None, labels_key: str | None, what: str = "adata"
+) -> None:
+    """Refuse a ``batch_key`` that is the labels' column, missing from ``obs``, or with missing
+    values (scvi-tools' own message for those does not say so)."""
+    if batch_key is None:
+        return
+    check_key(batch_key, "batch_key")
+    if batch_key == labels_key:
+        msg = (
+            f"batch_key and labels_key both name obs[{batch_key!r}]: batch_key is for the "
+            "batches (samples, donors, technologies) the reference was measured in."
+        )
+        raise ValueError(msg)
+    if batch_key not in adata.obs:
+        msg = (
+            f"batch_key={batch_key!r} is not a column of {what}.obs "
+            f"(columns: {list(adata.obs.columns)})."
+        )
+        raise KeyError(msg)
+    n_missing = int(adata.obs[batch_key].isna().sum())
+    if n_missing:
+        msg = (
+            f"{what}.obs[{batch_key!r}] has {n_missing} missing values. Give those cells a "
+            f"batch of their own (e.g. {what}.obs[{batch_key!r}] = "
+            f"{what}.obs[{batch_key!r}].astype(str)) or pass batch_key=None."
         )
         raise ValueError(msg)
 

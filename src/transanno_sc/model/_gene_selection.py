@@ -54,8 +54,18 @@ def log_hvg_subsample(X, var_names: pd.Index, is_counts: bool, seed: int):
     n_obs = X.shape[0]
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n_obs, 20_000, replace=False)) if n_obs > 20_000 else None
-    sub = X[rows] if rows is not None else X[:]
-    sub = sp.csr_matrix(sub, dtype=np.float32) if sp.issparse(sub) else np.asarray(sub, np.float32)
+    if rows is not None:
+        sub = X[rows]
+    elif sp.issparse(X) or isinstance(X, np.ndarray):
+        sub = X
+    else:  # a backed matrix: read it
+        sub = X[:]
+    # a copy in any case: the normalization below works in place, and X may be the user's
+    sub = (
+        sp.csr_matrix(sub, dtype=np.float32, copy=True)
+        if sp.issparse(sub)
+        else np.array(sub, dtype=np.float32)
+    )
     tmp = AnnData(sub)
     tmp.var_names = var_names.astype(str)
     with warnings.catch_warnings():

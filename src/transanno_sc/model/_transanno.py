@@ -27,6 +27,7 @@ from transanno_sc._constants import (
 from transanno_sc.data import (
     GeneMatch,
     InputScale,
+    check_batches,
     check_labels,
     check_matrix,
     check_shape_and_names,
@@ -253,6 +254,7 @@ class TransAnno(
         """
         check_shape_and_names(adata)
         check_labels(adata, labels_key, unlabeled_category)
+        check_batches(adata, batch_key, labels_key)
         input_scale = check_matrix(adata, layer, input_scale)
         setup_method_args = cls._get_setup_method_args(
             cls=cls,

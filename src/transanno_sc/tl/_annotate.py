@@ -39,6 +39,12 @@ class _AnnotationKeys:
 
     @classmethod
     def from_key_added(cls, key_added: str) -> _AnnotationKeys:
+        if not isinstance(key_added, str) or not key_added or "/" in key_added:
+            msg = (
+                f"key_added must be a non-empty string without '/' (h5ad and zarr files cannot "
+                f"store '/' in key names), got {key_added!r}."
+            )
+            raise ValueError(msg)
         return cls(
             label=f"{key_added}_label",
             confidence=f"{key_added}_confidence",
@@ -211,6 +217,15 @@ def transanno_annotate(
     elif not isinstance(model, TransAnno):
         msg = f"model must be a transanno_sc.model.TransAnno, got {type(model).__name__}."
         raise TypeError(msg)
+    elif reference is not None:
+        msg = (
+            "Pass either a trained `model=` or a `reference=` to train one, not both (the "
+            "model would be used and the reference ignored)."
+        )
+        raise ValueError(msg)
+    _check_query(rna, layer, input_scale)
+    if model is None and save_model is not None:
+        _check_save_path(save_model)
     if unassigned_threshold is not None and not 0.0 <= unassigned_threshold <= 1.0:
         msg = f"unassigned_threshold must be in [0, 1] or None, got {unassigned_threshold}."
         raise ValueError(msg)
@@ -277,6 +292,47 @@ def transanno_annotate(
         keys.uns,
     )
     return adata if copy else None
+
+
+def _check_query(rna: AnnData, layer: str | None, input_scale: str) -> None:
+    """Refuse a query that annotation would fail on, before any training: a view of a backed
+    AnnData (the results cannot be written to it), no cells or duplicate gene names, a missing
+    layer, NaN, infinite or negative values (every value of an in-memory matrix; a sample of
+    a backed one, whose rows are checked as they stream), no expression, or values that cannot
+    be on the ``input_scale`` asked for."""
+    from transanno_sc.data import (
+        check_shape_and_names,
+        get_matrix,
+        resolve_input_scale,
+        scan_matrix,
+    )
+
+    if rna.is_view and rna.isbacked:
+        msg = (
+            "adata is a view (a subset) of a backed AnnData, which the annotation cannot be "
+            "written to. Load the subset into memory first (`adata = adata.to_memory()`), or "
+            "write it to its own file and open that one backed."
+        )
+        raise ValueError(msg)
+    check_shape_and_names(rna, "adata")
+    X = get_matrix(rna, layer)
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    if not rna.isbacked:
+        scan_matrix(X, where)
+    resolve_input_scale(X, input_scale, where, quiet=True)
+
+
+def _check_save_path(path) -> None:
+    """Refuse a ``save_model`` path that names an existing file (a model is a folder), before
+    training."""
+    import os
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        msg = (
+            f"save_model={str(path)!r} is an existing file; a model is saved as a folder. "
+            "Pass a new path or a folder."
+        )
+        raise ValueError(msg)
 
 
 def _h5_safe_names(classes: list[str]) -> list[str]:

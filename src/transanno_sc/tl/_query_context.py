@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 N_NEIGHBORS = 15
 #: Below this many query cells the query-level steps are skipped.
 MIN_QUERY_CELLS = 50
+#: Below this many genes expressed in the query (or its sample), the query-level steps are
+#: skipped too: its own PCA and clusters need some genes to vary.
+MIN_QUERY_GENES = 10
 #: Above this many cells, or for a backed query (whose matrix is not read into memory whole),
 #: the PCA, the k-means centres and the neighbours come from :data:`SAMPLE_CELLS` cells drawn
 #: at random, and the query is read chunk by chunk (:func:`_streamed_context`).
@@ -265,6 +268,8 @@ def query_context(
     if n > MAX_QUERY_CELLS or query.isbacked:
         return _streamed_context(query, layer, scale, confidence, forced, detection, classes, seed)
     X = _log_normalized(query, layer, scale)
+    if _too_few_genes(X):
+        return None
     pcs = _pca(X, seed).pcs
     neighbourhood = _neighbourhood(pcs, confidence)
     km = _kmeans(n, seed)
@@ -276,6 +281,20 @@ def query_context(
     cols, det = marker_genes
     shares, records = _foreign_shares(X[:, cols], clusters, forced, det, km.n_clusters)
     return QueryContext(neighbourhood, shares[clusters], _flagged(summary, records, classes))
+
+
+def _too_few_genes(X: sp.csr_matrix) -> bool:
+    """Whether fewer than :data:`MIN_QUERY_GENES` genes are expressed in ``X`` (logged)."""
+    n_genes = np.unique(X.indices[X.data > 0]).size
+    if n_genes >= MIN_QUERY_GENES:
+        return False
+    logger.info(
+        "    %d genes are expressed in the query (the query context needs %d at least): the "
+        "Unassigned call is made cell by cell.",
+        n_genes,
+        MIN_QUERY_GENES,
+    )
+    return True
 
 
 def _neighbourhood(
@@ -356,7 +375,7 @@ def _streamed_context(
     detection: tuple[list[str], np.ndarray] | None,
     classes: list[str],
     seed: int,
-) -> QueryContext:
+) -> QueryContext | None:
     """:func:`query_context` of a large or backed query, with bounded memory.
 
     The PCA (genes, centring, components) and the k-means centres are fitted on
@@ -385,7 +404,10 @@ def _streamed_context(
     chunks = [r for _, r in iter_row_chunks(X, chunk_size=STREAM_CHUNK, indices=sample)]
     rows = sp.vstack(chunks, format="csr") if sp.issparse(chunks[0]) else np.concatenate(chunks)
     del chunks
-    pca = _pca(_log_normalize(rows, scale), seed)
+    rows = _log_normalize(rows, scale)
+    if _too_few_genes(rows):
+        return None
+    pca = _pca(rows, seed)
     del rows
     km = _kmeans(n, seed)
     km.fit(pca.pcs[:, :N_PCS_CLUSTERS])

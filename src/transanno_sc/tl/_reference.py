@@ -4,6 +4,7 @@ share, the reference's scale, and (with pretraining) the joint corpus."""
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,11 +24,20 @@ def _private_reference(
     reference: AnnData, labels_key: str, batch_key: str | None, layer: str | None
 ) -> AnnData:
     """A light AnnData sharing the reference's matrix, so scvi-tools' keys stay off the user's."""
-    from transanno_sc.data import get_matrix, non_string_labels, string_labels
+    from transanno_sc.data import (
+        check_batches,
+        check_key,
+        get_matrix,
+        non_string_labels,
+        string_labels,
+    )
 
     if not isinstance(reference, AnnData):
         reference = get_rna(reference, "reference")
     X = get_matrix(reference, layer)
+    check_key(labels_key, "labels_key")
+    if labels_key in reference.obs:
+        check_batches(reference, batch_key, labels_key, "reference")
     cols = [c for c in (labels_key, batch_key) if c is not None]
     missing = [c for c in cols if c not in reference.obs]
     if missing:
@@ -234,6 +244,41 @@ def _with_query_cells(
     return corpus
 
 
+@contextmanager
+def _seeded(random_state: int | None):
+    """Seed the training with ``random_state`` (``scvi.settings.seed``, which seeds Python's,
+    NumPy's and torch's global generators), then give the caller back its seed and its
+    generators' states: a notebook's own random draws after the call are as they would have
+    been without it."""
+    if random_state is None:
+        yield
+        return
+    import os
+    import random
+
+    import torch
+    from scvi import settings
+
+    previous_seed = settings.seed
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    env = os.environ.get("PL_GLOBAL_SEED")
+    settings.seed = int(random_state)
+    try:
+        yield
+    finally:
+        settings.seed = previous_seed
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        if env is None:
+            os.environ.pop("PL_GLOBAL_SEED", None)
+        else:
+            os.environ["PL_GLOBAL_SEED"] = env
+
+
 def train_on_reference(
     rna: AnnData,
     reference: AnnData,
@@ -255,17 +300,12 @@ def train_on_reference(
     Returns the model, the query restricted to the shared genes (a view) and the gene-sharing
     summary for ``uns``.
     """
-    from scvi import settings
-
     from transanno_sc.model import TransAnno
 
     private = _private_reference(reference, labels_key, batch_key, layer)
     private, query, shared = _shared_genes(private, rna)
     private = _reference_scale(private, batch_key, input_scale)
-    previous_seed = settings.seed
-    if random_state is not None:
-        settings.seed = int(random_state)
-    try:
+    with _seeded(random_state):
         model_kwargs = dict(model_kwargs or {})
         selection = None
         if pretrain and "gene_vocabulary" not in model_kwargs:
@@ -294,9 +334,6 @@ def train_on_reference(
                     pretrain_kwargs.setdefault(key, train_kwargs[key])
             model.pretrain(**pretrain_kwargs)
         model.train(**train_kwargs)
-    finally:
-        if random_state is not None:
-            settings.seed = previous_seed
     if save_model is not None:
         model.save(save_model, overwrite=True)
     return model, query, shared
