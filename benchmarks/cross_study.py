@@ -117,6 +117,7 @@ PAIRS = [
     "pbmc68k_heldout",
     "zilionis_panel300",
     "zilionis_mixed_scale",
+    "zilionis_depth",
 ]
 METHODS = ["transanno", "logreg_l2", "logreg_l1", "knn", "celltypist", "scanvi", "scanvi_semi"]
 TABULA_NAMES = {
@@ -129,6 +130,7 @@ ZILIONIS_TYPES = ["B cells", "NK cells", "Neutrophils", "T cells"]
 BARON_HELD = ["beta", "ductal", "delta", "endothelial"]  # the four largest types
 PBMC_HELD = ["CD14+ Monocyte"]
 PANEL_GENES = 300
+DEPTH = 0.1  # share of the UMIs kept by binomial thinning (zilionis_depth)
 CASES = {
     "zilionis_to_tabula": ["Monocyte novel"],
     "zilionis_heldout": [f"{t} held out" for t in ZILIONIS_TYPES],
@@ -136,6 +138,7 @@ CASES = {
     "pbmc68k_heldout": [f"{t} held out" for t in PBMC_HELD],
     "zilionis_panel300": [f"{PANEL_GENES}-gene query"],
     "zilionis_mixed_scale": ["h_1 as TPM"],
+    "zilionis_depth": [f"query at {DEPTH:.0%} depth", f"reference at {DEPTH:.0%} depth"],
 }
 
 
@@ -168,6 +171,17 @@ def _tpm(counts, rng) -> np.ndarray:
     return rate / np.maximum(rate.sum(1, keepdims=True), 1e-12) * 1e6
 
 
+def _thinned(counts, rng):
+    """Binomial thinning of integer counts: each UMI kept with probability :data:`DEPTH` (a
+    shallower technology or sequencing run)."""
+    import scipy.sparse as sp
+
+    X = sp.csr_matrix(counts, dtype=np.float32, copy=True)
+    X.data = rng.binomial(X.data.astype(np.int64), DEPTH).astype(np.float32)
+    X.eliminate_zeros()
+    return X
+
+
 def build(pair: str, case: str, seed: int) -> Case:
     """The reference and query of ``case`` of ``pair`` for ``seed``."""
     import anndata as ad
@@ -193,6 +207,15 @@ def build(pair: str, case: str, seed: int) -> Case:
         genes = rng.choice(np.flatnonzero(detected), PANEL_GENES, replace=False)
         query = query[:, np.sort(genes)].copy()
         return Case(ref, query, "cell_type", "batch", notes={"query_genes": int(query.n_vars)})
+    if pair == "zilionis_depth":
+        a = _zilionis()
+        a.obs = a.obs[["cell_type", "batch", "condition"]].copy()
+        h = (a.obs.condition == "healthy").to_numpy()
+        ref, query = a[h].copy(), a[~h].copy()
+        shallow = query if case.startswith("query") else ref
+        shallow.X = _thinned(shallow.X, np.random.default_rng(seed))
+        umis = float(np.median(np.asarray(shallow.X.sum(1)).ravel()))
+        return Case(ref, query, "cell_type", "batch", notes={"shallow_median_umis": umis})
     if pair == "zilionis_mixed_scale":
         a = _zilionis()
         a.obs = a.obs[["cell_type", "batch"]].copy()

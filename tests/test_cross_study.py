@@ -62,11 +62,45 @@ def test_query_on_a_300_gene_panel(healthy_tumor):
     overlap = query.uns["transanno"]["gene_overlap"]
     assert overlap["n_shared_genes"] == 300
     assert overlap["n_model_genes"] == 300
+    # as deep as the reference over those genes: trained on the counts as they are
+    assert overlap["reference_thinned_to"] == 1.0
     acc = _argmax_accuracy(query)
     baseline = _logreg_accuracy(ref[:, genes], query)
     chance = query.obs["cell_type"].value_counts(normalize=True).max()
     assert acc >= chance + 0.3, (acc, chance)
     assert acc >= baseline - 0.05, (acc, baseline)
+
+
+def test_shallow_query_is_annotated_from_a_reference_thinned_to_its_depth(healthy_tumor):
+    """A query with a tenth of the reference's counts per cell (a shallower technology):
+    trained on the reference thinned to that depth, its labels beat training on the deep
+    counts as they are, and the reference the user passed keeps its counts."""
+    ref, tumor = healthy_tumor
+    before = ref.X.copy()
+    query = tumor.copy()
+    X = sp.csr_matrix(query.X, copy=True)
+    X.data = np.random.default_rng(0).binomial(X.data.astype(np.int64), 0.1).astype(np.float32)
+    query.X = X
+    accuracy = {}
+    for match in (True, False):
+        q = query.copy()
+        ta.tl.transanno_annotate(
+            q,
+            reference=ref,
+            labels_key="cell_type",
+            match_depth=match,
+            model_kwargs=_FAST,
+            **FAST_TRAIN,
+        )
+        accuracy[match] = _argmax_accuracy(q)
+        overlap = q.uns["transanno"]["gene_overlap"]
+        if match:
+            assert 0.07 < overlap["reference_thinned_to"] < 0.13
+            assert overlap["query_median_counts"] < overlap["reference_median_counts"] / 3
+        else:
+            assert "reference_thinned_to" not in overlap
+    assert accuracy[True] >= accuracy[False] + 0.03, accuracy
+    assert (ref.X != before).nnz == 0
 
 
 def test_too_few_shared_genes_are_refused_before_training(healthy_tumor):

@@ -78,6 +78,13 @@ def add_annotate_parser(sub) -> None:
         help="cells whose confidence is below P are labeled Unassigned; 'none' turns it off",
     )
     p.add_argument(
+        "--no-match-depth",
+        dest="match_depth",
+        action="store_false",
+        help="train on the reference's counts as they are, also when the query is much "
+        "shallower (match_depth=False)",
+    )
+    p.add_argument(
         "--no-query-context",
         dest="query_context",
         action="store_false",
@@ -164,6 +171,7 @@ def _training_kwargs(args: argparse.Namespace, ref, model_kwargs: dict, n_query:
         "labels_key": args.labels_key,
         "batch_key": args.batch_key,
         "pretrain": args.pretrain,
+        "match_depth": args.match_depth,
         "model_kwargs": model_kwargs,
         # the extra processes of a multi-device run train too, but only the first one saves
         "save_model": None if _is_secondary_rank() else args.save_model,

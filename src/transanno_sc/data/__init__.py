@@ -25,6 +25,7 @@ from ._anndata import (
     match_shared_genes,
     non_string_labels,
     resolve_input_scale,
+    sampled_rows,
     scan_matrix,
     string_labels,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "normalize_log1p",
     "prefetch",
     "resolve_input_scale",
+    "sampled_rows",
     "scan_matrix",
     "stratified_split",
     "stratified_subsample",

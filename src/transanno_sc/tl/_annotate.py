@@ -75,6 +75,7 @@ def transanno_annotate(
     batch_size: int | None = None,
     input_scale: str = "auto",
     random_state: int | None = 0,
+    match_depth: bool = True,
     **train_kwargs,
 ) -> AnnData | MuData | None:
     """Annotate cell types with a TransAnno model :cite:p:`Vaswani2017`.
@@ -158,7 +159,14 @@ def transanno_annotate(
     random_state
         Seed of the training (weights, data splits, subsamples), as ``random_state`` in
         scanpy's tools: the same call gives the same result. ``None``: scvi-tools'
-        ``scvi.settings.seed`` is left as it is.
+        ``scvi.settings.seed`` is left as it is. Python's, NumPy's and torch's global
+        generators are given back in the state they were in.
+    match_depth
+        When a model is trained from ``reference`` and both hold integer counts, but the
+        query's median counts per cell (over the genes both share) are under a third of the
+        reference's (a shallower technology or run), train on the reference's counts thinned
+        to the query's depth (binomial thinning; recorded in ``uns[key_added]["gene_overlap"]``
+        as ``reference_thinned_to``). ``False``: train on the counts as they are.
     **train_kwargs
         Passed to :meth:`~transanno_sc.model.TransAnno.train` (``max_epochs``, ``accelerator``,
         ``devices``, ...).
@@ -247,6 +255,7 @@ def transanno_annotate(
             pretrain=pretrain,
             pretrain_kwargs=pretrain_kwargs,
             train_kwargs=train_kwargs,
+            match_depth=match_depth,
         )
     elif train_kwargs or model_kwargs:
         msg = (
@@ -269,6 +278,7 @@ def transanno_annotate(
         "query_context": bool(query_context and novelty),
         "input_scale": input_scale,
         "random_state": -1 if random_state is None else int(random_state),
+        "match_depth": bool(match_depth),
         "model": model._model_summary_string,
     }
     confidence = confidence_score(out, novelty=novelty)

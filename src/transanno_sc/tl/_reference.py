@@ -70,6 +70,7 @@ MIN_SHARED_GENES = 50
 def _shared_genes(private: AnnData, query: AnnData) -> tuple[AnnData, AnnData, dict]:
     """The reference and the query on the genes both have (matched by name as the model
     matches them: exact, case-insensitive, version-less Ensembl), checked before training.
+    The summary's ``query_columns`` are the query's shared genes (positions).
 
     The model trained for this query then chooses its vocabulary among these genes, and both
     sides are library-size normalized over the same genes, so a query measured on a smaller
@@ -111,6 +112,7 @@ def _shared_genes(private: AnnData, query: AnnData) -> tuple[AnnData, AnnData, d
     )
     if ref_cols.size < private.n_vars:
         private = private[:, np.sort(ref_cols)].copy()
+    info["query_columns"] = np.sort(query_cols)
     if query_cols.size < query.n_vars:
         query = query[:, np.sort(query_cols)]
     return private, query, info
@@ -148,6 +150,81 @@ def _reference_scale(private: AnnData, batch_key: str | None, input_scale: str) 
     out = AnnData(X=X, obs=private.obs, var=private.var)
     out.uns["input_scale"] = "counts"
     return out
+
+
+#: The reference's counts are thinned to the query's depth when the query's median counts per
+#: cell (over the genes both share) are below this share of the reference's (a shallower
+#: technology or run; cell types alone differ by up to 2-3x in their counts).
+DEPTH_RATIO = 1 / 3
+#: Cells of each side whose counts are compared (spread evenly over the matrix).
+N_DEPTH_CELLS = 5000
+
+
+def _integer_counts(rows) -> bool:
+    v = rows.data if sp.issparse(rows) else np.asarray(rows).ravel()
+    return bool(np.all(v == np.round(v)))
+
+
+def _match_depth(
+    private: AnnData,
+    rna: AnnData,
+    query_columns: np.ndarray,
+    layer: str | None,
+    input_scale: str,
+    random_state: int | None,
+) -> tuple[AnnData, dict]:
+    """Thin the private reference's counts to the query's depth where the query is much
+    shallower (another technology, a shallower run, an imaging panel's few transcripts).
+
+    A model fitted on deep cells reads a shallow cell's missing genes and inflated normalized
+    values as another expression profile; trained on the same cells thinned to the query's
+    depth (binomial thinning of each count, the sampling a shallower run makes) it sees what
+    the query looks like. Applied when both sides hold integer counts and the query's median
+    counts per cell over the shared genes are below :data:`DEPTH_RATIO` of the reference's;
+    every reference cell is thinned by the ratio of the medians. Returns the (new) private
+    reference and the summary for ``uns``.
+    """
+    from transanno_sc.data import get_matrix, resolve_input_scale, sampled_rows
+
+    Xq = get_matrix(rna, layer)
+    _, q_rows = sampled_rows(Xq, N_DEPTH_CELLS)
+    _, r_rows = sampled_rows(private.X, N_DEPTH_CELLS)
+    q_rows = sp.csr_matrix(q_rows)[:, query_columns]
+    query_scale = resolve_input_scale(Xq, input_scale, "adata", quiet=True)
+    if private.uns["input_scale"] != "counts" or query_scale != "counts":
+        return private, {}
+    if not (_integer_counts(q_rows) and _integer_counts(r_rows)):
+        return private, {}
+    q_depth = float(np.median(np.asarray(q_rows.sum(1)).ravel()))
+    r_depth = float(np.median(np.asarray(r_rows.sum(1)).ravel()))
+    info = {
+        "query_median_counts": q_depth,
+        "reference_median_counts": r_depth,
+        "reference_thinned_to": 1.0,
+    }
+    if r_depth <= 0 or q_depth >= DEPTH_RATIO * r_depth:
+        return private, info
+    factor = q_depth / r_depth
+    rng = np.random.default_rng(0 if random_state is None else int(random_state))
+    X = sp.csr_matrix(private.X, dtype=np.float32, copy=True)
+    X.data = rng.binomial(X.data.astype(np.int64), factor).astype(np.float32)
+    X.eliminate_zeros()
+    keep = np.diff(X.indptr) > 0
+    logger.info(
+        "    adata's median counts per cell (%.0f over the shared genes) are %.2f of the "
+        "reference's (%.0f): the reference's counts are thinned to that depth for training%s.",
+        q_depth,
+        factor,
+        r_depth,
+        ""
+        if keep.all()
+        else f" ({int((~keep).sum())} reference cells left without counts are not used)",
+    )
+    out = AnnData(X=X, obs=private.obs, var=private.var, uns=dict(private.uns))
+    if not keep.all():
+        out = out[keep].copy()
+    info["reference_thinned_to"] = factor
+    return out, info
 
 
 def _reference_vocabulary(
@@ -294,6 +371,7 @@ def train_on_reference(
     pretrain: bool,
     pretrain_kwargs: dict | None,
     train_kwargs: dict,
+    match_depth: bool = True,
 ) -> tuple[TransAnno, AnnData, dict]:
     """Train a model on ``reference`` for the query ``rna``, on the genes both have.
 
@@ -305,6 +383,10 @@ def train_on_reference(
     private = _private_reference(reference, labels_key, batch_key, layer)
     private, query, shared = _shared_genes(private, rna)
     private = _reference_scale(private, batch_key, input_scale)
+    query_columns = shared.pop("query_columns")
+    if match_depth:
+        private, depth = _match_depth(private, rna, query_columns, layer, input_scale, random_state)
+        shared.update(depth)
     with _seeded(random_state):
         model_kwargs = dict(model_kwargs or {})
         selection = None
