@@ -193,14 +193,15 @@ def scan_matrix(X, what: str = "adata.X") -> None:
         check_values(rows, what)
 
 
-def _sampled_rows(X, n_rows: int = N_ROWS_SCALE_DETECTION):
-    """The rows of ``X`` that scale detection reads (spread evenly, at most ``n_rows``)."""
-    n = min(X.shape[0], n_rows)
+def _sampled_rows(X, n_rows: int | None = None):
+    """The rows of ``X`` that scale detection reads (spread evenly, at most ``n_rows``;
+    :data:`N_ROWS_SCALE_DETECTION` if ``None``)."""
+    n = min(X.shape[0], N_ROWS_SCALE_DETECTION if n_rows is None else n_rows)
     indices = np.unique(np.linspace(0, X.shape[0] - 1, n).astype(np.int64))
     return indices, next(iter_row_chunks(X, chunk_size=indices.size, indices=indices))[1]
 
 
-def sampled_rows(X, n_rows: int = N_ROWS_SCALE_DETECTION):
+def sampled_rows(X, n_rows: int | None = None):
     """Up to ``n_rows`` rows of ``X`` spread evenly over it (dense, sparse or backed), as
     float32, and their positions."""
     return _sampled_rows(X, n_rows)
