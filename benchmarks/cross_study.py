@@ -130,7 +130,8 @@ ZILIONIS_TYPES = ["B cells", "NK cells", "Neutrophils", "T cells"]
 BARON_HELD = ["beta", "ductal", "delta", "endothelial"]  # the four largest types
 PBMC_HELD = ["CD14+ Monocyte"]
 PANEL_GENES = 300
-DEPTH = 0.1  # share of the UMIs kept by binomial thinning (zilionis_depth)
+# share of the UMIs kept by binomial thinning (zilionis_depth); CROSS_STUDY_DEPTH=0.25 for others
+DEPTH = float(os.environ.get("CROSS_STUDY_DEPTH", "0.1"))
 CASES = {
     "zilionis_to_tabula": ["Monocyte novel"],
     "zilionis_heldout": [f"{t} held out" for t in ZILIONIS_TYPES],
