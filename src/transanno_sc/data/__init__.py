@@ -26,6 +26,7 @@ from ._anndata import (
     non_string_labels,
     resolve_input_scale,
     sampled_rows,
+    scale_of_rows,
     scan_matrix,
     string_labels,
 )
@@ -90,6 +91,7 @@ __all__ = [
     "prefetch",
     "resolve_input_scale",
     "sampled_rows",
+    "scale_of_rows",
     "scan_matrix",
     "stratified_split",
     "stratified_subsample",

@@ -193,23 +193,12 @@ def scan_matrix(X, what: str = "adata.X") -> None:
         check_values(rows, what)
 
 
-def _sampled_rows(X, n_rows: int | None = None):
-    """The rows of ``X`` that scale detection reads (spread evenly, at most ``n_rows``;
-    :data:`N_ROWS_SCALE_DETECTION` if ``None``)."""
+def sampled_rows(X, n_rows: int | None = None):
+    """Up to ``n_rows`` rows of ``X`` (:data:`N_ROWS_SCALE_DETECTION` if ``None``) spread
+    evenly over it (dense, sparse or backed), as float32."""
     n = min(X.shape[0], N_ROWS_SCALE_DETECTION if n_rows is None else n_rows)
     indices = np.unique(np.linspace(0, X.shape[0] - 1, n).astype(np.int64))
-    return indices, next(iter_row_chunks(X, chunk_size=indices.size, indices=indices))[1]
-
-
-def sampled_rows(X, n_rows: int | None = None):
-    """Up to ``n_rows`` rows of ``X`` spread evenly over it (dense, sparse or backed), as
-    float32, and their positions."""
-    return _sampled_rows(X, n_rows)
-
-
-def _max_sampled(X) -> float:
-    v = _values(_sampled_rows(X)[1])
-    return float(v.max()) if v.size else 0.0
+    return next(iter_row_chunks(X, chunk_size=indices.size, indices=indices))[1]
 
 
 def detect_input_scale(X, what: str = "adata.X") -> Literal["counts", "log1p"]:
@@ -225,12 +214,18 @@ def detect_input_scale(X, what: str = "adata.X") -> Literal["counts", "log1p"]:
     if X.shape[0] == 0:
         msg = f"{what} has no cells."
         raise ValueError(msg)
-    indices, rows = _sampled_rows(X)
+    return scale_of_rows(sampled_rows(X), what)
+
+
+def scale_of_rows(rows, what: str = "adata.X") -> Literal["counts", "log1p"]:
+    """:func:`detect_input_scale` of rows already read."""
     check_values(rows, what)
     v = _values(rows)
     v = v[v != 0]
     if v.size == 0:
-        msg = f"The {indices.size} cells of {what} read to detect its scale have no non-zero value."
+        msg = (
+            f"The {rows.shape[0]} cells of {what} read to detect its scale have no non-zero value."
+        )
         raise ValueError(msg)
     if np.all(v == np.round(v)) or v.max() > MAX_LOG1P_VALUE:
         return "counts"
@@ -245,9 +240,13 @@ def resolve_input_scale(
     if input_scale not in ("auto", "counts", "log1p"):
         msg = f"input_scale must be 'auto', 'counts' or 'log1p', got {input_scale!r}."
         raise ValueError(msg)
-    detected = detect_input_scale(X, what)
+    if X.shape[0] == 0:
+        msg = f"{what} has no cells."
+        raise ValueError(msg)
+    rows = sampled_rows(X)
+    detected = scale_of_rows(rows, what)
     if input_scale == "log1p":
-        top = _max_sampled(X)
+        top = float(_values(rows).max())
         if top > MAX_LOG1P_VALUE:
             msg = (
                 f"input_scale='log1p', but {what} holds values up to {top:.4g}: log1p-normalized "

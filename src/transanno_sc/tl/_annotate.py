@@ -231,9 +231,13 @@ def transanno_annotate(
             "model would be used and the reference ignored)."
         )
         raise ValueError(msg)
-    _check_query(rna, layer, input_scale)
-    if model is None and save_model is not None:
-        _check_save_path(save_model)
+    _refuse_backed_view(rna)
+    if model is None:
+        # what the prediction would refuse, refused before training (a trained model's
+        # prediction checks the same before computing)
+        _check_query(rna, layer, input_scale)
+        if save_model is not None:
+            _check_save_path(save_model)
     if unassigned_threshold is not None and not 0.0 <= unassigned_threshold <= 1.0:
         msg = f"unassigned_threshold must be in [0, 1] or None, got {unassigned_threshold}."
         raise ValueError(msg)
@@ -304,19 +308,8 @@ def transanno_annotate(
     return adata if copy else None
 
 
-def _check_query(rna: AnnData, layer: str | None, input_scale: str) -> None:
-    """Refuse a query that annotation would fail on, before any training: a view of a backed
-    AnnData (the results cannot be written to it), no cells or duplicate gene names, a missing
-    layer, NaN, infinite or negative values (every value of an in-memory matrix; a sample of
-    a backed one, whose rows are checked as they stream), no expression, or values that cannot
-    be on the ``input_scale`` asked for."""
-    from transanno_sc.data import (
-        check_shape_and_names,
-        get_matrix,
-        resolve_input_scale,
-        scan_matrix,
-    )
-
+def _refuse_backed_view(rna: AnnData) -> None:
+    """A view of a backed AnnData cannot take the annotation: refuse it before any work."""
     if rna.is_view and rna.isbacked:
         msg = (
             "adata is a view (a subset) of a backed AnnData, which the annotation cannot be "
@@ -324,6 +317,20 @@ def _check_query(rna: AnnData, layer: str | None, input_scale: str) -> None:
             "write it to its own file and open that one backed."
         )
         raise ValueError(msg)
+
+
+def _check_query(rna: AnnData, layer: str | None, input_scale: str) -> None:
+    """Refuse a query that annotation would fail on, before training for it: no cells or
+    duplicate gene names, a missing layer, NaN, infinite or negative values (every value of an
+    in-memory matrix; a sample of a backed one, whose rows are checked as they stream), no
+    expression, or values that cannot be on the ``input_scale`` asked for."""
+    from transanno_sc.data import (
+        check_shape_and_names,
+        get_matrix,
+        resolve_input_scale,
+        scan_matrix,
+    )
+
     check_shape_and_names(rna, "adata")
     X = get_matrix(rna, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"

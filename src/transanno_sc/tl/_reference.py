@@ -184,15 +184,14 @@ def _match_depth(
     every reference cell is thinned by the ratio of the medians. Returns the (new) private
     reference and the summary for ``uns``.
     """
-    from transanno_sc.data import get_matrix, resolve_input_scale, sampled_rows
+    from transanno_sc.data import get_matrix, sampled_rows, scale_of_rows
 
-    Xq = get_matrix(rna, layer)
-    _, q_rows = sampled_rows(Xq, N_DEPTH_CELLS)
-    _, r_rows = sampled_rows(private.X, N_DEPTH_CELLS)
-    q_rows = sp.csr_matrix(q_rows)[:, query_columns]
-    query_scale = resolve_input_scale(Xq, input_scale, "adata", quiet=True)
+    q_rows = sampled_rows(get_matrix(rna, layer), N_DEPTH_CELLS)
+    query_scale = scale_of_rows(q_rows, "adata") if input_scale == "auto" else input_scale
     if private.uns["input_scale"] != "counts" or query_scale != "counts":
         return private, {}
+    q_rows = sp.csr_matrix(q_rows)[:, query_columns]
+    r_rows = sampled_rows(private.X, N_DEPTH_CELLS)
     if not (_integer_counts(q_rows) and _integer_counts(r_rows)):
         return private, {}
     q_depth = float(np.median(np.asarray(q_rows.sum(1)).ravel()))
