@@ -267,8 +267,8 @@ def test_ensembl_version_suffixes_are_matched(trained, query):
 
 
 # ------------------------------------------------- tl.transanno_annotate with reference=
-# A misspelled training argument: Lightning refuses it once training starts, so a query error
-# raised instead proves the query was checked before any training.
+# A misspelled training argument, refused before training (after the query's checks): a
+# query error raised instead proves the query was checked before any training.
 _NOT_TRAINED = {"max_epoch": 1}
 
 
@@ -348,9 +348,14 @@ def test_reference_arguments_are_refused_up_front(
     if change == "file":
         (tmp_path / "model").write_text("not a model")
         kwargs = {"save_model": str(tmp_path / "model")}
-    kwargs = {"labels_key": "cell_type", **kwargs, **_NOT_TRAINED}
+    kwargs = {"labels_key": "cell_type", "max_epochs": 1, "enable_progress_bar": False, **kwargs}
     with pytest.raises(error, match=match):
         ta.tl.transanno_annotate(query[:60].copy(), reference=ref, **kwargs)
+
+
+def test_misspelled_training_argument_is_refused_with_a_suggestion(ref, query):
+    with pytest.raises(TypeError, match="did you mean 'max_epochs'"):
+        ta.tl.transanno_annotate(query, reference=ref, labels_key="cell_type", max_epoch=3)
 
 
 def test_model_and_reference_together_are_refused(trained, ref, query):

@@ -17,7 +17,7 @@ from transanno_sc.data import get_rna
 from transanno_sc.model.base import confidence_score
 
 from . import _query_context as qc
-from ._reference import train_on_reference
+from ._reference import check_train_kwargs, train_on_reference
 from ._utils import versions
 
 if TYPE_CHECKING:
@@ -236,6 +236,7 @@ def transanno_annotate(
         # what the prediction would refuse, refused before training (a trained model's
         # prediction checks the same before computing)
         _check_query(rna, layer, input_scale)
+        check_train_kwargs(train_kwargs)
         if save_model is not None:
             _check_save_path(save_model)
     if unassigned_threshold is not None and not 0.0 <= unassigned_threshold <= 1.0:

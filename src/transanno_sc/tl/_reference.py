@@ -320,6 +320,39 @@ def _with_query_cells(
     return corpus
 
 
+def check_train_kwargs(train_kwargs: dict) -> None:
+    """Refuse a training argument that neither :meth:`TransAnno.train` nor scvi-tools' and
+    Lightning's ``Trainer`` take (a misspelling would otherwise fail once the data is set up,
+    from inside Lightning), naming the closest valid ones."""
+    import difflib
+    import inspect
+
+    import lightning.pytorch as pl
+    from scvi.train import Trainer
+
+    from transanno_sc.model import TransAnno
+
+    known = set()
+    for fn in (TransAnno.train, Trainer.__init__, pl.Trainer.__init__):
+        known |= {
+            name
+            for name, p in inspect.signature(fn).parameters.items()
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name != "self"
+        }
+    unknown = sorted(set(train_kwargs) - known)
+    if unknown:
+        close = {u: difflib.get_close_matches(u, sorted(known), n=2) for u in unknown}
+        hints = "; ".join(
+            f"{u!r}: did you mean {' or '.join(map(repr, c))}?" for u, c in close.items() if c
+        )
+        msg = (
+            f"Unknown training arguments {unknown} (extra keyword arguments of "
+            "transanno_annotate go to TransAnno.train and Lightning's Trainer)"
+            + (f". {hints}" if hints else ".")
+        )
+        raise TypeError(msg)
+
+
 @contextmanager
 def _seeded(random_state: int | None):
     """Seed the training with ``random_state`` (``scvi.settings.seed``, which seeds Python's,
