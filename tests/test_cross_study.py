@@ -103,6 +103,39 @@ def test_shallow_query_is_annotated_from_a_reference_thinned_to_its_depth(health
     assert (ref.X != before).nnz == 0
 
 
+def _thinned(X, share, seed=0):
+    X = sp.csr_matrix(X, copy=True)
+    X.data = np.random.default_rng(seed).binomial(X.data.astype(np.int64), share)
+    X.data = X.data.astype(np.float32)
+    return X
+
+
+def test_depth_is_matched_batch_by_batch(healthy_tumor):
+    """A reference merged from a deep and a shallow batch, and a shallow query: only the deep
+    batch is thinned (the share of counts kept, averaged over cells, says which)."""
+    ref, tumor = healthy_tumor
+    ref = ref.copy()
+    shallow = (ref.obs["batch"] == "h_2").to_numpy()
+    X = sp.csr_matrix(ref.X, copy=True).tolil()
+    X[np.flatnonzero(shallow)] = _thinned(ref.X[shallow], 0.1)
+    ref.X = X.tocsr()
+    query = tumor.copy()
+    query.X = _thinned(query.X, 0.1, seed=1)
+    ta.tl.transanno_annotate(
+        query,
+        reference=ref,
+        labels_key="cell_type",
+        batch_key="batch",
+        model_kwargs=_FAST,
+        **{**FAST_TRAIN, "max_epochs": 2},
+    )
+    kept = query.uns["transanno"]["gene_overlap"]["reference_thinned_to"]
+    n_deep = int((~shallow).sum())
+    # the deep batch keeps about a tenth of its counts, the shallow one all of them
+    expected = (n_deep * 0.1 + shallow.sum()) / ref.n_obs
+    assert abs(kept - expected) < 0.03, (kept, expected)
+
+
 def test_too_few_shared_genes_are_refused_before_training(healthy_tumor):
     ref, tumor = healthy_tumor
     query = tumor[:, :20].copy()

@@ -165,8 +165,9 @@ def transanno_annotate(
         When a model is trained from ``reference`` and both hold integer counts, but the
         query's median counts per cell (over the genes both share) are under a third of the
         reference's (a shallower technology or run), train on the reference's counts thinned
-        to the query's depth (binomial thinning; recorded in ``uns[key_added]["gene_overlap"]``
-        as ``reference_thinned_to``). ``False``: train on the counts as they are.
+        to the query's depth (binomial thinning; with ``batch_key`` each reference batch is
+        compared with the query on its own; recorded in ``uns[key_added]["gene_overlap"]`` as
+        ``reference_thinned_to``). ``False``: train on the counts as they are.
     **train_kwargs
         Passed to :meth:`~transanno_sc.model.TransAnno.train` (``max_epochs``, ``accelerator``,
         ``devices``, ...).

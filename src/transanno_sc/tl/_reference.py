@@ -171,6 +171,7 @@ def _match_depth(
     query_columns: np.ndarray,
     layer: str | None,
     input_scale: str,
+    batch_key: str | None,
     random_state: int | None,
 ) -> tuple[AnnData, dict]:
     """Thin the private reference's counts to the query's depth where the query is much
@@ -179,12 +180,13 @@ def _match_depth(
     A model fitted on deep cells reads a shallow cell's missing genes and inflated normalized
     values as another expression profile; trained on the same cells thinned to the query's
     depth (binomial thinning of each count, the sampling a shallower run makes) it sees what
-    the query looks like. Applied when both sides hold integer counts and the query's median
-    counts per cell over the shared genes are below :data:`DEPTH_RATIO` of the reference's;
-    every reference cell is thinned by the ratio of the medians. Returns the (new) private
-    reference and the summary for ``uns``.
+    the query looks like. Applied when both sides hold integer counts, batch by batch of the
+    reference (``batch_key``; a reference merged from a deep and a shallow study keeps its
+    shallow part as it is): a batch whose median counts per cell over the shared genes are
+    over 1 / :data:`DEPTH_RATIO` times the query's is thinned by the ratio of the medians.
+    Returns the (new) private reference and the summary for ``uns``.
     """
-    from transanno_sc.data import get_matrix, sampled_rows, scale_of_rows
+    from transanno_sc.data import get_matrix, iter_row_chunks, sampled_rows, scale_of_rows
 
     q_rows = sampled_rows(get_matrix(rna, layer), N_DEPTH_CELLS)
     query_scale = scale_of_rows(q_rows, "adata") if input_scale == "auto" else input_scale
@@ -195,34 +197,52 @@ def _match_depth(
     if not (_integer_counts(q_rows) and _integer_counts(r_rows)):
         return private, {}
     q_depth = float(np.median(np.asarray(q_rows.sum(1)).ravel()))
-    r_depth = float(np.median(np.asarray(r_rows.sum(1)).ravel()))
     info = {
         "query_median_counts": q_depth,
-        "reference_median_counts": r_depth,
+        "reference_median_counts": float(np.median(np.asarray(r_rows.sum(1)).ravel())),
         "reference_thinned_to": 1.0,
     }
-    if r_depth <= 0 or q_depth >= DEPTH_RATIO * r_depth:
+    batches = (
+        private.obs[batch_key].astype(str).to_numpy()
+        if batch_key is not None
+        else np.zeros(private.n_obs, dtype=np.int64)
+    )
+    factor = np.ones(private.n_obs)
+    thinned = {}
+    for b in pd.unique(batches):
+        cells = np.flatnonzero(batches == b)
+        spread = np.linspace(0, cells.size - 1, min(cells.size, N_DEPTH_CELLS))
+        pick = np.unique(cells[spread.astype(np.int64)])
+        rows = next(iter_row_chunks(private.X, chunk_size=pick.size, indices=pick))[1]
+        depth = float(np.median(np.asarray(rows.sum(1)).ravel()))
+        if depth > 0 and q_depth < DEPTH_RATIO * depth:
+            factor[cells] = q_depth / depth
+            thinned[b] = (depth, q_depth / depth)
+    if not thinned:
         return private, info
-    factor = q_depth / r_depth
     rng = np.random.default_rng(0 if random_state is None else int(random_state))
     X = sp.csr_matrix(private.X, dtype=np.float32, copy=True)
-    X.data = rng.binomial(X.data.astype(np.int64), factor).astype(np.float32)
+    X.data = rng.binomial(X.data.astype(np.int64), np.repeat(factor, np.diff(X.indptr)))
+    X.data = X.data.astype(np.float32)
     X.eliminate_zeros()
     keep = np.diff(X.indptr) > 0
     logger.info(
-        "    adata's median counts per cell (%.0f over the shared genes) are %.2f of the "
-        "reference's (%.0f): the reference's counts are thinned to that depth for training%s.",
+        "    adata's median counts per cell are %.0f over the shared genes: the reference's "
+        "counts are thinned to that depth for training (%s)%s.",
         q_depth,
-        factor,
-        r_depth,
+        ", ".join(
+            (f"batch {b!r}: " if batch_key is not None else "") + f"median {d:.0f}, kept {f:.2f}"
+            for b, (d, f) in thinned.items()
+        ),
         ""
         if keep.all()
-        else f" ({int((~keep).sum())} reference cells left without counts are not used)",
+        else f"; {int((~keep).sum())} reference cells left without counts are not used",
     )
     out = AnnData(X=X, obs=private.obs, var=private.var, uns=dict(private.uns))
     if not keep.all():
         out = out[keep].copy()
-    info["reference_thinned_to"] = factor
+    # the share of the reference's counts kept, over its cells (the one factor for one batch)
+    info["reference_thinned_to"] = float(factor.mean())
     return out, info
 
 
@@ -417,7 +437,9 @@ def train_on_reference(
     private = _reference_scale(private, batch_key, input_scale)
     query_columns = shared.pop("query_columns")
     if match_depth:
-        private, depth = _match_depth(private, rna, query_columns, layer, input_scale, random_state)
+        private, depth = _match_depth(
+            private, rna, query_columns, layer, input_scale, batch_key, random_state
+        )
         shared.update(depth)
     with _seeded(random_state):
         model_kwargs = dict(model_kwargs or {})
