@@ -71,6 +71,14 @@ def test_query_on_a_300_gene_panel(healthy_tumor):
     assert acc >= baseline - 0.05, (acc, baseline)
 
 
+def _thinned(X, share, seed=0):
+    """Binomial thinning of counts: each kept with probability ``share``."""
+    X = sp.csr_matrix(X, copy=True)
+    X.data = np.random.default_rng(seed).binomial(X.data.astype(np.int64), share)
+    X.data = X.data.astype(np.float32)
+    return X
+
+
 def test_shallow_query_is_annotated_from_a_reference_thinned_to_its_depth(healthy_tumor):
     """A query with a tenth of the reference's counts per cell (a shallower technology):
     trained on the reference thinned to that depth, its labels beat training on the deep
@@ -78,9 +86,7 @@ def test_shallow_query_is_annotated_from_a_reference_thinned_to_its_depth(health
     ref, tumor = healthy_tumor
     before = ref.X.copy()
     query = tumor.copy()
-    X = sp.csr_matrix(query.X, copy=True)
-    X.data = np.random.default_rng(0).binomial(X.data.astype(np.int64), 0.1).astype(np.float32)
-    query.X = X
+    query.X = _thinned(query.X, 0.1)
     accuracy = {}
     for match in (True, False):
         q = query.copy()
@@ -101,13 +107,6 @@ def test_shallow_query_is_annotated_from_a_reference_thinned_to_its_depth(health
             assert "reference_thinned_to" not in overlap
     assert accuracy[True] >= accuracy[False] + 0.03, accuracy
     assert (ref.X != before).nnz == 0
-
-
-def _thinned(X, share, seed=0):
-    X = sp.csr_matrix(X, copy=True)
-    X.data = np.random.default_rng(seed).binomial(X.data.astype(np.int64), share)
-    X.data = X.data.astype(np.float32)
-    return X
 
 
 def test_depth_is_matched_batch_by_batch(healthy_tumor):
