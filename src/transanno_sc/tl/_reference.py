@@ -154,7 +154,8 @@ def _reference_scale(private: AnnData, batch_key: str | None, input_scale: str) 
 
 #: The reference's counts are thinned to the query's depth when the query's median counts per
 #: cell (over the genes both share) are below this share of the reference's (a shallower
-#: technology or run; cell types alone differ by up to 2-3x in their counts).
+#: technology or run; the median over a whole dataset moves less with its cell types'
+#: proportions than the types' own medians differ, 2x and more).
 DEPTH_RATIO = 1 / 3
 #: Cells of each side whose counts are compared (spread evenly over the matrix).
 N_DEPTH_CELLS = 5000
