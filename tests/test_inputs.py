@@ -331,6 +331,7 @@ def test_backed_view_query_is_refused_up_front(ref, query, tmp_path):
     ("change", "kwargs", "error", "match"),
     [
         ("nan batch", {"batch_key": "batch"}, ValueError, "3 missing values"),
+        ("nan label", {}, ValueError, r"reference\.obs\['cell_type'\] has 3 missing values"),
         ("none", {"batch_key": "cell_type"}, ValueError, "both name"),
         ("none", {"batch_key": "donor"}, KeyError, "not a column"),
         ("none", {"labels_key": ["cell_type"]}, TypeError, "a str"),
@@ -345,6 +346,9 @@ def test_reference_arguments_are_refused_up_front(
     if change == "nan batch":
         ref.obs["batch"] = ref.obs["batch"].astype(object)
         ref.obs.iloc[:3, ref.obs.columns.get_loc("batch")] = np.nan
+    if change == "nan label":
+        ref.obs["cell_type"] = ref.obs["cell_type"].astype(object)
+        ref.obs.iloc[:3, ref.obs.columns.get_loc("cell_type")] = np.nan
     if change == "file":
         (tmp_path / "model").write_text("not a model")
         kwargs = {"save_model": str(tmp_path / "model")}
@@ -420,3 +424,44 @@ def test_float_cluster_numbers_are_named_without_decimals(ref):
     private = _private_reference(ref, "cluster", None, None)
     assert sorted(private.obs["cluster"].unique()) == sorted(str(c) for c in set(codes))
     assert ref.obs["cluster"].dtype == float  # the user's column is kept
+
+
+def test_types_of_one_or_two_cells_are_named_in_one_warning(ref, recwarn):
+    """A type with 1-2 labelled cells is trained on, with one warning that names it (and its
+    cells), pointing at the user's call; scvi-tools' twin, which names an internal code of
+    '_scvi_labels', is not shown."""
+    from transanno_sc.tl._reference import _private_reference
+
+    ref = ref.copy()
+    ref.obs["cell_type"] = ref.obs["cell_type"].astype(str)
+    ref.obs.iloc[:2, ref.obs.columns.get_loc("cell_type")] = "Tuft cells"
+    ref.obs.iloc[2, ref.obs.columns.get_loc("cell_type")] = "Ionocytes"
+    private = _private_reference(ref, "cell_type", None, None)
+    TransAnno.setup_anndata(ref, labels_key="cell_type")
+    messages = [str(w.message) for w in recwarn if issubclass(w.category, UserWarning)]
+    ours = [m for m in messages if "fewer than 3 labelled cells" in m]
+    assert len(ours) == 2  # _private_reference's and setup_anndata's
+    assert "reference.obs['cell_type']" in ours[0] and "adata.obs['cell_type']" in ours[1]
+    assert "'Ionocytes' (1)" in ours[0] and "'Tuft cells' (2)" in ours[0]
+    assert not any("_scvi_labels" in m for m in messages)
+    setup_warning = next(w for w in recwarn if "adata.obs['cell_type'] have" in str(w.message))
+    assert setup_warning.filename == __file__  # the user's line, not the package's
+    assert (private.obs["cell_type"] == "Tuft cells").sum() == 2
+
+
+def test_tiny_type_warning_of_annotate_points_at_the_users_call(ref, query):
+    """Through ``transanno_annotate(reference=...)`` the warning names the reference and the
+    user's line (checked here on a query refused right after, before any training)."""
+    ref = ref.copy()
+    ref.obs["cell_type"] = ref.obs["cell_type"].astype(str)
+    ref.obs.iloc[0, ref.obs.columns.get_loc("cell_type")] = "Tuft cells"
+    q = query[:60].copy()
+    q.var_names = [f"other_{i}" for i in range(q.n_vars)]
+    with (
+        pytest.warns(
+            UserWarning, match=r"reference\.obs\['cell_type'\].*'Tuft cells' \(1\)"
+        ) as rec,
+        pytest.raises(ValueError, match="share only 0 genes"),
+    ):
+        ta.tl.transanno_annotate(q, reference=ref, labels_key="cell_type")
+    assert next(w for w in rec if "labelled cells" in str(w.message)).filename == __file__

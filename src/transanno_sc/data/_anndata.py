@@ -306,15 +306,28 @@ def string_labels(labels: pd.Series) -> pd.Series:
     return labels.map(lambda v: v if pd.isna(v) else _label_string(v)).astype(object)
 
 
-def check_labels(adata: AnnData, labels_key: str | None, unlabeled_category: str) -> None:
+#: Fewer labelled cells than this in a type: it is trained on, with a warning naming it.
+MIN_CELLS_PER_TYPE = 3
+
+
+def check_labels(
+    adata: AnnData,
+    labels_key: str | None,
+    unlabeled_category: str,
+    what: str = "adata",
+    stacklevel: int = 2,
+) -> None:
     """Refuse a missing ``labels_key``, labels that are not strings, missing labels, or a cell
-    type named as the model's ``"Unassigned"`` call."""
+    type named as the model's ``"Unassigned"`` call; warn about types of fewer than
+    :data:`MIN_CELLS_PER_TYPE` cells (``stacklevel`` as :func:`warnings.warn` takes it, counted
+    from the caller). ``what`` names ``adata`` in the messages."""
     if labels_key is None:
         return
     check_key(labels_key, "labels_key")
+    col = f"{what}.obs[{labels_key!r}]"
     if labels_key not in adata.obs:
         msg = (
-            f"labels_key={labels_key!r} is not a column of adata.obs "
+            f"labels_key={labels_key!r} is not a column of {what}.obs "
             f"(columns: {list(adata.obs.columns)})."
         )
         raise KeyError(msg)
@@ -323,9 +336,9 @@ def check_labels(adata: AnnData, labels_key: str | None, unlabeled_category: str
     if not_strings:
         example = not_strings[0]
         msg = (
-            f"adata.obs[{labels_key!r}] holds labels that are not strings (e.g. {example} of type "
+            f"{col} holds labels that are not strings (e.g. {example} of type "
             f"{type(example).__name__}): cell types must be named by strings. Convert them "
-            f"first: adata.obs[{labels_key!r}] = adata.obs[{labels_key!r}].astype(str)."
+            f"first: {col} = {col}.astype(str)."
         )
         raise TypeError(msg)
     values = set(map(str, labels.dropna().unique()))
@@ -333,25 +346,40 @@ def check_labels(adata: AnnData, labels_key: str | None, unlabeled_category: str
         lookalike = sorted(v for v in values if v.lower() == str(unlabeled_category).lower())
         if lookalike:
             msg = (
-                f"unlabeled_category={unlabeled_category!r} does not occur in "
-                f"adata.obs[{labels_key!r}], but {lookalike[0]!r} does: those cells would be "
-                f"trained on as a cell type. Pass unlabeled_category={lookalike[0]!r}."
+                f"unlabeled_category={unlabeled_category!r} does not occur in {col}, but "
+                f"{lookalike[0]!r} does: those cells would be trained on as a cell type. Pass "
+                f"unlabeled_category={lookalike[0]!r}."
             )
             raise ValueError(msg)
     if UNASSIGNED in values and unlabeled_category != UNASSIGNED:
         n = int((labels.astype(str) == UNASSIGNED).sum())
         msg = (
-            f"adata.obs[{labels_key!r}] names {n} cells {UNASSIGNED!r}, the label TransAnno gives "
-            f"to cells it cannot assign: predictions could not tell the two apart. Pass "
+            f"{col} names {n} cells {UNASSIGNED!r}, the label TransAnno gives to cells it cannot "
+            f"assign: predictions could not tell the two apart. Pass "
             f"unlabeled_category={UNASSIGNED!r} to train without those cells, or rename them."
         )
         raise ValueError(msg)
     if labels.isna().any():
         msg = (
-            f"adata.obs[{labels_key!r}] has {int(labels.isna().sum())} missing values. Set them "
-            f"to unlabeled_category={unlabeled_category!r} to mark those cells as unlabeled."
+            f"{col} has {int(labels.isna().sum())} missing values. Set them to "
+            f"unlabeled_category={unlabeled_category!r} to mark those cells as unlabeled, or "
+            "drop those cells."
         )
         raise ValueError(msg)
+    counts = labels.astype(str).value_counts()
+    counts = counts[(counts.index != unlabeled_category) & (counts > 0)]
+    tiny = counts[counts < MIN_CELLS_PER_TYPE]
+    if len(tiny):
+        shown = ", ".join(f"{t!r} ({n})" for t, n in tiny.head(5).items())
+        more = f" and {len(tiny) - 5} more" if len(tiny) > 5 else ""
+        warnings.warn(
+            f"{len(tiny)} cell type(s) of {col} have fewer than {MIN_CELLS_PER_TYPE} labelled "
+            f"cells (cells: {shown}{more}). They are trained on and can be predicted, but "
+            "their calls and confidences rest on these few cells: merge them into a broader "
+            f"type or set them to {unlabeled_category!r} if they matter.",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
 
 
 def check_key(key, name: str) -> None:

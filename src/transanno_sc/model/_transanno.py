@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -274,7 +275,10 @@ class TransAnno(
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
         ]
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
-        adata_manager.register_fields(adata, **kwargs)
+        with warnings.catch_warnings():
+            # check_labels warned by the types' names; scvi-tools' twin names its codes
+            warnings.filterwarnings("ignore", message=".*_scvi_labels.*fewer than")
+            adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
 
     # ------------------------------------------------------------------ training

@@ -4,6 +4,7 @@ share, the reference's scale, and (with pretraining) the joint corpus."""
 from __future__ import annotations
 
 import logging
+import warnings
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -21,12 +22,19 @@ logger = logging.getLogger(__name__)
 
 
 def _private_reference(
-    reference: AnnData, labels_key: str, batch_key: str | None, layer: str | None
+    reference: AnnData,
+    labels_key: str,
+    batch_key: str | None,
+    layer: str | None,
+    unlabeled_category: str = "Unknown",
 ) -> AnnData:
-    """A light AnnData sharing the reference's matrix, so scvi-tools' keys stay off the user's."""
+    """A light AnnData sharing the reference's matrix, so scvi-tools' keys stay off the user's.
+    Its labels are checked here, so that messages name the reference (not ``adata``, which is
+    the query in :func:`~transanno_sc.tl.transanno_annotate`)."""
     from transanno_sc.data import (
         check_batches,
         check_key,
+        check_labels,
         get_matrix,
         non_string_labels,
         string_labels,
@@ -56,6 +64,8 @@ def _private_reference(
     # the gene-name columns stay: the query may name its genes as one of them does
     names = [c for c in GENE_NAME_COLUMNS if c in reference.var.columns]
     private = AnnData(X=X, obs=obs, var=reference.var[names].copy())
+    # the warning points at the user's transanno_annotate call
+    check_labels(private, labels_key, unlabeled_category, "reference", stacklevel=4)
     return private
 
 
@@ -433,7 +443,7 @@ def train_on_reference(
     """
     from transanno_sc.model import TransAnno
 
-    private = _private_reference(reference, labels_key, batch_key, layer)
+    private = _private_reference(reference, labels_key, batch_key, layer, unlabeled_category)
     private, query, shared = _shared_genes(private, rna)
     private = _reference_scale(private, batch_key, input_scale)
     query_columns = shared.pop("query_columns")
@@ -454,13 +464,16 @@ def train_on_reference(
             private = _with_query_cells(
                 private, query, layer, labels_key, unlabeled_category, input_scale
             )
-        TransAnno.setup_anndata(
-            private,
-            labels_key=labels_key,
-            batch_key=batch_key,
-            unlabeled_category=_UNLABELED if pretrain else unlabeled_category,
-            input_scale=private.uns["input_scale"],
-        )
+        with warnings.catch_warnings():
+            # the reference's labels were checked (and warned about) by name above
+            warnings.filterwarnings("ignore", message=".*fewer than .* labelled cells")
+            TransAnno.setup_anndata(
+                private,
+                labels_key=labels_key,
+                batch_key=batch_key,
+                unlabeled_category=_UNLABELED if pretrain else unlabeled_category,
+                input_scale=private.uns["input_scale"],
+            )
         model = TransAnno(private, **model_kwargs)
         if selection is not None:
             model.gene_count_selection_ = selection
