@@ -13,6 +13,10 @@ zilionis_to_tabula   Zilionis mouse lung immune cells (inDrop, all 800, 4 animal
                      -> Tabula Muris immune cells (10x, 1,000). Names harmonized in the truth:
                      B cell ~ B cells, T cell ~ T cells, NK cell ~ NK cells, Granulocyte ~
                      Neutrophils; Monocyte (69 cells) is novel. Symbols UPPER vs Mixed case.
+tabula_to_zilionis   the reverse: Tabula Muris immune cells (one batch, names harmonized to
+                     Zilionis' as above; its Monocytes a type the query lacks) -> all 800
+                     Zilionis lung cells. Nothing novel: marrow granulocytes against mature
+                     lung neutrophils is a known type in another state and tissue.
 zilionis_heldout     Zilionis healthy -> tumour mice, each of the 4 types left out of the
                      reference in turn (novel in the query). Batches: the two healthy animals.
 baron_heldout        Baron mouse pancreas, stratified 50/50 split per seed, each of the 4
@@ -112,6 +116,7 @@ warnings.filterwarnings("ignore")
 UNASSIGNED = "Unassigned"
 PAIRS = [
     "zilionis_to_tabula",
+    "tabula_to_zilionis",
     "zilionis_heldout",
     "baron_heldout",
     "pbmc68k_heldout",
@@ -134,6 +139,7 @@ PANEL_GENES = 300
 DEPTH = float(os.environ.get("CROSS_STUDY_DEPTH", "0.1"))
 CASES = {
     "zilionis_to_tabula": ["Monocyte novel"],
+    "tabula_to_zilionis": ["nothing novel"],
     "zilionis_heldout": [f"{t} held out" for t in ZILIONIS_TYPES],
     "baron_heldout": [f"{t} held out" for t in BARON_HELD],
     "pbmc68k_heldout": [f"{t} held out" for t in PBMC_HELD],
@@ -195,6 +201,13 @@ def build(pair: str, case: str, seed: int) -> Case:
         truth = query.obs["cell_type"].astype(str).replace(TABULA_NAMES)
         query.obs = pd.DataFrame({"cell_type": truth.to_numpy()}, index=query.obs_names)
         return Case(ref, query, "cell_type", "batch")
+    if pair == "tabula_to_zilionis":
+        ref = ad.read_h5ad(DATA / "tabula_muris_immune.h5ad")
+        names = ref.obs["cell_type"].astype(str).replace(TABULA_NAMES)
+        ref.obs = pd.DataFrame({"cell_type": names.to_numpy()}, index=ref.obs_names)
+        query = _zilionis()
+        query.obs = query.obs[["cell_type"]].copy()
+        return Case(ref, query, "cell_type")
     if pair in ("zilionis_heldout", "zilionis_panel300"):
         a = _zilionis()
         a.obs = a.obs[["cell_type", "batch", "condition"]].copy()

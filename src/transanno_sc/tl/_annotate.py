@@ -292,7 +292,7 @@ def transanno_annotate(
     if query_context and novelty:
         context = _context(rna, model, out, confidence, layer, random_state)
         if context is not None:
-            confidence = context.confidence(confidence)
+            confidence = context.confidence()
             confidence[out.n_expressed == 0] = 0.0
     _write_annotation(
         rna, keys, model, out, confidence, unassigned_threshold, params, shared, context
@@ -387,8 +387,21 @@ def _context(
     layer: str | None,
     random_state: int | None,
 ) -> qc.QueryContext | None:
-    """The query-level refinement of ``confidence`` (:mod:`transanno_sc.tl._query_context`)."""
-    return qc.query_context(
+    """The query-level refinement of ``confidence`` (:mod:`transanno_sc.tl._query_context`),
+    with the novelty of cells in clusters of their predicted type compared type by type
+    (:meth:`~transanno_sc.model.TransAnno._typewise_pvalue`); ``summary["state_shift"]``
+    names the types whose cells were and how much farther they lie than the query's."""
+    shifted = {}
+
+    def rescore(typed: np.ndarray) -> np.ndarray:
+        pvalue = model._typewise_pvalue(out, typed)
+        own = confidence_score(out._replace(novelty_pvalue=pvalue), novelty=True)
+        changed = typed & (pvalue > out.novelty_pvalue)
+        for c in np.unique(out.probs.argmax(1)[changed]):
+            shifted[str(model.classes_[c])] = int((changed & (out.probs.argmax(1) == c)).sum())
+        return own
+
+    context = qc.query_context(
         rna,
         layer=layer,
         scale=out.overlap["input_scale"],
@@ -397,7 +410,17 @@ def _context(
         detection=model.type_detection_,
         classes=list(model.classes_),
         seed=0 if random_state is None else int(random_state),
+        rescore=rescore,
     )
+    if context is not None:
+        context.summary["state_shift"] = shifted
+        if shifted:
+            logger.info(
+                "    query cells compared with the query's cells of their type (a known type "
+                "in another state): %s",
+                ", ".join(f"{n} called {t}" for t, n in shifted.items()),
+            )
+    return context
 
 
 def _write_annotation(
@@ -439,6 +462,7 @@ def _uns_context(context: qc.QueryContext | None) -> dict:
     if context is None:
         return {"applied": False}
     flagged = context.summary["foreign_clusters"]
+    shifted = context.summary.get("state_shift", {})
     return {
         "applied": True,
         "n_neighbors": context.summary["n_neighbors"],
@@ -452,5 +476,10 @@ def _uns_context(context: qc.QueryContext | None) -> dict:
             "n_cells": np.asarray([r["n_cells"] for r in flagged], dtype=np.int64),
             "type": np.asarray([r["type"] for r in flagged], dtype=object),
             "foreign_share": np.asarray([r["foreign_share"] for r in flagged], dtype=np.float64),
+        },
+        # cells whose novelty was compared with the query's cells of their type, per type
+        "state_shift": {
+            "type": np.asarray(list(shifted), dtype=object),
+            "n_cells": np.asarray(list(shifted.values()), dtype=np.int64),
         },
     }

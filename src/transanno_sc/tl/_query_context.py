@@ -19,6 +19,15 @@ Two query-level steps refine the per-cell confidence (probability x novelty typi
   shows, are absent from the reference cells of the type it is called. Cell-cycle, histone, ribosomal and mitochondrial genes
   are not markers here: they mark states (dividing cells), not types.
 
+* **Known types in another state.** A cluster with at most :data:`STATE_SHARE` of its
+  markers foreign is its predicted type, though perhaps in a state or tissue the reference
+  lacks (mature lung neutrophils against a reference's marrow granulocytes): its cells'
+  novelty distances are compared after dividing by the shift of all the query cells called
+  that type, not only the query's overall shift (``rescore``, see
+  :meth:`~transanno_sc.model.TransAnno._typewise_pvalue`). A type the reference lacks, called
+  a known type, keeps its distance where the query also holds real cells of that type (they
+  set the type's shift) or where its markers are foreign.
+
 The confidence is ``min(max(own, neighbourhood), cap(f))``: at the default threshold (0.5) a
 cell is "Unassigned" when it and its neighbourhood are both unsure, or when more than half of
 its cluster's markers are foreign to its predicted type.
@@ -28,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -72,6 +81,9 @@ FOREIGN_RATIO = 5.0
 #: Share of foreign markers at which a cluster's confidence cap is one half: above it, most of
 #: the cluster's markers are foreign.
 FOREIGN_SHARE = 0.5
+#: Share of foreign markers up to which a cluster is taken for its predicted type (maybe in
+#: another state): its cells' novelty distances are compared type by type (``rescore``).
+STATE_SHARE = 0.25
 N_HVG = 2000
 N_PCS = 30
 N_PCS_CLUSTERS = 15
@@ -92,15 +104,19 @@ STATE_GENE_PATTERN = re.compile(r"^(HIST|H2AF|H1F|H3F|RPL|RPS|MT-|MRPL|MRPS)", r
 
 @dataclass
 class QueryContext:
-    """Per query cell: the neighbourhood mean of the confidence and the foreign-marker share of
-    its cluster (0 where none was computed); ``summary`` goes to ``uns``."""
+    """Per query cell: the neighbourhood mean of the confidence, the foreign-marker share of
+    its cluster (0 where none was computed) and the cell-level confidence the neighbourhood
+    averaged (``own``: ``rescore``'s where it was given); ``summary`` goes to ``uns``."""
 
     neighbourhood: np.ndarray
     foreign: np.ndarray
     summary: dict
+    own: np.ndarray
 
-    def confidence(self, own: np.ndarray) -> np.ndarray:
-        """``min(max(own, neighbourhood), cap(foreign))`` (the module docstring)."""
+    def confidence(self, own: np.ndarray | None = None) -> np.ndarray:
+        """``min(max(own, neighbourhood), cap(foreign))`` (the module docstring); ``own``
+        defaults to :attr:`own`."""
+        own = self.own if own is None else own
         cap = np.minimum(1.0, 0.5 * (1.0 - self.foreign) / (1.0 - FOREIGN_SHARE))
         return np.minimum(np.maximum(own, self.neighbourhood), cap)
 
@@ -250,12 +266,15 @@ def query_context(
     detection: tuple[list[str], np.ndarray] | None,
     classes: list[str],
     seed: int,
+    rescore: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> QueryContext | None:
     """The query-level steps of the module docstring for ``query`` (``forced``: the codes of
     the predicted types; ``detection``: the reference's genes and their
-    :func:`~transanno_sc.data.type_detection`, or ``None`` for a model without them).
-    ``None`` (cell by cell) for a query of fewer than :data:`MIN_QUERY_CELLS` cells. Above
-    :data:`MAX_QUERY_CELLS` cells, or backed, see :func:`_streamed_context`."""
+    :func:`~transanno_sc.data.type_detection`, or ``None`` for a model without them;
+    ``rescore``: the cell-level confidence given the mask of cells in clusters of at most
+    :data:`STATE_SHARE` foreign markers, in place of ``confidence``). ``None`` (cell by cell)
+    for a query of fewer than :data:`MIN_QUERY_CELLS` cells. Above :data:`MAX_QUERY_CELLS`
+    cells, or backed, see :func:`_streamed_context`."""
     n = query.n_obs
     if n < MIN_QUERY_CELLS:
         logger.info(
@@ -266,21 +285,39 @@ def query_context(
         )
         return None
     if n > MAX_QUERY_CELLS or query.isbacked:
-        return _streamed_context(query, layer, scale, confidence, forced, detection, classes, seed)
+        return _streamed_context(
+            query, layer, scale, confidence, forced, detection, classes, seed, rescore
+        )
     X = _log_normalized(query, layer, scale)
     if _too_few_genes(X):
         return None
     pcs = _pca(X, seed).pcs
-    neighbourhood = _neighbourhood(pcs, confidence)
     km = _kmeans(n, seed)
     clusters = km.fit_predict(pcs[:, :N_PCS_CLUSTERS]).astype(np.int64)
     summary = {"n_neighbors": N_NEIGHBORS, "n_clusters": km.n_clusters, "foreign_clusters": []}
     marker_genes = _marker_genes(query, detection, summary)
     if marker_genes is None:
-        return QueryContext(neighbourhood, np.zeros(n), summary)
+        return QueryContext(_neighbourhood(pcs, confidence), np.zeros(n), summary, confidence)
     cols, det = marker_genes
     shares, records = _foreign_shares(X[:, cols], clusters, forced, det, km.n_clusters)
-    return QueryContext(neighbourhood, shares[clusters], _flagged(summary, records, classes))
+    own = _rescored(confidence, rescore, records, clusters)
+    return QueryContext(
+        _neighbourhood(pcs, own), shares[clusters], _flagged(summary, records, classes), own
+    )
+
+
+def _rescored(
+    confidence: np.ndarray,
+    rescore: Callable[[np.ndarray], np.ndarray] | None,
+    records: list[dict],
+    clusters: np.ndarray,
+) -> np.ndarray:
+    """``rescore`` of the cells in clusters whose foreign-marker share was computed and is at
+    most :data:`STATE_SHARE`; ``confidence`` without ``rescore``."""
+    if rescore is None:
+        return confidence
+    typed = [r["cluster"] for r in records if r["foreign_share"] <= STATE_SHARE]
+    return rescore(np.isin(clusters, typed))
 
 
 def _too_few_genes(X: sp.csr_matrix) -> bool:
@@ -375,6 +412,7 @@ def _streamed_context(
     detection: tuple[list[str], np.ndarray] | None,
     classes: list[str],
     seed: int,
+    rescore: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> QueryContext | None:
     """:func:`query_context` of a large or backed query, with bounded memory.
 
@@ -436,9 +474,12 @@ def _streamed_context(
 
         cut = KMeans(n_parts, n_init=1, random_state=seed).fit(pca.pcs[:, :N_PCS_CLUSTERS])
         parts = cut.predict(pcs[:, :N_PCS_CLUSTERS])
-    neighbourhood = _neighbourhood(pcs, confidence, parts)
     summary["neighbour_parts"] = int(n_parts)
     if marker_genes is None:
-        return QueryContext(neighbourhood, np.zeros(n), summary)
+        neighbourhood = _neighbourhood(pcs, confidence, parts)
+        return QueryContext(neighbourhood, np.zeros(n), summary, confidence)
     shares, records = _shares_of_sums(*totals, clusters, forced, marker_genes[1])
-    return QueryContext(neighbourhood, shares[clusters], _flagged(summary, records, classes))
+    own = _rescored(confidence, rescore, records, clusters)
+    return QueryContext(
+        _neighbourhood(pcs, own, parts), shares[clusters], _flagged(summary, records, classes), own
+    )

@@ -149,6 +149,29 @@ class ConfidenceMixin:
             self.calibration_["ece_calibrated"],
         )
 
+    def _typewise_pvalue(self, out: ForwardOutputs, eligible: np.ndarray) -> np.ndarray:
+        """Novelty p-values of ``out`` with each ``eligible`` cell's distance divided by the
+        shift of the query cells called its type instead of the query's (the larger of the
+        two; :meth:`~transanno_sc.module.TransAnnoModule.shift_factor` of those cells, 1 for
+        a type called for fewer than ``MIN_CELLS_SHIFT`` of them). A known type met in
+        another state or tissue lies farther from the reference's cells of that type as a
+        whole, not only some of its cells; other cells keep their p-values."""
+        pvalue = out.novelty_pvalue.copy()
+        if not eligible.any():
+            return pvalue
+        device = self.module.distance_quantiles.device
+        forced = out.probs.argmax(1)
+        expressed = out.n_expressed > 0
+        distance = torch.from_numpy(np.asarray(out.distance, dtype=np.float32)).to(device)
+        shift = np.full(forced.size, out.novelty_shift, dtype=np.float32)
+        for c in np.unique(forced[eligible]):
+            called = torch.from_numpy((forced == c) & expressed).to(device)
+            own = float(self.module.shift_factor(distance[called]))
+            shift[eligible & (forced == c)] = max(out.novelty_shift, own)
+        shifted = self.module.novelty_pvalue(distance / torch.from_numpy(shift).to(device))
+        pvalue[eligible] = shifted.cpu().numpy()[eligible]
+        return pvalue
+
     def _fit_type_detection(self, codes: np.ndarray) -> None:
         """The share of each type's labeled cells detecting each gene of the registered AnnData
         (all its genes, not only the vocabulary): ``type_detection_``, read by
