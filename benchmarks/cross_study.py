@@ -682,7 +682,8 @@ def main(argv=None):
         merged = {}
         for f in args.merge:
             for row in json.loads(Path(f).read_text())["rows"]:
-                if row["method"].startswith("transanno") and row.get("src_commit"):
+                tagged = "@" in row["method"]  # a merged file's rows are named already
+                if row["method"].startswith("transanno") and row.get("src_commit") and not tagged:
                     # runs of different source trees side by side
                     row = {**row, "method": f"{row['method']}@{row['src_commit']}"}
                 merged[(row["pair"], row["case"], row["method"], row["seed"])] = row

@@ -128,9 +128,14 @@ def transanno_annotate(
         neighbourhood's mean (a known cell unsure alone among confident cells like it keeps its
         label), and capped where most of its query cluster's marker genes are not detected by
         the reference cells of its predicted type (a type the reference lacks, called as its
-        nearest known type; below one half where over half of the markers are such). The
-        cell-level confidence of :meth:`~transanno_sc.model.TransAnno.predict_confidence` does
-        neither. ``False``: cell by cell.
+        nearest known type; below one half where over half of the markers are such). Cells
+        of clusters whose markers the reference cells of their type do detect (at most a
+        quarter foreign) are judged novel against the query's other cells called that type,
+        not only against the query as a whole: a known type in a state or tissue the
+        reference lacks (lung neutrophils against marrow granulocytes) is not left
+        ``"Unassigned"`` as a block. The cell-level confidence of
+        :meth:`~transanno_sc.model.TransAnno.predict_confidence` does none of this. ``False``:
+        cell by cell.
     key_added
         Prefix of the keys written to ``adata``.
     copy
@@ -197,7 +202,9 @@ def transanno_annotate(
         trained here), ``calibration`` (temperature, the validation expected calibration
         error before and after, and ``novelty_shift``, the factor this query's novelty
         distances were divided by), ``query_context`` (its clusters whose markers are foreign
-        to their predicted type) and ``versions``. ``params`` stores ``-1.0`` for an
+        to their predicted type, and in ``state_shift`` the types whose cells were judged
+        against the query's cells of their type, with their numbers of cells) and
+        ``versions``. ``params`` stores ``-1.0`` for an
         ``unassigned_threshold`` of ``None`` and ``""`` for no ``labels_key``, so that the
         AnnData can be written to ``.h5ad``.
 
