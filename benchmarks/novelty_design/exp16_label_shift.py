@@ -29,7 +29,9 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import f1_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from exp15_label_vote import print_tables, scores  # the same metrics and table
 
 DIR = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results_tmp/p5")
 
@@ -73,17 +75,6 @@ for f in (0.1, 0.3):
     RULES[f"em conf 0.5 floor {f}"] = partial(em, only_confident=True, power=0.5, floor=f)
 
 
-def scores(rec, labels):
-    truth = rec["truth"]
-    known = np.isin(truth, rec["ref_types"])
-    types = sorted(set(truth[known]))
-    forced = labels[known]
-    with_u = np.where(rec["conf"][known] < 0.5, "Unassigned", forced)
-    f = f1_score(truth[known], forced, labels=types, average="macro", zero_division=0)
-    u = f1_score(truth[known], with_u, labels=types, average="macro", zero_division=0)
-    return f, u
-
-
 def main():
     runs = defaultdict(dict)
     changed = defaultdict(list)
@@ -99,31 +90,7 @@ def main():
             lab = rule(P, conf)
             runs[name][key] = scores(rec, classes[lab])
             changed[name].append((lab != base).mean())
-    pairs = sorted({k[0] for k in runs["default"]})
-    print("rule | " + " | ".join(pairs) + " | better/worse runs | cells changed %")
-    print("--- | " + " | ".join("---" for _ in pairs) + " | --- | ---")
-    for name in RULES:
-        cells = []
-        n_b = n_w = 0
-        for pair in pairs:
-            keys = [k for k in runs["default"] if k[0] == pair]
-            d_u = [runs[name][k][1] - runs["default"][k][1] for k in keys]
-            n_b += sum(x > 1e-9 for x in d_u)
-            n_w += sum(x < -1e-9 for x in d_u)
-            cells.append(f"{np.median(d_u):+.4f} ({min(d_u):+.3f})")
-        print(
-            f"{name} | " + " | ".join(cells) + f" | {n_b}/{n_w} | {100 * np.mean(changed[name]):.2f}"
-        )
-    print()
-    print("default shared macro-F1 (with Unassigned), median per pair, runs:")
-    for pair in pairs:
-        keys = [k for k in runs["default"] if k[0] == pair]
-        print(
-            pair,
-            f"{np.median([runs['default'][k][1] for k in keys]):.3f}",
-            f"forced {np.median([runs['default'][k][0] for k in keys]):.3f}",
-            len(keys),
-        )
+    print_tables(runs, changed, RULES)
 
 
 if __name__ == "__main__":
