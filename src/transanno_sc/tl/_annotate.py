@@ -397,23 +397,23 @@ def _context(
     """The query-level refinement of ``confidence`` (:mod:`transanno_sc.tl._query_context`),
     with the novelty of cells in clusters of their predicted type compared type by type
     (:meth:`~transanno_sc.model.TransAnno._typewise_pvalue`); ``summary["state_shift"]``
-    names the types whose cells were and how much farther they lie than the query's."""
+    counts, per type, the cells whose p-value that raised."""
     shifted = {}
+    forced = out.probs.argmax(1)
 
     def rescore(typed: np.ndarray) -> np.ndarray:
         pvalue = model._typewise_pvalue(out, typed)
-        own = confidence_score(out._replace(novelty_pvalue=pvalue), novelty=True)
-        changed = typed & (pvalue > out.novelty_pvalue)
-        for c in np.unique(out.probs.argmax(1)[changed]):
-            shifted[str(model.classes_[c])] = int((changed & (out.probs.argmax(1) == c)).sum())
-        return own
+        raised = forced[typed & (pvalue > out.novelty_pvalue)]
+        for c, n in zip(*np.unique(raised, return_counts=True)):
+            shifted[str(model.classes_[c])] = int(n)
+        return confidence_score(out._replace(novelty_pvalue=pvalue), novelty=True)
 
     context = qc.query_context(
         rna,
         layer=layer,
         scale=out.overlap["input_scale"],
         confidence=confidence,
-        forced=out.probs.argmax(1),
+        forced=forced,
         detection=model.type_detection_,
         classes=list(model.classes_),
         seed=0 if random_state is None else int(random_state),
