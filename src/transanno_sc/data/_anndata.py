@@ -366,7 +366,7 @@ def check_labels(
             "drop those cells."
         )
         raise ValueError(msg)
-    counts = labels.astype(str).value_counts()
+    counts = labels.value_counts()  # strings (checked above); no per-cell conversion
     counts = counts[(counts.index != unlabeled_category) & (counts > 0)]
     tiny = counts[counts < MIN_CELLS_PER_TYPE]
     if len(tiny):
