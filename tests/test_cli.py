@@ -367,3 +367,44 @@ def test_annotate_labels_with_slashes_warns_in_one_line(files, split, tmp_path, 
     q = ad.read_h5ad(out)
     assert "NK/ILC" in q.uns["transanno"]["classes"]
     assert "NK_ILC" in q.obsm["transanno_probabilities"].columns
+
+
+def test_annotate_refuses_to_overwrite_then_replaces_with_overwrite(
+    annotated, files, tmp_path, capsys
+):
+    """An existing ``--out`` (here: the query itself) is an error without ``--overwrite``,
+    before any work, and the file is left as it was; with it, the annotated query replaces
+    the file."""
+    query = tmp_path / "query.h5ad"
+    shutil.copy(files / "query.h5ad", query)
+    before = query.read_bytes()
+    argv = ["annotate", "--model", str(files / "model"), "--query", str(query), "--out", str(query)]
+    assert main(argv) == 2
+    _assert_one_line_error(capsys, "--out", "exists", "--overwrite")
+    assert query.read_bytes() == before
+    assert main([*argv, "--overwrite"]) == 0
+    written = ad.read_h5ad(query)
+    assert "transanno_label" in written.obs
+    assert [p.name for p in tmp_path.iterdir()] == ["query.h5ad"]  # no temporary file left
+    pd.testing.assert_series_equal(
+        written.obs["transanno_confidence"], ad.read_h5ad(annotated[1]).obs["transanno_confidence"]
+    )
+
+
+def test_train_refuses_an_existing_model_folder(annotated, files, capsys):
+    argv = ["train", "--reference", str(files / "ref.h5ad"), "--labels-key", "cell_type"]
+    assert main([*argv, "--out", str(files / "model"), *FAST]) == 2  # the annotated fixture's
+    _assert_one_line_error(capsys, "--out", "folder exists", "--overwrite")
+
+
+def test_library_messages_use_the_command_line_words(annotated, files, tmp_path, capsys):
+    """Errors raised by the library name the options (``--layer``) and the files ("the
+    query's X"), not Python arguments (``layer=``) and ``adata``."""
+    scaled = ad.read_h5ad(files / "query.h5ad")
+    scaled.X = scaled.X.toarray() - 1.0  # centered values
+    scaled.write_h5ad(tmp_path / "scaled.h5ad")
+    argv = ["annotate", "--model", str(files / "model"), "--query", str(tmp_path / "scaled.h5ad")]
+    assert main([*argv, "--out", str(tmp_path / "never.h5ad")]) == 2
+    err = capsys.readouterr().err
+    assert "the query's X contains negative values" in err and "pass --layer" in err, err
+    assert "layer=" not in err and "adata.X" not in err, err

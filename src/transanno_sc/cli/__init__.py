@@ -21,6 +21,7 @@ from ._common import (
     _debug_requested,
     _error_message,
     _Parser,
+    cli_wording,
 )
 from ._evaluate import add_demo_parser, add_evaluate_parser
 from ._train import add_pretrain_parser, add_train_parser
@@ -62,16 +63,17 @@ def _quiet_libraries() -> None:
 
 
 @contextlib.contextmanager
-def _warnings_as_lines(*, debug: bool):
-    """Print warnings as one ``transanno: warning: ...`` line each (with ``--debug``: as
-    Python shows them, with file and line)."""
+def _warnings_as_lines(*, debug: bool, inputs: str = "the input"):
+    """Print warnings as one ``transanno: warning: ...`` line each, in the command line's
+    words (:func:`cli_wording`; with ``--debug``: as Python shows them, with file and line)."""
     if debug:
         yield
         return
     previous = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        print(f"transanno: warning: {message}", file=sys.stderr)
+        text = cli_wording(" ".join(str(message).split()), inputs)
+        print(f"transanno: warning: {text}", file=sys.stderr)
 
     warnings.showwarning = show
     try:
@@ -84,13 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``transanno`` command; returns the exit code."""
     args = _build_parser().parse_args(argv)
     _quiet_libraries()
+    # what the library's messages call `adata` is, in this command, this file
+    inputs = getattr(args, "inputs", "the input")
     try:
-        with _warnings_as_lines(debug=_debug_requested(args)):
+        with _warnings_as_lines(debug=_debug_requested(args), inputs=inputs):
             return args.func(args)
     except (CLIError, *USER_ERRORS) as e:
         if _debug_requested(args):
             raise
-        print(f"transanno: error: {_error_message(e)}", file=sys.stderr)
+        print(f"transanno: error: {_error_message(e, inputs)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("transanno: interrupted", file=sys.stderr)

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from ._common import (
     CLIError,
+    _add_overwrite_option,
     _add_training_options,
+    _atomic_path,
     _check_input_file,
     _check_layer,
     _check_obs_key,
@@ -109,8 +111,9 @@ def add_annotate_parser(sub) -> None:
         "that drive the model's calls) and write them to CSV (one row per type and gene; also in "
         "OUT's uns['KEY_markers'])",
     )
+    _add_overwrite_option(p)
     _add_training_options(p, "expression", "training")
-    p.set_defaults(func=annotate)
+    p.set_defaults(func=annotate, inputs="the query")
 
 
 def _check_args(args: argparse.Namespace) -> dict:
@@ -132,11 +135,11 @@ def _check_args(args: argparse.Namespace) -> dict:
             msg = f"--model {args.model!r} is not a folder written by `TransAnno.save` (no transanno.json)."
             raise CLIError(msg)
     model_kwargs = _parse_json_dict(args.model_kwargs, "--model-kwargs")
-    _check_out_path(args.out, "--out")
+    _check_out_path(args.out, "--out", overwrite=args.overwrite)
     if args.markers is not None:
-        _check_out_path(args.markers, "--markers")
+        _check_out_path(args.markers, "--markers", overwrite=args.overwrite)
     if args.save_model is not None:
-        _check_out_path(args.save_model, "--save-model")
+        _check_out_path(args.save_model, "--save-model", overwrite=args.overwrite)
     _check_input_file(args.query, "query")
     if args.reference is not None:
         _check_input_file(args.reference, "reference")
@@ -203,7 +206,8 @@ def _write_annotated(query, args: argparse.Namespace, t0: float) -> None:
         )
     labels = query.obs[f"{key}_label"].value_counts()
     _progress("predicted: " + ", ".join(f"{k}: {v}" for k, v in labels.items() if v))
-    query.write_h5ad(args.out)
+    with _atomic_path(args.out) as tmp:  # --out may be --query itself (with --overwrite)
+        query.write_h5ad(tmp)
     _progress(
         f"wrote {args.out} (obs '{key}_label', '{key}_confidence'; "
         f"obsm 'X_{key}', '{key}_probabilities') in {time.perf_counter() - t0:.0f} s"
@@ -258,7 +262,8 @@ def annotate(args: argparse.Namespace) -> int:
                 shutil.rmtree(kwargs["save_model"], ignore_errors=True)
         _progress("ranking the marker genes of each predicted type")
         ta.tl.transanno_markers(query, model, key_added=args.key_added)
-        markers_df(query, f"{args.key_added}_markers").to_csv(args.markers, index=False)
+        with _atomic_path(args.markers) as tmp:
+            markers_df(query, f"{args.key_added}_markers").to_csv(tmp, index=False)
         _progress(f"wrote the marker genes to {args.markers}")
     _write_annotated(query, args, t0)
     return 0

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import sys
+import tempfile
 from pathlib import Path
 
 #: Exceptions that are the user's to fix: one line on stderr and exit code 2 (unless --debug).
@@ -42,9 +45,59 @@ def _progress(msg: str) -> None:
     print(f"[transanno] {msg}", flush=True)
 
 
-def _error_message(e: BaseException) -> str:
+def _error_message(e: BaseException, inputs: str = "the input") -> str:
     text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    return " ".join(str(text).split())  # one line
+    return cli_wording(" ".join(str(text).split()), inputs)  # one line
+
+
+#: The library's arguments that are options of the commands (``layer=`` is ``--layer``).
+_OPTIONS = (
+    "layer",
+    "input_scale",
+    "labels_key",
+    "batch_key",
+    "unlabeled_category",
+    "unassigned_threshold",
+    "max_epochs",
+    "batch_size",
+    "key_added",
+    "save_model",
+    "model_kwargs",
+    "reference",
+    "model",
+    "random_state",
+)
+#: Options named otherwise on the command line.
+_RENAMED = {"random_state": "seed"}
+_OPTION_RE = re.compile(
+    r"`?\b(" + "|".join(_OPTIONS) + r")=(?:(None)|'([^']*)'|\"([^\"]*)\"|([\w.-]+))?`?"
+)
+_FLAGS = {
+    "match_depth=False": "--no-match-depth",
+    "query_context=False": "--no-query-context",
+    "pretrain=True": "--pretrain",
+}
+_ADATA_RE = re.compile(r"\b(adata|reference)\.(X|layers|obs|var_names|var|obsm|uns)\b")
+
+
+def _option(m: re.Match) -> str:
+    flag = "--" + _RENAMED.get(m[1], m[1]).replace("_", "-")
+    if m[2]:  # layer=None, batch_key=None: leave the option out
+        return f"no {flag}"
+    value = next((v for v in m.groups()[2:] if v is not None), "")
+    return f"{flag} {value}" if value else flag
+
+
+def cli_wording(text: str, inputs: str = "the input") -> str:
+    """A library message in the command line's words: ``layer='counts'`` becomes
+    ``--layer counts``, ``input_scale=`` ``--input-scale``, ``adata.X`` "the query's X"
+    (``inputs``: what the command's ``adata`` is), ``reference.obs`` "the reference's obs"."""
+    text = _OPTION_RE.sub(_option, text)
+    for python, flag in _FLAGS.items():
+        text = re.sub(r"`?\b" + re.escape(python) + r"`?", flag, text)
+    return _ADATA_RE.sub(
+        lambda m: f"{inputs if m[1] == 'adata' else 'the reference'}'s {m[2]}", text
+    )
 
 
 def _debug_requested(args: argparse.Namespace) -> bool:
@@ -92,11 +145,40 @@ def _check_layer(adata, layer: str | None, what: str) -> None:
         raise CLIError(msg)
 
 
-def _check_out_path(path: str, option: str) -> None:
+def _check_out_path(path: str, option: str, *, overwrite: bool = True) -> None:
+    """Refuse an output path in a missing folder, or one that exists unless ``overwrite``."""
     parent = Path(path).resolve().parent
     if not parent.is_dir():
         msg = f"{option} {path!r}: folder {str(parent)!r} does not exist."
         raise CLIError(msg)
+    if not overwrite and os.path.lexists(path):
+        kind = "folder" if Path(path).is_dir() else "file"
+        msg = f"{option} {path!r}: the {kind} exists; pass --overwrite to replace it."
+        raise CLIError(msg)
+
+
+def _add_overwrite_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace output files or folders that exist (without it, they are an error)",
+    )
+
+
+@contextlib.contextmanager
+def _atomic_path(path: str):
+    """A temporary path beside ``path`` to write to; it replaces ``path`` when the block
+    ends without an error (and is removed otherwise), so that an interrupted or failed write
+    never leaves half a file, nor destroys the file it was to replace (the input, even)."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _parse_json_dict(text: str | None, option: str) -> dict:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ._common import (
     CLIError,
+    _add_overwrite_option,
     _add_training_options,
     _check_input_file,
     _check_layer,
@@ -37,8 +38,9 @@ def add_pretrain_parser(sub) -> None:
         "--adata", required=True, nargs="+", metavar="CELLS.h5ad", help="unlabeled cells"
     )
     p.add_argument("--out", required=True, metavar="FOLDER", help="backbone folder")
+    _add_overwrite_option(p)
     _add_training_options(p, "counts", "pretraining")
-    p.set_defaults(func=pretrain)
+    p.set_defaults(func=pretrain, inputs="the input")
 
 
 def add_train_parser(sub) -> None:
@@ -68,8 +70,9 @@ def add_train_parser(sub) -> None:
         choices=["full", "partial", "head"],
         help="which part of the backbone is trained",
     )
+    _add_overwrite_option(p)
     _add_training_options(p, "expression", "training")
-    p.set_defaults(func=train)
+    p.set_defaults(func=train, inputs="the reference")
 
 
 def pretrain(args: argparse.Namespace) -> int:
@@ -81,7 +84,7 @@ def pretrain(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     scvi.settings.seed = args.seed
     model_kwargs = _parse_json_dict(args.model_kwargs, "--model-kwargs")
-    _check_out_path(args.out, "--out")
+    _check_out_path(args.out, "--out", overwrite=args.overwrite)
     for path in args.adata:
         _check_input_file(path, "corpus")
     sources = {Path(p).stem: _read_h5ad(p, "corpus") for p in args.adata}
@@ -116,7 +119,7 @@ def train(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     scvi.settings.seed = args.seed
     model_kwargs = _parse_json_dict(args.model_kwargs, "--model-kwargs")
-    _check_out_path(args.out, "--out")
+    _check_out_path(args.out, "--out", overwrite=args.overwrite)
     _check_input_file(args.reference, "reference")
     if args.backbone is not None and not (Path(args.backbone) / "vocabulary.json").exists():
         msg = f"--backbone {args.backbone!r} is not a folder written by `transanno pretrain`."
