@@ -465,3 +465,19 @@ def test_tiny_type_warning_of_annotate_points_at_the_users_call(ref, query):
     ):
         ta.tl.transanno_annotate(q, reference=ref, labels_key="cell_type")
     assert next(w for w in rec if "labelled cells" in str(w.message)).filename == __file__
+
+
+def test_reference_cells_empty_on_the_shared_genes_are_named_once(ref, query, recwarn):
+    """A query on a small panel: reference cells with no counts in the shared genes get one
+    warning that names the reference and the shared genes, at the user's line (not the
+    training's generic "labeled cells have no counts at all")."""
+    panel = query[:, :150].copy()
+    _fast_annotate(panel, ref)
+    messages = [str(w.message) for w in recwarn if issubclass(w.category, UserWarning)]
+    ours = [
+        w for w in recwarn if "labelled reference cells have no counts in the" in str(w.message)
+    ]
+    assert len(ours) == 1, messages
+    assert "150 genes the reference shares with adata" in str(ours[0].message)
+    assert ours[0].filename == __file__
+    assert not any("have no counts at all" in m for m in messages)

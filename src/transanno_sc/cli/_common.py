@@ -95,9 +95,10 @@ def cli_wording(text: str, inputs: str = "the input") -> str:
     text = _OPTION_RE.sub(_option, text)
     for python, flag in _FLAGS.items():
         text = re.sub(r"`?\b" + re.escape(python) + r"`?", flag, text)
-    return _ADATA_RE.sub(
+    text = _ADATA_RE.sub(
         lambda m: f"{inputs if m[1] == 'adata' else 'the reference'}'s {m[2]}", text
     )
+    return re.sub(r"(?<![.`\w])adata(?![.\w(`])", inputs, text)
 
 
 def _debug_requested(args: argparse.Namespace) -> bool:

@@ -69,6 +69,24 @@ def _private_reference(
     return private
 
 
+def _warn_empty_on_shared(
+    private: AnnData, labels_key: str, unlabeled_category: str, n_shared: int
+) -> None:
+    """Warn, naming the reference and the shared genes, about labelled reference cells with
+    no counts in the genes they share with the query (training leaves them out)."""
+    from transanno_sc.data import empty_rows
+
+    labelled = private.obs[labels_key].astype(str).to_numpy() != str(unlabeled_category)
+    n_empty = int((empty_rows(private.X) & labelled).sum())
+    if n_empty:
+        warnings.warn(
+            f"{n_empty} labelled reference cells have no counts in the {n_shared} genes the "
+            "reference shares with adata; they are left out of training.",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
 #: Label of the query cells in the private pretraining corpus (never a user's label).
 _UNLABELED = "__transanno_query__"
 
@@ -445,6 +463,7 @@ def train_on_reference(
 
     private = _private_reference(reference, labels_key, batch_key, layer, unlabeled_category)
     private, query, shared = _shared_genes(private, rna)
+    _warn_empty_on_shared(private, labels_key, unlabeled_category, shared["n_shared_genes"])
     private = _reference_scale(private, batch_key, input_scale)
     query_columns = shared.pop("query_columns")
     if match_depth:
@@ -452,7 +471,9 @@ def train_on_reference(
             private, rna, query_columns, layer, input_scale, batch_key, random_state
         )
         shared.update(depth)
-    with _seeded(random_state):
+    with _seeded(random_state), warnings.catch_warnings():
+        # warned about above, naming the reference and the shared genes
+        warnings.filterwarnings("ignore", message=".*labeled cells have no counts at all")
         model_kwargs = dict(model_kwargs or {})
         selection = None
         if pretrain and "gene_vocabulary" not in model_kwargs:
