@@ -71,6 +71,33 @@ def test_a_cluster_with_markers_the_reference_type_lacks_is_foreign(rng):
     assert {r["type"] for r in ctx.summary["foreign_clusters"]} == {"A"}
 
 
+def test_depth_alone_makes_no_marker_foreign(rng):
+    """A reference sequenced at 5 % of the query's depth (every gene detected less often):
+    the known clusters' markers are still found in their types (on the type's depth scale),
+    and the novel cluster's markers are still foreign."""
+    query, group = _planted(rng)
+    ref, ref_group = _planted(np.random.default_rng(1))
+    keep = ref_group < 2
+    shallow = ref.X[keep].copy()
+    shallow.data = np.random.default_rng(2).binomial(shallow.data.astype(int), 0.05)
+    detection = type_detection(sp.csr_matrix(shallow, dtype=np.float32), ref_group[keep], 2)
+    # as detected, the known clusters' markers are over five times rarer in the reference
+    assert detection[0, :100].mean() < 0.95 / qc.FOREIGN_RATIO
+    ctx = query_context(
+        query,
+        layer=None,
+        scale="counts",
+        confidence=np.ones(query.n_obs),
+        forced=np.where(group == 1, 1, 0),
+        detection=(list(ref.var_names), detection),
+        classes=["A", "B"],
+        seed=0,
+    )
+    novel = group == 2
+    assert (ctx.foreign[~novel] <= 0.1).all(), np.unique(ctx.foreign[~novel])
+    assert (ctx.foreign[novel] > 0.5).mean() > 0.9, ctx.foreign[novel]
+
+
 def test_cell_cycle_markers_are_not_foreign(rng):
     """The same planted group, its genes named as cell-cycle, histone, ribosomal and
     mitochondrial genes: a state, not a type."""

@@ -1,10 +1,14 @@
 """Per-cell novelty inputs of the default call (issue #17, known types in another state):
 what ``dump_context.py`` keeps, plus the cells' novelty distances (class-normalized, before
 the query-level shift), the shift factor, the reference's quantiles of held-out distances,
-the query context's PCA and k-means clusters, and each cluster's foreign-marker share.
-``exp17_class_shift.py`` reads them.
+the query context's PCA and k-means clusters, each cluster's foreign-marker share and the
+inputs of that share (``shares_inputs``: the clusters' sizes, sums and detected counts, and
+the reference's per-type detection of the same genes). ``exp17_class_shift.py`` and
+``exp18_evidence_product.py`` read them; ``exp19_depth_foreign.py`` needs the ``run.py``
+tasks too (``--tasks``).
 
     python benchmarks/novelty_design/dump_novelty.py --seeds 0 1 2 [--pairs ...] [--out DIR]
+    python benchmarks/novelty_design/dump_novelty.py --tasks zilionis_healthy_tumor ...
 """
 
 import argparse
@@ -17,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cross_study as cs
+import run as rb
 
 import transanno_sc.tl._annotate as annotate
 import transanno_sc.tl._query_context as qc
@@ -28,6 +33,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     ap.add_argument("--pairs", nargs="*", default=cs.PAIRS)
+    ap.add_argument("--tasks", nargs="*", default=[])
+    ap.add_argument("--task-seeds", nargs="*", type=int, default=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -35,6 +42,7 @@ def main():
     store = {}
     context_fn = annotate._context
     shares_fn = qc._foreign_shares
+    sums_fn = qc._shares_of_sums
     neighbourhood_fn = qc._neighbourhood
 
     def capture_context(rna, model, out, confidence, layer, random_state):
@@ -56,6 +64,16 @@ def main():
         store["clusters"] = np.asarray(clusters)
         return shares_fn(X, clusters, *a, **kw)
 
+    def capture_sums(size, sums, n_detected, clusters, forced, detection):
+        store["shares_inputs"] = {
+            "size": size,
+            "sums": sums,
+            "n_detected": n_detected,
+            "forced": np.asarray(forced),
+            "detection": detection,
+        }
+        return sums_fn(size, sums, n_detected, clusters, forced, detection)
+
     def capture_neighbourhood(pcs, confidence, parts=None):
         store["pcs"] = np.asarray(pcs)
         return neighbourhood_fn(pcs, confidence, parts)
@@ -63,6 +81,27 @@ def main():
     annotate._context = capture_context
     qc._foreign_shares = capture_shares
     qc._neighbourhood = capture_neighbourhood
+    qc._shares_of_sums = capture_sums
+
+    def record(kind, pair, case, seed, truth, ref_types, query):
+        probs = np.asarray(query.obsm["transanno_probabilities"])
+        classes = np.asarray(query.uns["transanno"]["classes"], dtype=str)
+        rec = {
+            "kind": kind,
+            "pair": pair,
+            "case": case,
+            "seed": seed,
+            "truth": truth,
+            "ref_types": ref_types,
+            "forced": classes[probs.argmax(1)],
+            "conf": query.obs["transanno_confidence"].to_numpy(dtype=float),
+            "probs": probs,
+            "classes": classes,
+            **store,
+        }
+        rec.pop("query", None)
+        store.clear()
+        return rec
 
     for seed in args.seeds:
         for pair in args.pairs:
@@ -72,23 +111,38 @@ def main():
                     continue
                 t0 = time.time()
                 c = cs.build(pair, case, seed)
-                _, forced, conf, _ = cs.run_method("transanno", c, seed, {})
-                q = store.pop("query")
-                rec = {
-                    "pair": pair,
-                    "case": case,
-                    "seed": seed,
-                    "truth": c.query.obs[c.key].astype(str).to_numpy(),
-                    "ref_types": np.unique(c.ref.obs[c.key].astype(str)),
-                    "forced": np.asarray(forced),
-                    "conf": np.asarray(conf),
-                    "probs": np.asarray(q.obsm["transanno_probabilities"]),
-                    "classes": np.asarray(q.uns["transanno"]["classes"], dtype=str),
-                    **store,
-                }
+                cs.run_method("transanno", c, seed, {})
+                truth = c.query.obs[c.key].astype(str).to_numpy()
+                ref_types = np.unique(c.ref.obs[c.key].astype(str))
+                rec = record("cross", pair, case, seed, truth, ref_types, store["query"])
                 with open(args.out / f"{name}.pkl", "wb") as fh:
                     pickle.dump(rec, fh)
                 print(f"{name}: {time.time() - t0:.0f} s", flush=True)
+
+    for seed in args.task_seeds:
+        for task in args.tasks:
+            name = f"t_{task}_{seed}"
+            if (args.out / f"{name}.pkl").exists():
+                continue
+            t0 = time.time()
+            ref, query, key = rb.task(task, seed)
+            truth = query.obs[key].astype(str).to_numpy()
+            batches = ref.obs["batch"].astype(str).to_numpy() if "batch" in ref.obs else None
+            ref = ref.copy()
+            ref.obs = ref.obs[[key]].copy()
+            blind = rb._blind(query)
+            for a in (ref, blind):
+                for k in list(a.layers):
+                    del a.layers[k]
+            model = rb.train_transanno(ref, key, seed, ref_batches=batches)
+            import transanno_sc as ta
+
+            ta.tl.transanno_annotate(blind, model=model)
+            ref_types = np.unique(ref.obs[key].astype(str))
+            rec = record("task", task, task, seed, truth, ref_types, blind)
+            with open(args.out / f"{name}.pkl", "wb") as fh:
+                pickle.dump(rec, fh)
+            print(f"{name}: {time.time() - t0:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@ Two query-level steps refine the per-cell confidence (probability x novelty typi
   cluster, the top :data:`N_MARKERS` marker genes against the rest of the query are compared
   with the reference cells of the cluster's majority predicted type: a marker the cluster
   detects in a share ``d`` of its cells and those reference cells in under ``d /``
-  :data:`FOREIGN_RATIO` is foreign. The share of foreign markers, ``f`` (of
+  :data:`FOREIGN_RATIO` is foreign. Where the cluster is sequenced deeper than the
+  reference type, ``d`` is first taken down to the type's depth (the type's detection at
+  the marker's quantile of the cluster's detection profile, :func:`_on_type_scale`), so that
+  depth alone makes no marker foreign. The share of foreign markers, ``f`` (of
   :data:`N_MARKERS` at least, so that a few markers of a small panel are weak evidence), caps
   the cluster's confidence at ``min(1, 0.5 (1 - f) / (1 - F))`` (``F`` =
   :data:`FOREIGN_SHARE`, 0.5): one half where ``f = F``. A type the reference lacks is often
@@ -226,6 +229,24 @@ def _cluster_markers(
             yield k, np.flatnonzero(ok)[np.argsort(-diff[ok])][:N_MARKERS]
 
 
+def _on_type_scale(cluster: np.ndarray, type_: np.ndarray, markers: np.ndarray) -> np.ndarray:
+    """The cluster's detection of ``markers`` mapped onto the reference type's scale: the
+    type's detection at the same quantile of its profile over all compared genes (the same
+    genes on both sides) as the marker's in the cluster's profile.
+
+    Detection rises with sequencing depth for every gene alike (monotonically, whatever the
+    dispersion), so a query cluster sequenced deeper than its reference type (10x v3 against
+    a Drop-seq or inDrop reference) detects its markers more often for that alone; on the
+    type's scale it does not. A few hundred genes that differ between them barely move the
+    quantiles of thousands."""
+    order = np.sort(cluster)
+    at = cluster[markers]
+    u = (np.searchsorted(order, at, "left") + np.searchsorted(order, at, "right")) / (
+        2.0 * cluster.size
+    )
+    return np.quantile(type_, np.clip(u, 0.0, 1.0))
+
+
 def _shares_of_sums(
     size: np.ndarray,
     sums: np.ndarray,
@@ -240,7 +261,10 @@ def _shares_of_sums(
     records = []
     for k, markers in _cluster_markers(size, sums, detected, clusters.size):
         label = np.bincount(forced[clusters == k]).argmax()
-        foreign = detection[label, markers] < detected[k, markers] / FOREIGN_RATIO
+        seen = np.minimum(
+            detected[k, markers], _on_type_scale(detected[k], detection[label], markers)
+        )
+        foreign = detection[label, markers] < seen / FOREIGN_RATIO
         # over N_MARKERS at least: a cluster with few markers (a small gene panel) is weak
         # evidence, not a high share of a handful
         shares[k] = foreign.sum() / max(markers.size, N_MARKERS)
