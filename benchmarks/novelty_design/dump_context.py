@@ -25,6 +25,26 @@ import transanno_sc.tl._query_context as qc
 OUT = Path("benchmarks/results_tmp/p4")
 
 
+def annotate_task(task: str, seed: int):
+    """``run.py``'s ``task`` for ``seed``: a model trained as ``run.py`` trains it, then the
+    default call on the blinded query; returns the truth, the reference's types and the
+    annotated query."""
+    import transanno_sc as ta
+
+    ref, query, key = rb.task(task, seed)
+    truth = query.obs[key].astype(str).to_numpy()
+    batches = ref.obs["batch"].astype(str).to_numpy() if "batch" in ref.obs else None
+    ref = ref.copy()
+    ref.obs = ref.obs[[key]].copy()
+    blind = rb._blind(query)
+    for a in (ref, blind):
+        for k in list(a.layers):
+            del a.layers[k]
+    model = rb.train_transanno(ref, key, seed, ref_batches=batches)
+    ta.tl.transanno_annotate(blind, model=model)
+    return truth, np.unique(ref.obs[key].astype(str)), blind
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
@@ -85,19 +105,7 @@ def main():
             if (args.out / f"{name}.pkl").exists():
                 continue
             t0 = time.time()
-            ref, query, key = rb.task(task, seed)
-            truth = query.obs[key].astype(str).to_numpy()
-            batches = ref.obs["batch"].astype(str).to_numpy() if "batch" in ref.obs else None
-            ref = ref.copy()
-            ref.obs = ref.obs[[key]].copy()
-            blind = rb._blind(query)
-            for a in (ref, blind):
-                for k in list(a.layers):
-                    del a.layers[k]
-            model = rb.train_transanno(ref, key, seed, ref_batches=batches)
-            import transanno_sc as ta
-
-            ta.tl.transanno_annotate(blind, model=model)
+            truth, ref_types, blind = annotate_task(task, seed)
             probs = np.asarray(blind.obsm["transanno_probabilities"])
             classes = np.asarray(blind.uns["transanno"]["classes"], dtype=str)
             rec = {
@@ -106,7 +114,7 @@ def main():
                 "case": task,
                 "seed": seed,
                 "truth": truth,
-                "ref_types": np.unique(ref.obs[key].astype(str)),
+                "ref_types": ref_types,
                 "forced": classes[probs.argmax(1)],
                 "conf": blind.obs["transanno_confidence"].to_numpy(dtype=float),
                 "probs": probs,

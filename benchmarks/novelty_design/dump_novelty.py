@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cross_study as cs
-import run as rb
+from dump_context import annotate_task
 
 import transanno_sc.tl._annotate as annotate
 import transanno_sc.tl._query_context as qc
@@ -125,20 +126,7 @@ def main():
             if (args.out / f"{name}.pkl").exists():
                 continue
             t0 = time.time()
-            ref, query, key = rb.task(task, seed)
-            truth = query.obs[key].astype(str).to_numpy()
-            batches = ref.obs["batch"].astype(str).to_numpy() if "batch" in ref.obs else None
-            ref = ref.copy()
-            ref.obs = ref.obs[[key]].copy()
-            blind = rb._blind(query)
-            for a in (ref, blind):
-                for k in list(a.layers):
-                    del a.layers[k]
-            model = rb.train_transanno(ref, key, seed, ref_batches=batches)
-            import transanno_sc as ta
-
-            ta.tl.transanno_annotate(blind, model=model)
-            ref_types = np.unique(ref.obs[key].astype(str))
+            truth, ref_types, blind = annotate_task(task, seed)
             rec = record("task", task, task, seed, truth, ref_types, blind)
             with open(args.out / f"{name}.pkl", "wb") as fh:
                 pickle.dump(rec, fh)
