@@ -408,3 +408,26 @@ def test_library_messages_use_the_command_line_words(annotated, files, tmp_path,
     err = capsys.readouterr().err
     assert "the query's X contains negative values" in err and "pass --layer" in err, err
     assert "layer=" not in err and "adata.X" not in err, err
+
+
+def test_annotate_h5mu_query_annotates_its_rna_modality(annotated, files, tmp_path, capsys):
+    """A .h5mu query: its RNA modality gets what the same cells get as a .h5ad, the other
+    modality is left alone, and the file is written back as .h5mu; the output's suffix must
+    match the query's."""
+    import mudata
+
+    rna = ad.read_h5ad(files / "query.h5ad")
+    protein = ad.AnnData(np.ones((rna.n_obs, 2), dtype=np.float32), obs=rna.obs[[]])
+    protein.var_names = ["CD3", "CD19"]
+    mudata.MuData({"rna": rna, "prot": protein}).write(tmp_path / "query.h5mu")
+    argv = ["annotate", "--model", str(files / "model"), "--query", str(tmp_path / "query.h5mu")]
+    assert main([*argv, "--out", str(tmp_path / "out.h5ad")]) == 2
+    _assert_one_line_error(capsys, "ends in .h5mu exactly when --query does")
+    assert main([*argv, "--out", str(tmp_path / "out.h5mu")]) == 0
+    assert "warning" not in capsys.readouterr().err  # mudata's notices stay quiet
+    out = mudata.read_h5mu(tmp_path / "out.h5mu")
+    plain = ad.read_h5ad(annotated[1])
+    pd.testing.assert_series_equal(
+        out.mod["rna"].obs["transanno_confidence"], plain.obs["transanno_confidence"]
+    )
+    assert "transanno_label" not in out.mod["prot"].obs

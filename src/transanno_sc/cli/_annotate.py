@@ -55,8 +55,18 @@ def add_annotate_parser(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--reference", metavar="REF.h5ad", help="labeled reference cells")
     src.add_argument("--model", metavar="FOLDER", help="a saved TransAnno model")
-    p.add_argument("--query", required=True, metavar="QUERY.h5ad", help="cells to annotate")
-    p.add_argument("--out", required=True, metavar="OUT.h5ad", help="annotated query file")
+    p.add_argument(
+        "--query",
+        required=True,
+        metavar="QUERY.h5ad",
+        help="cells to annotate (.h5ad, or .h5mu: its RNA modality is annotated)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="OUT.h5ad",
+        help="annotated query file (.h5mu for a .h5mu query)",
+    )
     p.add_argument("--labels-key", metavar="KEY", help="reference obs column with the cell types")
     p.add_argument("--batch-key", metavar="KEY", help="reference obs column with the batch")
     p.add_argument(
@@ -141,6 +151,12 @@ def _check_args(args: argparse.Namespace) -> dict:
     if args.save_model is not None:
         _check_out_path(args.save_model, "--save-model", overwrite=args.overwrite)
     _check_input_file(args.query, "query")
+    if (Path(args.query).suffix.lower() == ".h5mu") != (Path(args.out).suffix.lower() == ".h5mu"):
+        msg = (
+            f"--out {args.out!r} and --query {args.query!r}: the annotated query is written as "
+            "the query was read, so --out ends in .h5mu exactly when --query does."
+        )
+        raise CLIError(msg)
     if args.reference is not None:
         _check_input_file(args.reference, "reference")
     return model_kwargs
@@ -195,21 +211,26 @@ def _training_kwargs(args: argparse.Namespace, ref, model_kwargs: dict, n_query:
     return kwargs
 
 
-def _write_annotated(query, args: argparse.Namespace, t0: float) -> None:
-    """Progress lines on what was predicted, then the annotated query to ``--out``."""
+def _write_annotated(query, rna, args: argparse.Namespace, t0: float) -> None:
+    """Progress lines on what was predicted (``rna``: the query, or its RNA modality), then
+    the annotated query to ``--out``."""
     key = args.key_added
-    overlap = query.uns[key].get("gene_overlap", {})
+    overlap = rna.uns[key].get("gene_overlap", {})
     if "n_matched" in overlap and "n_model_genes" in overlap:
         _progress(
             f"gene overlap: {int(overlap['n_matched']):,} of the model's "
             f"{int(overlap['n_model_genes']):,} genes"
         )
-    labels = query.obs[f"{key}_label"].value_counts()
+    labels = rna.obs[f"{key}_label"].value_counts()
     _progress("predicted: " + ", ".join(f"{k}: {v}" for k, v in labels.items() if v))
     with _atomic_path(args.out) as tmp:  # --out may be --query itself (with --overwrite)
-        query.write_h5ad(tmp)
+        if rna is query:
+            query.write_h5ad(tmp)
+        else:
+            query.write_h5mu(tmp)
     _progress(
-        f"wrote {args.out} (obs '{key}_label', '{key}_confidence'; "
+        f"wrote {args.out} ({'' if rna is query else 'RNA modality: '}"
+        f"obs '{key}_label', '{key}_confidence'; "
         f"obsm 'X_{key}', '{key}_probabilities') in {time.perf_counter() - t0:.0f} s"
     )
 
@@ -220,17 +241,18 @@ def annotate(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     model_kwargs = _check_args(args)
-    query = _read_h5ad(args.query, "query")
-    _check_layer(query, args.layer, "query")
+    query = _read_h5ad(args.query, "query", mudata_ok=True)
+    rna = ta.data.get_rna(query, "query")
+    _check_layer(rna, args.layer, "query")
     if args.model is not None:
         _progress(f"loading model {args.model}")
         model = ta.model.TransAnno.load(args.model, accelerator=args.accelerator)
-        _progress(f"annotating {query.n_obs:,} query cells")
+        _progress(f"annotating {rna.n_obs:,} query cells")
         kwargs = {}
     else:
         model = None
-        ref = _read_reference(args, query)
-        kwargs = _training_kwargs(args, ref, model_kwargs, query.n_obs)
+        ref = _read_reference(args, rna)
+        kwargs = _training_kwargs(args, ref, model_kwargs, rna.n_obs)
         if args.markers is not None and kwargs["save_model"] is None and not _is_secondary_rank():
             import tempfile  # the markers need the trained model: keep it for this run
 
@@ -263,7 +285,7 @@ def annotate(args: argparse.Namespace) -> int:
         _progress("ranking the marker genes of each predicted type")
         ta.tl.transanno_markers(query, model, key_added=args.key_added)
         with _atomic_path(args.markers) as tmp:
-            markers_df(query, f"{args.key_added}_markers").to_csv(tmp, index=False)
+            markers_df(rna, f"{args.key_added}_markers").to_csv(tmp, index=False)
         _progress(f"wrote the marker genes to {args.markers}")
-    _write_annotated(query, args, t0)
+    _write_annotated(query, rna, args, t0)
     return 0

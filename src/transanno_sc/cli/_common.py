@@ -118,10 +118,19 @@ def _check_input_file(path: str, what: str) -> Path:
     return p
 
 
-def _read_h5ad(path: str, what: str):
+def _read_h5ad(path: str, what: str, *, mudata_ok: bool = False):
+    """The AnnData in ``path``; with ``mudata_ok``, a ``.h5mu`` file is read as a MuData."""
     import anndata as ad
 
     p = _check_input_file(path, what)
+    if p.suffix.lower() == ".h5mu":
+        if not mudata_ok:
+            msg = (
+                f"{what} {path!r} is a .h5mu file; this option reads .h5ad files. Write its RNA "
+                "modality as one (`mdata.mod['rna'].write_h5ad(...)`)."
+            )
+            raise CLIError(msg)
+        return _read_h5mu(p, what)
     try:
         adata = ad.read_h5ad(p)
     except Exception as e:  # h5py/anndata raise many types on a bad file
@@ -129,6 +138,19 @@ def _read_h5ad(path: str, what: str):
         raise CLIError(msg) from e
     _progress(f"read {what} {path}: {adata.n_obs:,} cells x {adata.n_vars:,} genes")
     return adata
+
+
+def _read_h5mu(p: Path, what: str):
+    import mudata
+
+    try:
+        mdata = mudata.read_h5mu(p)
+    except Exception as e:  # h5py/mudata raise many types on a bad file
+        msg = f"could not read {what} {str(p)!r} as .h5mu ({type(e).__name__}: {e})."
+        raise CLIError(msg) from e
+    mods = ", ".join(f"{k} ({m.n_obs:,} cells x {m.n_vars:,})" for k, m in mdata.mod.items())
+    _progress(f"read {what} {p}: MuData with {mods}")
+    return mdata
 
 
 def _check_obs_key(adata, key: str, what: str, option: str) -> None:
@@ -172,7 +194,8 @@ def _atomic_path(path: str):
     ends without an error (and is removed otherwise), so that an interrupted or failed write
     never leaves half a file, nor destroys the file it was to replace (the input, even)."""
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    # the same suffix as the target: writers may choose the format by it
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
     os.close(fd)
     try:
         yield tmp
