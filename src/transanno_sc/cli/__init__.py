@@ -58,11 +58,7 @@ def _quiet_libraries() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "scvi"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    for message in (
-        ".*LeafSpec.*",
-        ".*smaller than the logging interval.*",
-        ".*litlogger.*",
-    ):
+    for message in (".*LeafSpec.*", ".*smaller than the logging interval.*", ".*litlogger.*"):
         warnings.filterwarnings("ignore", message=message)
     # mudata's notices on joining its modalities' obs/var when reading or writing a .h5mu
     warnings.filterwarnings("ignore", module=r"mudata\.")
