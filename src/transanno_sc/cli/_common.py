@@ -46,8 +46,10 @@ def _progress(msg: str) -> None:
 
 
 def _error_message(e: BaseException, inputs: str = "the input") -> str:
-    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    return cli_wording(" ".join(str(text).split()), inputs)  # one line
+    """``e`` on one line; the library's messages in the command's words (a
+    :class:`CLIError` is in them already)."""
+    text = " ".join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())
+    return text if isinstance(e, CLIError) else cli_wording(text, inputs)
 
 
 #: The library's arguments that are options of the commands (``layer=`` is ``--layer``).
