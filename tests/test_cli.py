@@ -408,6 +408,14 @@ def test_library_messages_use_the_command_line_words(annotated, files, tmp_path,
     err = capsys.readouterr().err
     assert "the query's X contains negative values" in err and "pass --layer" in err, err
     assert "layer=" not in err and "adata.X" not in err, err
+    # a Python call quoted in a message stays Python; the words around it are the command's
+    panel = ad.read_h5ad(files / "query.h5ad")[:, :50].copy()
+    panel.write_h5ad(tmp_path / "panel.h5ad")
+    argv = ["annotate", "--model", str(files / "model"), "--query", str(tmp_path / "panel.h5ad")]
+    assert main([*argv, "--out", str(tmp_path / "never.h5ad")]) == 2
+    err = capsys.readouterr().err
+    assert "`ta.tl.transanno_annotate(adata, reference=" in err, err
+    assert "transanno annotate --reference" in err and "the query's var_names" in err, err
 
 
 def test_annotate_h5mu_query_annotates_its_rna_modality(annotated, files, tmp_path, capsys):

@@ -93,7 +93,13 @@ def _option(m: re.Match) -> str:
 def cli_wording(text: str, inputs: str = "the input") -> str:
     """A library message in the command line's words: ``layer='counts'`` becomes
     ``--layer counts``, ``input_scale=`` ``--input-scale``, ``adata.X`` "the query's X"
-    (``inputs``: what the command's ``adata`` is), ``reference.obs`` "the reference's obs"."""
+    (``inputs``: what the command's ``adata`` is), ``reference.obs`` "the reference's obs".
+    Python code in backticks (a call, with its parentheses) is left as it is."""
+    parts = re.split(r"(`[^`]*\([^`]*`)", text)
+    return "".join(p if i % 2 else _cli_words(p, inputs) for i, p in enumerate(parts))
+
+
+def _cli_words(text: str, inputs: str) -> str:
     text = _OPTION_RE.sub(_option, text)
     for python, flag in _FLAGS.items():
         text = re.sub(r"`?\b" + re.escape(python) + r"`?", flag, text)
