@@ -54,14 +54,6 @@ def depth_ratio(dq, dr, min_d=MIN_D):
     return float(np.exp(np.median(np.log(np.log1p(-dr[both]) / np.log1p(-dq[both])))))
 
 
-def quantile_map(dq, dr, markers):
-    """The cluster's detection of ``markers`` at the same quantile of the type's profile."""
-    order = np.sort(dq)
-    u = np.searchsorted(order, dq[markers], "left") + np.searchsorted(order, dq[markers], "right")
-    u = u / (2.0 * dq.size)
-    return np.quantile(dr, np.clip(u, 0, 1))
-
-
 def shares(inputs, clusters, rule):
     """Per cluster its foreign share (and the clusters it was computed for) under ``rule``."""
     size, sums, n_det = inputs["size"], inputs["sums"], inputs["n_detected"]
@@ -74,7 +66,7 @@ def shares(inputs, clusters, rule):
         label = np.bincount(forced[clusters == k]).argmax()
         dq, dr = detected[k].copy(), detection[label].copy()
         if rule.startswith("quantile"):
-            mapped = quantile_map(dq, dr, markers)
+            mapped = qc._on_type_scale(dq, dr, markers)  # the package's mapping
             dq[markers] = np.minimum(dq[markers], mapped) if "down" in rule else mapped
         elif rule != "default":
             r = depth_ratio(dq, dr)
