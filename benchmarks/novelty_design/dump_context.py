@@ -25,6 +25,25 @@ import transanno_sc.tl._query_context as qc
 OUT = Path("benchmarks/results_tmp/p4")
 
 
+def outputs_record(kind, pair, case, seed, truth, ref_types, query) -> dict:
+    """What every dump keeps of an annotated ``query``: the run's names, the truth, the
+    reference's types, the probabilities, the forced labels and the final confidence."""
+    probs = np.asarray(query.obsm["transanno_probabilities"])
+    classes = np.asarray(query.uns["transanno"]["classes"], dtype=str)
+    return {
+        "kind": kind,
+        "pair": pair,
+        "case": case,
+        "seed": seed,
+        "truth": truth,
+        "ref_types": ref_types,
+        "forced": classes[probs.argmax(1)],
+        "conf": query.obs["transanno_confidence"].to_numpy(dtype=float),
+        "probs": probs,
+        "classes": classes,
+    }
+
+
 def annotate_task(task: str, seed: int):
     """``run.py``'s ``task`` for ``seed``: a model trained as ``run.py`` trains it, then the
     default call on the blinded query; returns the truth, the reference's types and the
@@ -106,21 +125,8 @@ def main():
                 continue
             t0 = time.time()
             truth, ref_types, blind = annotate_task(task, seed)
-            probs = np.asarray(blind.obsm["transanno_probabilities"])
-            classes = np.asarray(blind.uns["transanno"]["classes"], dtype=str)
-            rec = {
-                "kind": "task",
-                "pair": task,
-                "case": task,
-                "seed": seed,
-                "truth": truth,
-                "ref_types": ref_types,
-                "forced": classes[probs.argmax(1)],
-                "conf": blind.obs["transanno_confidence"].to_numpy(dtype=float),
-                "probs": probs,
-                "classes": classes,
-                **{k: store[k] for k in ("pcs", "cell_conf", "neighbourhood", "foreign")},
-            }
+            rec = outputs_record("task", task, task, seed, truth, ref_types, blind)
+            rec.update({k: store[k] for k in ("pcs", "cell_conf", "neighbourhood", "foreign")})
             save(name, rec)
             print(f"{name}: {time.time() - t0:.0f} s", flush=True)
 

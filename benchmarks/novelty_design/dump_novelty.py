@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cross_study as cs
-from dump_context import annotate_task
+from dump_context import annotate_task, outputs_record
 
 import transanno_sc.tl._annotate as annotate
 import transanno_sc.tl._query_context as qc
@@ -85,21 +85,7 @@ def main():
     qc._shares_of_sums = capture_sums
 
     def record(kind, pair, case, seed, truth, ref_types, query):
-        probs = np.asarray(query.obsm["transanno_probabilities"])
-        classes = np.asarray(query.uns["transanno"]["classes"], dtype=str)
-        rec = {
-            "kind": kind,
-            "pair": pair,
-            "case": case,
-            "seed": seed,
-            "truth": truth,
-            "ref_types": ref_types,
-            "forced": classes[probs.argmax(1)],
-            "conf": query.obs["transanno_confidence"].to_numpy(dtype=float),
-            "probs": probs,
-            "classes": classes,
-            **store,
-        }
+        rec = {**outputs_record(kind, pair, case, seed, truth, ref_types, query), **store}
         rec.pop("query", None)
         store.clear()
         return rec
