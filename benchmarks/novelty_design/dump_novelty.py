@@ -5,7 +5,10 @@ the query context's PCA and k-means clusters, each cluster's foreign-marker shar
 inputs of that share (``shares_inputs``: the clusters' sizes, sums and detected counts, and
 the reference's per-type detection of the same genes). ``exp17_class_shift.py`` and
 ``exp18_evidence_product.py`` read them; ``exp19_depth_foreign.py`` needs the ``run.py``
-tasks too (``--tasks``).
+tasks too (``--tasks``). With ``--type-means`` the reference's per-type ``detection`` in
+``shares_inputs`` has the types' mean log-normalized expression of the same genes stacked
+under it (rows ``n_types:``; the package reads the first ``n_types`` rows only), for
+``exp20_expression_foreign.py``.
 
     python benchmarks/novelty_design/dump_novelty.py --seeds 0 1 2 [--pairs ...] [--out DIR]
     python benchmarks/novelty_design/dump_novelty.py --tasks zilionis_healthy_tumor ...
@@ -18,16 +21,35 @@ import time
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cross_study as cs
 from dump_context import annotate_task, outputs_record
 
+import transanno_sc.data as data
 import transanno_sc.tl._annotate as annotate
 import transanno_sc.tl._query_context as qc
 
 OUT = Path("benchmarks/results_tmp/p6")
+DETECTION_FN = data.type_detection
+
+
+def detection_and_means(X, codes, n_types):
+    """:func:`~transanno_sc.data.type_detection` with the types' mean log1p expression
+    (normalized to 10,000 per cell; log1p input turned back first) stacked under it."""
+    detection = DETECTION_FN(X, codes, n_types)
+    X = sp.csr_matrix(X, dtype=np.float32)
+    scale = "log1p" if X.data.size and X.data.max() < 30 and (X.data % 1).any() else "counts"
+    L = qc._log_normalize(X, scale)
+    keep = codes >= 0
+    onehot = sp.csr_matrix(
+        (np.ones(keep.sum()), (codes[keep], np.flatnonzero(keep))), shape=(n_types, len(codes))
+    )
+    n = np.maximum(np.bincount(codes[keep], minlength=n_types), 1)
+    means = np.asarray((onehot @ L).todense()) / n[:, None]
+    return np.concatenate([detection, means.astype(np.float32)])
 
 
 def main():
@@ -37,6 +59,7 @@ def main():
     ap.add_argument("--tasks", nargs="*", default=[])
     ap.add_argument("--task-seeds", nargs="*", type=int, default=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--type-means", action="store_true")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     cs._quiet()
@@ -80,6 +103,8 @@ def main():
         return neighbourhood_fn(pcs, confidence, parts)
 
     annotate._context = capture_context
+    if args.type_means:
+        data.type_detection = detection_and_means
     qc._foreign_shares = capture_shares
     qc._neighbourhood = capture_neighbourhood
     qc._shares_of_sums = capture_sums

@@ -102,6 +102,34 @@ def replay(rec, idx, rule):
     return conf, ratios
 
 
+def print_pairs(res, rules, known=np.median):
+    """Per rule and pair (``res[rule][(pair, case, seed)]`` = :func:`scores`): the change of
+    shared macro-F1 against ``default`` (median / worst run), ``known`` of the runs' known
+    "Unassigned" %, and over the novel-type runs the median novel "Unassigned" % and AUROC;
+    then the rule over all pairs."""
+    pairs = sorted({k[0] for k in res["default"]})
+    print("rule | pair | shared macro-F1 change median / worst | known U % | novel U % | AUROC")
+    for rule in rules:
+        novel, aucs, worst = [], [], 0.0
+        for pair in pairs:
+            keys = [k for k in res["default"] if k[0] == pair]
+            d = [res[rule][k][0] - res["default"][k][0] for k in keys]
+            ku = known([res[rule][k][1] for k in keys])
+            nu = [res[rule][k][2] for k in keys if np.isfinite(res[rule][k][2])]
+            au = [res[rule][k][3] for k in keys if np.isfinite(res[rule][k][3])]
+            novel += nu
+            aucs += au
+            worst = max(worst, ku)
+            print(
+                f"{rule} | {pair} | {np.median(d):+.3f} / {min(d):+.3f} | {ku:.1f} | "
+                + (f"{np.median(nu):.0f} | {np.median(au):.3f}" if nu else "- | -")
+            )
+        print(
+            f"{rule} | ALL | | worst pair {worst:.1f} | median {np.median(novel):.0f} "
+            f"({len(novel)} runs) | {np.median(aucs):.3f}"
+        )
+
+
 RULES = ["default", "depth", "depth, query only", "quantile", "quantile, down only"]
 
 
@@ -122,27 +150,7 @@ def main():
                 ratio_log[key[:2]] += list(ratios.values())
             res[rule][key] = scores(rec, conf)
     print(f"default replay: largest |confidence - dumped| {max(check):.2e} over {len(check)} runs")
-    pairs = sorted({k[0] for k in res["default"]})
-    print("rule | pair | shared macro-F1 change median / worst | known U % | novel U % | AUROC")
-    for rule in RULES:
-        novel, aucs, worst = [], [], 0.0
-        for pair in pairs:
-            keys = [k for k in res["default"] if k[0] == pair]
-            d = [res[rule][k][0] - res["default"][k][0] for k in keys]
-            ku = np.median([res[rule][k][1] for k in keys])
-            nu = [res[rule][k][2] for k in keys if np.isfinite(res[rule][k][2])]
-            au = [res[rule][k][3] for k in keys if np.isfinite(res[rule][k][3])]
-            novel += nu
-            aucs += au
-            worst = max(worst, ku)
-            print(
-                f"{rule} | {pair} | {np.median(d):+.3f} / {min(d):+.3f} | {ku:.1f} | "
-                + (f"{np.median(nu):.0f} | {np.median(au):.3f}" if nu else "- | -")
-            )
-        print(
-            f"{rule} | ALL | | worst pair {worst:.1f} | median {np.median(novel):.0f} "
-            f"({len(novel)} runs) | {np.median(aucs):.3f}"
-        )
+    print_pairs(res, RULES, known=np.median)
     print()
     print("per case (median over seeds): novel U % / known U % for " + ", ".join(RULES))
     for case in sorted({k[:2] for k in res["default"]}):
