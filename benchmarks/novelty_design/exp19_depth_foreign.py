@@ -81,9 +81,12 @@ def shares(inputs, clusters, rule):
     return out, np.array(computed, dtype=int), ratios
 
 
-def replay(rec, idx, rule):
+def confidences(rec, idx, share, computed, F=qc.FOREIGN_SHARE):
+    """The package's confidences given each cluster's foreign ``share`` (``computed``: the
+    clusters it was computed for): the type-wise shift for cells in clusters of at most
+    :data:`~qc.STATE_SHARE`, the neighbourhood (``idx``) and the cap with half-way share
+    ``F``."""
     clusters = rec["clusters"]
-    share, computed, ratios = shares(rec["shares_inputs"], clusters, rule)
     f = share[clusters]
     typed = computed[share[computed] <= qc.STATE_SHARE]
     eligible = np.isin(clusters, typed)
@@ -97,9 +100,14 @@ def replay(rec, idx, rule):
         s = max(rec["shift"], shift_of(d[cells], q, min_cells=50))
         shift[cells & eligible] = s
     own = cell_confidence(rec, shift)
-    conf = combine_min(own, own[idx].mean(1), f)
+    conf = combine_min(own, own[idx].mean(1), f, F)
     conf[rec["n_expressed"] == 0] = 0.0
-    return conf, ratios
+    return conf
+
+
+def replay(rec, idx, rule):
+    share, computed, ratios = shares(rec["shares_inputs"], rec["clusters"], rule)
+    return confidences(rec, idx, share, computed), ratios
 
 
 def print_pairs(res, rules, known=np.median, worst_label="worst pair"):

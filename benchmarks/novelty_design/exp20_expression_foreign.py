@@ -40,9 +40,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from exp17_class_shift import cell_confidence, scores, shift_of
-from exp18_evidence_product import combine_min, neighbours
-from exp19_depth_foreign import print_pairs
+from exp17_class_shift import scores
+from exp18_evidence_product import neighbours
+from exp19_depth_foreign import confidences, print_pairs
 
 import transanno_sc.tl._query_context as qc
 
@@ -102,24 +102,9 @@ def shares(inputs, clusters, n_types, rule):
 
 
 def replay(rec, idx, rule):
-    clusters = rec["clusters"]
-    share, computed = shares(rec["shares_inputs"], clusters, len(rec["classes"]), rule)
-    f = share[clusters]
-    typed = computed[share[computed] <= qc.STATE_SHARE]
-    eligible = np.isin(clusters, typed)
-    d, q = rec["distance"], rec["quantiles"]
-    shift = np.full(d.size, rec["shift"])
-    pred = rec["probs"].argmax(1)
-    for c in np.unique(pred):
-        cells = pred == c
-        if cells.sum() < 50:
-            continue
-        shift[cells & eligible] = max(rec["shift"], shift_of(d[cells], q, min_cells=50))
-    own = cell_confidence(rec, shift)
+    share, computed = shares(rec["shares_inputs"], rec["clusters"], len(rec["classes"]), rule)
     F = float(rule.split()[1]) if rule.startswith("F ") else qc.FOREIGN_SHARE
-    conf = combine_min(own, own[idx].mean(1), f, F)
-    conf[rec["n_expressed"] == 0] = 0.0
-    return conf
+    return confidences(rec, idx, share, computed, F)
 
 
 RULES = [

@@ -47,21 +47,26 @@ CASES = [
 ]
 
 
+def draw(novel: np.ndarray, n: int, share: float | None, rng) -> np.ndarray:
+    """``n`` rows drawn with replacement, those of ``novel`` cells at ``share`` of them
+    (``None``: at their own share)."""
+    if share is None:
+        return rng.choice(novel.size, n)
+    n_novel = round(share * n)
+    return np.concatenate(
+        [
+            rng.choice(np.flatnonzero(novel), n_novel),
+            rng.choice(np.flatnonzero(~novel), n - n_novel),
+        ]
+    )
+
+
 def tiled(query, novel: np.ndarray, n: int, share: float | None, rng):
     """``query`` tiled to ``n`` cells (novel ones at ``share``; ``None``: their own share),
     each copy binomially thinned to 50-90 % of its counts."""
     import anndata as ad
 
-    if share is None:
-        rows = rng.choice(query.n_obs, n)
-    else:
-        n_novel = round(share * n)
-        rows = np.concatenate(
-            [
-                rng.choice(np.flatnonzero(novel), n_novel),
-                rng.choice(np.flatnonzero(~novel), n - n_novel),
-            ]
-        )
+    rows = draw(novel, n, share, rng)
     X = sp.csr_matrix(query.X)[rows].tocsr().astype(np.float64)
     keep = rng.uniform(0.5, 0.9, n)
     X.data = rng.binomial(X.data.astype(np.int64), np.repeat(keep, np.diff(X.indptr)))
@@ -98,16 +103,7 @@ def mixed(query, truth, novel: np.ndarray, n: int, share: float | None, rng, k=1
         nn = NearestNeighbors(n_neighbors=m).fit(pcs[idx])
         got = idx[nn.kneighbors(return_distance=False)]
         near[idx] = np.concatenate([got, got[:, : k - m]], 1) if m < k else got
-    if share is None:
-        rows = rng.choice(query.n_obs, n)
-    else:
-        n_novel = round(share * n)
-        rows = np.concatenate(
-            [
-                rng.choice(np.flatnonzero(novel), n_novel),
-                rng.choice(np.flatnonzero(~novel), n - n_novel),
-            ]
-        )
+    rows = draw(novel, n, share, rng)
     parts = []
     for start in range(0, n, chunk):
         r = rows[start : start + chunk]
