@@ -138,6 +138,20 @@ def print_pairs(res, rules, known=np.median, worst_label="worst pair"):
         )
 
 
+def print_cases(res, rules, extra=None):
+    """Per case (median over seeds): novel / known "Unassigned" % under each rule, and the
+    columns ``extra(case)`` adds."""
+    print("per case (median over seeds): novel U % / known U % for " + ", ".join(rules))
+    for case in sorted({k[:2] for k in res["default"]}):
+        keys = [k for k in res["default"] if k[:2] == case]
+        vals = [
+            f"{np.median([res[r][k][2] for k in keys]):.0f} / "
+            f"{np.median([res[r][k][1] for k in keys]):.1f}"
+            for r in rules
+        ]
+        print(" | ".join([*case, *vals, *(extra(case) if extra else [])]))
+
+
 RULES = ["default", "depth", "depth, query only", "quantile", "quantile, down only"]
 
 
@@ -160,16 +174,12 @@ def main():
     print(f"default replay: largest |confidence - dumped| {max(check):.2e} over {len(check)} runs")
     print_pairs(res, RULES, known=np.median)
     print()
-    print("per case (median over seeds): novel U % / known U % for " + ", ".join(RULES))
-    for case in sorted({k[:2] for k in res["default"]}):
-        keys = [k for k in res["default"] if k[:2] == case]
-        vals = [
-            f"{np.median([res[r][k][2] for k in keys]):.0f} / "
-            f"{np.median([res[r][k][1] for k in keys]):.1f}"
-            for r in RULES
-        ]
+
+    def ratios(case):
         rq = np.quantile(ratio_log[case], [0.1, 0.5, 0.9]) if ratio_log[case] else []
-        print(" | ".join([*case, *vals, "r " + " ".join(f"{x:.2f}" for x in rq)]))
+        return ["r " + " ".join(f"{x:.2f}" for x in rq)]
+
+    print_cases(res, RULES, extra=ratios)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from exp17_class_shift import scores
 from exp18_evidence_product import neighbours
-from exp19_depth_foreign import confidences, print_pairs
+from exp19_depth_foreign import confidences, print_cases, print_pairs
 
 import transanno_sc.tl._query_context as qc
 
@@ -137,15 +137,7 @@ def main():
     rules = [r for r in RULES if len(res[r]) == len(res["default"])]
     print_pairs(res, rules, known=max, worst_label="worst run")
     print()
-    print("per case (median over seeds): novel U % / known U % for " + ", ".join(rules))
-    for case in sorted({k[:2] for k in res["default"]}):
-        keys = [k for k in res["default"] if k[:2] == case]
-        vals = [
-            f"{np.median([res[r][k][2] for k in keys]):.0f}/"
-            f"{np.median([res[r][k][1] for k in keys]):.1f}"
-            for r in rules
-        ]
-        print(" | ".join([*case, *vals]))
+    print_cases(res, rules)
 
 
 if __name__ == "__main__":
