@@ -152,18 +152,24 @@ def print_cases(res, rules, extra=None):
         print(" | ".join([*case, *vals, *(extra(case) if extra else [])]))
 
 
+def runs(directory):
+    """``(key, dump, neighbour indices)`` for each dump in ``directory`` that has the foreign
+    shares' inputs and the PCA (``key``: pair, case, seed)."""
+    for path in sorted(directory.glob("*.pkl")):
+        with open(path, "rb") as fh:
+            rec = pickle.load(fh)
+        if rec.get("shares_inputs") is None or rec.get("pcs") is None:
+            continue
+        yield (rec["pair"], rec["case"], rec["seed"]), rec, neighbours(rec["pcs"])
+
+
 RULES = ["default", "depth", "depth, query only", "quantile", "quantile, down only"]
 
 
 def main():
     res = defaultdict(dict)
     check, ratio_log = [], defaultdict(list)
-    for path in sorted(DIR.glob("*.pkl")):
-        rec = pickle.load(open(path, "rb"))
-        if rec.get("shares_inputs") is None or rec.get("pcs") is None:
-            continue
-        key = (rec["pair"], rec["case"], rec["seed"])
-        idx = neighbours(rec["pcs"])
+    for key, rec, idx in runs(DIR):
         for rule in RULES:
             conf, ratios = replay(rec, idx, rule)
             if rule == "default":

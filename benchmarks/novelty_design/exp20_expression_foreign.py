@@ -32,7 +32,6 @@ runs the median novel "Unassigned" % and AUROC; then per case.
 (On dumps without ``--type-means``, such as ``results_tmp/p7``, only the ``F`` rules run.)
 """
 
-import pickle
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -41,8 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from exp17_class_shift import scores
-from exp18_evidence_product import neighbours
-from exp19_depth_foreign import confidences, print_cases, print_pairs
+from exp19_depth_foreign import confidences, print_cases, print_pairs, runs
 
 import transanno_sc.tl._query_context as qc
 
@@ -120,12 +118,7 @@ RULES = [
 def main():
     res = defaultdict(dict)
     check = []
-    for path in sorted(DIR.glob("*.pkl")):
-        rec = pickle.load(open(path, "rb"))
-        if rec.get("shares_inputs") is None or rec.get("pcs") is None:
-            continue
-        key = (rec["pair"], rec["case"], rec["seed"])
-        idx = neighbours(rec["pcs"])
+    for key, rec, idx in runs(DIR):
         has_means = rec["shares_inputs"]["detection"].shape[0] > len(rec["classes"])
         rules = RULES if has_means else [r for r in RULES if "mean" not in r]
         for rule in rules:
