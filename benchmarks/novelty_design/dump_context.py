@@ -64,6 +64,19 @@ def annotate_task(task: str, seed: int):
     return truth, np.unique(ref.obs[key].astype(str)), blind
 
 
+def dump_once(out: Path, name: str, make) -> None:
+    """``make()``'s record pickled to ``out/name.pkl`` and its time printed, unless that file
+    exists already (an interrupted run resumes where it stopped)."""
+    path = out / f"{name}.pkl"
+    if path.exists():
+        return
+    t0 = time.time()
+    rec = make()
+    with open(path, "wb") as fh:
+        pickle.dump(rec, fh)
+    print(f"{name}: {time.time() - t0:.0f} s", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
@@ -89,46 +102,40 @@ def main():
 
     annotate.qc.query_context = capture
 
-    def save(name, rec):
-        with open(args.out / f"{name}.pkl", "wb") as fh:
-            pickle.dump(rec, fh)
-
     for seed in args.seeds:
         for pair in args.pairs:
             for case in cs.CASES[pair]:
-                name = f"c_{pair}_{case.replace(' ', '_')}_{seed}"
-                if (args.out / f"{name}.pkl").exists():
-                    continue
-                t0 = time.time()
-                c = cs.build(pair, case, seed)
-                _, forced, conf, _ = cs.run_method("transanno", c, seed, {})
-                rec = {
-                    "kind": "cross",
-                    "pair": pair,
-                    "case": case,
-                    "seed": seed,
-                    "truth": c.query.obs[c.key].astype(str).to_numpy(),
-                    "ref_types": np.unique(c.ref.obs[c.key].astype(str)),
-                    "forced": np.asarray(forced),
-                    "conf": np.asarray(conf),
-                    **{k: store[k] for k in ("pcs", "cell_conf", "neighbourhood", "foreign")},
-                }
-                q = store.pop("query")
-                rec["probs"] = np.asarray(q.obsm["transanno_probabilities"])
-                rec["classes"] = np.asarray(q.uns["transanno"]["classes"], dtype=str)
-                save(name, rec)
-                print(f"{name}: {time.time() - t0:.0f} s", flush=True)
+
+                def cross(pair=pair, case=case, seed=seed):
+                    c = cs.build(pair, case, seed)
+                    _, forced, conf, _ = cs.run_method("transanno", c, seed, {})
+                    rec = {
+                        "kind": "cross",
+                        "pair": pair,
+                        "case": case,
+                        "seed": seed,
+                        "truth": c.query.obs[c.key].astype(str).to_numpy(),
+                        "ref_types": np.unique(c.ref.obs[c.key].astype(str)),
+                        "forced": np.asarray(forced),
+                        "conf": np.asarray(conf),
+                        **{k: store[k] for k in ("pcs", "cell_conf", "neighbourhood", "foreign")},
+                    }
+                    q = store.pop("query")
+                    rec["probs"] = np.asarray(q.obsm["transanno_probabilities"])
+                    rec["classes"] = np.asarray(q.uns["transanno"]["classes"], dtype=str)
+                    return rec
+
+                dump_once(args.out, f"c_{pair}_{case.replace(' ', '_')}_{seed}", cross)
     for seed in args.task_seeds:
         for task in args.tasks:
-            name = f"t_{task}_{seed}"
-            if (args.out / f"{name}.pkl").exists():
-                continue
-            t0 = time.time()
-            truth, ref_types, blind = annotate_task(task, seed)
-            rec = outputs_record("task", task, task, seed, truth, ref_types, blind)
-            rec.update({k: store[k] for k in ("pcs", "cell_conf", "neighbourhood", "foreign")})
-            save(name, rec)
-            print(f"{name}: {time.time() - t0:.0f} s", flush=True)
+
+            def task_run(task=task, seed=seed):
+                truth, ref_types, blind = annotate_task(task, seed)
+                rec = outputs_record("task", task, task, seed, truth, ref_types, blind)
+                rec.update({k: store[k] for k in ("pcs", "cell_conf", "neighbourhood", "foreign")})
+                return rec
+
+            dump_once(args.out, f"t_{task}_{seed}", task_run)
 
 
 if __name__ == "__main__":

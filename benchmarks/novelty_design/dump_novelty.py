@@ -15,9 +15,7 @@ under it (rows ``n_types:``; the package reads the first ``n_types`` rows only),
 """
 
 import argparse
-import pickle
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,7 @@ import scipy.sparse as sp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cross_study as cs
-from dump_context import annotate_task, outputs_record
+from dump_context import annotate_task, dump_once, outputs_record
 
 import transanno_sc.data as data
 import transanno_sc.tl._annotate as annotate
@@ -118,30 +116,24 @@ def main():
     for seed in args.seeds:
         for pair in args.pairs:
             for case in cs.CASES[pair]:
-                name = f"c_{pair}_{case.replace(' ', '_')}_{seed}"
-                if (args.out / f"{name}.pkl").exists():
-                    continue
-                t0 = time.time()
-                c = cs.build(pair, case, seed)
-                cs.run_method("transanno", c, seed, {})
-                truth = c.query.obs[c.key].astype(str).to_numpy()
-                ref_types = np.unique(c.ref.obs[c.key].astype(str))
-                rec = record("cross", pair, case, seed, truth, ref_types, store["query"])
-                with open(args.out / f"{name}.pkl", "wb") as fh:
-                    pickle.dump(rec, fh)
-                print(f"{name}: {time.time() - t0:.0f} s", flush=True)
+
+                def cross(pair=pair, case=case, seed=seed):
+                    c = cs.build(pair, case, seed)
+                    cs.run_method("transanno", c, seed, {})
+                    truth = c.query.obs[c.key].astype(str).to_numpy()
+                    ref_types = np.unique(c.ref.obs[c.key].astype(str))
+                    return record("cross", pair, case, seed, truth, ref_types, store["query"])
+
+                dump_once(args.out, f"c_{pair}_{case.replace(' ', '_')}_{seed}", cross)
 
     for seed in args.task_seeds:
         for task in args.tasks:
-            name = f"t_{task}_{seed}"
-            if (args.out / f"{name}.pkl").exists():
-                continue
-            t0 = time.time()
-            truth, ref_types, blind = annotate_task(task, seed)
-            rec = record("task", task, task, seed, truth, ref_types, blind)
-            with open(args.out / f"{name}.pkl", "wb") as fh:
-                pickle.dump(rec, fh)
-            print(f"{name}: {time.time() - t0:.0f} s", flush=True)
+
+            def task_run(task=task, seed=seed):
+                truth, ref_types, blind = annotate_task(task, seed)
+                return record("task", task, task, seed, truth, ref_types, blind)
+
+            dump_once(args.out, f"t_{task}_{seed}", task_run)
 
 
 if __name__ == "__main__":
