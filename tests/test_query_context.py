@@ -50,19 +50,8 @@ def test_type_detection_is_the_share_of_each_types_cells_with_the_gene(rng):
 def test_a_cluster_with_markers_the_reference_type_lacks_is_foreign(rng):
     query, group = _planted(rng)
     ref, ref_group = _planted(np.random.default_rng(1))
-    keep = ref_group < 2  # the reference has types A and B only
-    detection = type_detection(ref.X[keep], ref_group[keep], 2)
-    forced = np.where(group == 1, 1, 0)  # the novel group is called "A"
-    ctx = query_context(
-        query,
-        layer=None,
-        scale="counts",
-        confidence=np.ones(query.n_obs),
-        forced=forced,
-        detection=(list(ref.var_names), detection),
-        classes=["A", "B"],
-        seed=0,
-    )
+    # the reference has types A and B only; the novel group is called "A"
+    ctx = _planted_context(query, group, ref, ref_group)
     novel = group == 2
     assert (ctx.foreign[novel] > 0.5).mean() > 0.9, ctx.foreign[novel]
     assert (ctx.foreign[~novel] <= 0.5).all()
@@ -83,16 +72,7 @@ def test_depth_alone_makes_no_marker_foreign(rng):
     detection = type_detection(sp.csr_matrix(shallow, dtype=np.float32), ref_group[keep], 2)
     # as detected, the known clusters' markers are over five times rarer in the reference
     assert detection[0, :100].mean() < 0.95 / qc.FOREIGN_RATIO
-    ctx = query_context(
-        query,
-        layer=None,
-        scale="counts",
-        confidence=np.ones(query.n_obs),
-        forced=np.where(group == 1, 1, 0),
-        detection=(list(ref.var_names), detection),
-        classes=["A", "B"],
-        seed=0,
-    )
+    ctx = _planted_context(query, group, ref, ref_group, detection=detection)
     novel = group == 2
     assert (ctx.foreign[~novel] <= 0.1).all(), np.unique(ctx.foreign[~novel])
     assert (ctx.foreign[novel] > 0.5).mean() > 0.9, ctx.foreign[novel]
@@ -106,17 +86,7 @@ def test_cell_cycle_markers_are_not_foreign(rng):
     cc += [f"RPL{i}A" for i in range(100 - len(cc))]
     query, group = _planted(rng, markers=cc)
     ref, ref_group = _planted(np.random.default_rng(1), markers=cc)
-    keep = ref_group < 2
-    ctx = query_context(
-        query,
-        layer=None,
-        scale="counts",
-        confidence=np.ones(query.n_obs),
-        forced=np.where(group == 1, 1, 0),
-        detection=(list(ref.var_names), type_detection(ref.X[keep], ref_group[keep], 2)),
-        classes=["A", "B"],
-        seed=0,
-    )
+    ctx = _planted_context(query, group, ref, ref_group)
     assert state_genes(cc).all()
     assert (ctx.foreign <= 0.5).all()
 
@@ -158,15 +128,19 @@ def test_small_query_is_called_cell_by_cell(rng):
     assert ctx is None
 
 
-def _planted_context(query, group, ref, ref_group, conf):
-    keep = ref_group < 2
+def _planted_context(query, group, ref, ref_group, conf=None, detection=None):
+    """The query context of a planted query whose novel group is called "A" (group 1 "B"),
+    against a reference of groups 0 and 1 (``detection``: theirs, by default from ``ref``)."""
+    if detection is None:
+        keep = ref_group < 2
+        detection = type_detection(ref.X[keep], ref_group[keep], 2)
     return query_context(
         query,
         layer=None,
         scale="counts",
-        confidence=conf,
+        confidence=np.ones(query.n_obs) if conf is None else conf,
         forced=np.where(group == 1, 1, 0),
-        detection=(list(ref.var_names), type_detection(ref.X[keep], ref_group[keep], 2)),
+        detection=(list(ref.var_names), detection),
         classes=["A", "B"],
         seed=0,
     )
