@@ -26,6 +26,17 @@ pbmc68k_heldout      ``scanpy.datasets.pbmc68k_reduced().raw`` (log1p-normalized
                      labels ``bulk_labels``, stratified 50/50 split per seed, "CD14+ Monocyte"
                      left out of the reference. scANVI gets the exactly
                      recovered counts (see ``run.py``).
+tabula_to_baron      a whole-tissue query against an immune reference: Tabula Muris immune cells
+                     (names harmonized to Zilionis' as above) -> Baron mouse pancreas (822
+                     inDrop cells of 13 types, 4 cells of ``immune_other`` left out: their
+                     type is unknown). Known: B cells (2), T cells (4), and the 17
+                     macrophages taken as the reference's Monocyte (the same lineage in a
+                     tissue; a user would accept the call). Novel: the 795 endocrine,
+                     ductal, endothelial, stellate and Schwann cells. Few known cells: read
+                     its known-cell figures as counts, not rates.
+zilionis_to_baron    the same query against the Zilionis lung immune reference (4 animals as
+                     batches). Known: B cells (2) and T cells (4); novel: the other 812,
+                     macrophages included (the reference has no monocyte or macrophage).
 zilionis_panel300    Zilionis healthy -> tumour, the query keeping 300 random genes (per seed)
                      of the reference's genes detected in at least one reference cell: a
                      targeted / imaging panel. No novel type.
@@ -123,6 +134,8 @@ PAIRS = [
     "zilionis_panel300",
     "zilionis_mixed_scale",
     "zilionis_depth",
+    "tabula_to_baron",
+    "zilionis_to_baron",
 ]
 METHODS = ["transanno", "logreg_l2", "logreg_l1", "knn", "celltypist", "scanvi", "scanvi_semi"]
 TABULA_NAMES = {
@@ -131,6 +144,8 @@ TABULA_NAMES = {
     "NK cell": "NK cells",
     "Granulocyte": "Neutrophils",
 }
+#: Baron's immune cells named as the immune references name them; its other types are novel
+BARON_IMMUNE = {"B_cell": "B cells", "T_cell": "T cells"}
 ZILIONIS_TYPES = ["B cells", "NK cells", "Neutrophils", "T cells"]
 BARON_HELD = ["beta", "ductal", "delta", "endothelial"]  # the four largest types
 PBMC_HELD = ["CD14+ Monocyte"]
@@ -146,6 +161,8 @@ CASES = {
     "zilionis_panel300": [f"{PANEL_GENES}-gene query"],
     "zilionis_mixed_scale": ["h_1 as TPM"],
     "zilionis_depth": [f"query at {DEPTH:.0%} depth", f"reference at {DEPTH:.0%} depth"],
+    "tabula_to_baron": ["pancreas query"],
+    "zilionis_to_baron": ["pancreas query"],
 }
 
 
@@ -189,6 +206,18 @@ def _thinned(counts, rng):
     return X
 
 
+def _baron_query(known: dict):
+    """Baron's pancreas cells (``immune_other`` left out) as a query, its truth named as the
+    immune references name their types (:data:`BARON_IMMUNE` and ``known``)."""
+    import anndata as ad
+
+    a = ad.read_h5ad(DATA / "baron_mouse_pancreas.h5ad")
+    a = a[a.obs.cell_type.astype(str) != "immune_other"].copy()
+    truth = a.obs.cell_type.astype(str).replace({**BARON_IMMUNE, **known})
+    a.obs = pd.DataFrame({"cell_type": truth.to_numpy()}, index=a.obs_names)
+    return a
+
+
 def build(pair: str, case: str, seed: int) -> Case:
     """The reference and query of ``case`` of ``pair`` for ``seed``."""
     import anndata as ad
@@ -201,13 +230,19 @@ def build(pair: str, case: str, seed: int) -> Case:
         truth = query.obs["cell_type"].astype(str).replace(TABULA_NAMES)
         query.obs = pd.DataFrame({"cell_type": truth.to_numpy()}, index=query.obs_names)
         return Case(ref, query, "cell_type", "batch")
-    if pair == "tabula_to_zilionis":
+    if pair in ("tabula_to_zilionis", "tabula_to_baron"):
         ref = ad.read_h5ad(DATA / "tabula_muris_immune.h5ad")
         names = ref.obs["cell_type"].astype(str).replace(TABULA_NAMES)
         ref.obs = pd.DataFrame({"cell_type": names.to_numpy()}, index=ref.obs_names)
+        if pair == "tabula_to_baron":
+            return Case(ref, _baron_query({"macrophage": "Monocyte"}), "cell_type")
         query = _zilionis()
         query.obs = query.obs[["cell_type"]].copy()
         return Case(ref, query, "cell_type")
+    if pair == "zilionis_to_baron":
+        ref = _zilionis()
+        ref.obs = ref.obs[["cell_type", "batch"]].copy()
+        return Case(ref, _baron_query({}), "cell_type", "batch")
     if pair in ("zilionis_heldout", "zilionis_panel300"):
         a = _zilionis()
         a.obs = a.obs[["cell_type", "batch", "condition"]].copy()

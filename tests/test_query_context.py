@@ -146,6 +146,46 @@ def _planted_context(query, group, ref, ref_group, conf=None, detection=None):
     )
 
 
+def _few_known_among_novel(rng, n_known=6):
+    """A query of type "A" cells (genes 0-99), a type the reference lacks (genes 200-299,
+    called "A") and ``n_known`` cells of type "B" (genes 100-199, called "B") that carry some
+    of the novel type's transcripts (ambient RNA), so that they join its cluster."""
+    query, group = _planted(rng)
+    keep = np.flatnonzero(group != 1)
+    few = np.flatnonzero(group == 1)[:n_known]
+    X = query.X.toarray()
+    X[few, 200:] += rng.poisson(0.7, size=(few.size, 100))
+    rows = np.concatenate([keep, few])
+    return ad.AnnData(sp.csr_matrix(X[rows]), var=query.var.copy()), group[rows]
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_few_known_cells_in_a_foreign_cluster_keep_their_type(rng, monkeypatch, streamed):
+    """k-means with too few clusters for them puts six B cells with the novel cells; cut in
+    two, the flagged cluster gives them a part whose markers (B's genes) are native to B: they
+    are not capped, the novel part is."""
+    monkeypatch.setattr(qc, "MIN_CLUSTERS", 2)
+    monkeypatch.setattr(qc, "MAX_CLUSTERS", 2)
+    if streamed:
+        monkeypatch.setattr(qc, "MAX_QUERY_CELLS", 100)
+        monkeypatch.setattr(qc, "STREAM_CHUNK", 37)
+    query, group = _few_known_among_novel(rng)
+    ref, ref_group = _planted(np.random.default_rng(1))
+    ctx = _planted_context(query, group, ref, ref_group)
+    few, novel = group == 1, group == 2
+    [flagged] = ctx.summary["foreign_clusters"]
+    assert flagged["n_cells"] == novel.sum() + few.sum()  # the B cells joined the novel ones
+    assert flagged["n_cells_kept"] == few.sum()
+    assert (ctx.foreign[few] <= qc.STATE_SHARE).all(), ctx.foreign[few]
+    assert (ctx.foreign[novel] > 0.5).all()
+    conf = ctx.confidence(np.ones(query.n_obs))
+    assert (conf[few] > 0.5).all() and (conf[novel] < 0.5).all()
+    # without the cut the B cells are capped with their cluster
+    monkeypatch.setattr(qc, "_split_flagged", lambda pcs, clusters, *a: np.full(clusters.size, -1))
+    uncut = _planted_context(query, group, ref, ref_group)
+    assert (uncut.confidence(np.ones(query.n_obs))[few] < 0.5).all()
+
+
 def test_large_or_backed_query_is_streamed_and_agrees(rng, tmp_path, monkeypatch):
     """Over MAX_QUERY_CELLS (here lowered to 100) or backed, the query is read in chunks, with
     the PCA and centres from a sample and neighbours within parts: with every cell sampled and

@@ -483,6 +483,8 @@ def _uns_context(context: qc.QueryContext | None) -> dict:
             "n_cells": np.asarray([r["n_cells"] for r in flagged], dtype=np.int64),
             "type": np.asarray([r["type"] for r in flagged], dtype=object),
             "foreign_share": np.asarray([r["foreign_share"] for r in flagged], dtype=np.float64),
+            # cells of the cluster in a part of it whose own markers are native to their type
+            "n_cells_kept": np.asarray([r.get("n_cells_kept", 0) for r in flagged], dtype=np.int64),
         },
         # cells whose novelty was compared with the query's cells of their type, per type
         "state_shift": {

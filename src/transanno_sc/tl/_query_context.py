@@ -20,7 +20,10 @@ Two query-level steps refine the per-cell confidence (probability x novelty typi
   called as its nearest known type with full confidence (B cells as T cells, where the
   reference's variable genes cannot tell them apart), yet its own markers, which the query
   shows, are absent from the reference cells of the type it is called. Cell-cycle, histone, ribosomal and mitochondrial genes
-  are not markers here: they mark states (dividing cells), not types.
+  are not markers here: they mark states (dividing cells), not types. A cluster over ``F``
+  is cut in two (:func:`_split_flagged`): a part whose own markers are at most
+  :data:`STATE_SHARE` foreign to its majority type keeps its cells uncapped
+  (:func:`_cleared_parts`; a handful of known cells with no cluster of their own).
 
 * **Known types in another state.** A cluster with at most :data:`STATE_SHARE` of its
   markers foreign is its predicted type, though perhaps in a state or tissue the reference
@@ -323,11 +326,89 @@ def query_context(
     if marker_genes is None:
         return QueryContext(_neighbourhood(pcs, confidence), np.zeros(n), summary, confidence)
     cols, det = marker_genes
-    shares, records = _foreign_shares(X[:, cols], clusters, forced, det, km.n_clusters)
+    Xm = X[:, cols]
+    totals = _cluster_sums(Xm, clusters, km.n_clusters)
+    shares, records = _shares_of_sums(*totals, clusters, forced, det)
     own = _rescored(confidence, rescore, records, clusters)
-    return QueryContext(
-        _neighbourhood(pcs, own), shares[clusters], _flagged(summary, records, classes), own
+    parts = _split_flagged(pcs, clusters, records, seed)
+    split = parts >= 0
+    part_sums = _cluster_sums(Xm[split], parts[split], parts.max() + 1) if split.any() else None
+    foreign = _cleared_parts(
+        shares[clusters], clusters, parts, part_sums, totals, forced, det, records
     )
+    return QueryContext(_neighbourhood(pcs, own), foreign, _flagged(summary, records, classes), own)
+
+
+def _split_flagged(
+    pcs: np.ndarray, clusters: np.ndarray, records: list[dict], seed: int
+) -> np.ndarray:
+    """Per cell, its part (``2 i`` or ``2 i + 1``) of the ``i``-th flagged cluster (foreign
+    share over :data:`FOREIGN_SHARE`, at least twice :data:`MIN_CLUSTER_CELLS` cells) cut in
+    two by k-means in the same PCA; -1 for cells of other clusters.
+
+    k-means with a few dozen clusters has no cluster for a handful of known cells in a query
+    that is mostly other cells (six lymphocytes in a pancreas, annotated with an immune
+    reference): they join the nearest cluster, and its foreign markers cap them too. Cut in
+    two, such a cluster gives them a part of their own (:func:`_cleared_parts`). The streamed
+    path reads the query once more for the parts' sums."""
+    from sklearn.cluster import KMeans
+
+    out = np.full(clusters.size, -1, dtype=np.int64)
+    flagged = [r["cluster"] for r in records if r["foreign_share"] > FOREIGN_SHARE]
+    i = 0
+    for k in flagged:
+        members = np.flatnonzero(clusters == k)
+        if members.size < 2 * MIN_CLUSTER_CELLS:
+            continue
+        km = KMeans(2, n_init=3, random_state=seed).fit(pcs[members, :N_PCS_CLUSTERS])
+        out[members] = 2 * i + km.labels_
+        i += 1
+    return out
+
+
+def _cleared_parts(
+    foreign: np.ndarray,
+    clusters: np.ndarray,
+    parts: np.ndarray,
+    part_sums: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    totals: tuple[np.ndarray, np.ndarray, np.ndarray],
+    forced: np.ndarray,
+    detection: np.ndarray,
+    records: list[dict],
+) -> np.ndarray:
+    """The cells' foreign shares ``foreign``, where a part of a flagged cluster
+    (:func:`_split_flagged`; ``part_sums``: the parts' :func:`_cluster_sums`; ``totals``: the
+    clusters') is its own predicted
+    type: its markers against the rest of the query, judged against the reference cells of
+    its majority type, at most :data:`STATE_SHARE` foreign. Its cells then take that share
+    (counted in the cluster's record as ``n_cells_kept``). A part with more foreign
+    markers keeps the cluster's share: halves of a type the reference lacks stay flagged."""
+    out = foreign.copy()
+    if part_sums is None or not (parts >= 0).any():
+        return out
+    size, sums, n_detected = part_sums
+    total = tuple(t.sum(0) for t in totals)
+    by_cluster = {r["cluster"]: r for r in records}
+    for j in range(size.size):
+        cells = np.flatnonzero(parts == j)
+        if cells.size < MIN_CLUSTER_CELLS:
+            continue
+        # the part against the rest of the query: a two-cluster partition of all cells
+        two = np.ones(parts.size, dtype=np.int64)
+        two[cells] = 0
+        share, recs = _shares_of_sums(
+            np.array([size[j], total[0] - size[j]]),
+            np.stack([sums[j], total[1] - sums[j]]),
+            np.stack([n_detected[j], total[2] - n_detected[j]]),
+            two,
+            forced,
+            detection,
+        )
+        if any(r["cluster"] == 0 for r in recs) and share[0] <= STATE_SHARE:
+            out[cells] = share[0]
+            record = by_cluster[int(clusters[cells[0]])]
+            record["n_cells_kept"] = record.get("n_cells_kept", 0) + int(cells.size)
+    return out
 
 
 def _rescored(
@@ -422,7 +503,15 @@ def _flagged(summary: dict, records: list[dict], classes: list[str]) -> dict:
             "of their predicted type: %s",
             int(sum(r["n_cells"] for r in flagged)),
             len(flagged),
-            ", ".join(f"{r['n_cells']} called {r['type']}" for r in flagged),
+            ", ".join(
+                f"{r['n_cells']} called {r['type']}"
+                + (
+                    f" ({r['n_cells_kept']} of them in a part with native markers: kept)"
+                    if "n_cells_kept" in r
+                    else ""
+                )
+                for r in flagged
+            ),
         )
     return summary
 
@@ -504,6 +593,20 @@ def _streamed_context(
         return QueryContext(neighbourhood, np.zeros(n), summary, confidence)
     shares, records = _shares_of_sums(*totals, clusters, forced, marker_genes[1])
     own = _rescored(confidence, rescore, records, clusters)
+    split = _split_flagged(pcs, clusters, records, seed)
+    n_split = int(split.max()) + 1
+    part_sums = None
+    if n_split > 0:  # a second pass over the rows of the split clusters only
+        for start, rows in iter_row_chunks(X, chunk_size=STREAM_CHUNK):
+            ids = split[start : start + rows.shape[0]]
+            if not (ids >= 0).any():
+                continue
+            Xc = _log_normalize(rows[ids >= 0], scale)[:, marker_genes[0]]
+            part = _cluster_sums(Xc, ids[ids >= 0], n_split)
+            part_sums = part if part_sums is None else tuple(a + b for a, b in zip(part_sums, part))
+    foreign = _cleared_parts(
+        shares[clusters], clusters, split, part_sums, totals, forced, marker_genes[1], records
+    )
     return QueryContext(
-        _neighbourhood(pcs, own, parts), shares[clusters], _flagged(summary, records, classes), own
+        _neighbourhood(pcs, own, parts), foreign, _flagged(summary, records, classes), own
     )
