@@ -87,6 +87,9 @@ def main():
         return shares_fn(X, clusters, *a, **kw)
 
     def capture_sums(size, sums, n_detected, clusters, forced, detection):
+        # the query's clusters: the first call of a run (parts of flagged clusters follow)
+        if "shares_inputs" in store:
+            return sums_fn(size, sums, n_detected, clusters, forced, detection)
         store["shares_inputs"] = {
             "size": size,
             "sums": sums,

@@ -202,6 +202,12 @@ def _cluster_sums(
     return size, sums, np.asarray((onehot @ binary).todense())
 
 
+def _added(acc: tuple | None, part: tuple) -> tuple:
+    """``acc + part`` element by element (``part`` where ``acc`` is ``None``): sums of
+    :func:`_cluster_sums` over row chunks."""
+    return part if acc is None else tuple(a + b for a, b in zip(acc, part))
+
+
 def _foreign_shares(
     X: sp.csr_matrix,
     clusters: np.ndarray,
@@ -327,15 +333,17 @@ def query_context(
         return QueryContext(_neighbourhood(pcs, confidence), np.zeros(n), summary, confidence)
     cols, det = marker_genes
     Xm = X[:, cols]
-    totals = _cluster_sums(Xm, clusters, km.n_clusters)
-    shares, records = _shares_of_sums(*totals, clusters, forced, det)
+    shares, records = _foreign_shares(Xm, clusters, forced, det, km.n_clusters)
     own = _rescored(confidence, rescore, records, clusters)
     parts = _split_flagged(pcs, clusters, records, seed)
     split = parts >= 0
-    part_sums = _cluster_sums(Xm[split], parts[split], parts.max() + 1) if split.any() else None
-    foreign = _cleared_parts(
-        shares[clusters], clusters, parts, part_sums, totals, forced, det, records
-    )
+    foreign = shares[clusters]
+    if split.any():
+        part_sums = _cluster_sums(Xm[split], parts[split], parts.max() + 1)
+        query_sums = tuple(a[0] for a in _cluster_sums(Xm, np.zeros(n, dtype=np.int64), 1))
+        foreign = _cleared_parts(
+            foreign, clusters, parts, part_sums, query_sums, forced, det, records
+        )
     return QueryContext(_neighbourhood(pcs, own), foreign, _flagged(summary, records, classes), own)
 
 
@@ -371,23 +379,20 @@ def _cleared_parts(
     clusters: np.ndarray,
     parts: np.ndarray,
     part_sums: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
-    totals: tuple[np.ndarray, np.ndarray, np.ndarray],
+    total: tuple[np.ndarray, np.ndarray, np.ndarray],
     forced: np.ndarray,
     detection: np.ndarray,
     records: list[dict],
 ) -> np.ndarray:
     """The cells' foreign shares ``foreign``, where a part of a flagged cluster
-    (:func:`_split_flagged`; ``part_sums``: the parts' :func:`_cluster_sums`; ``totals``: the
-    clusters') is its own predicted
-    type: its markers against the rest of the query, judged against the reference cells of
-    its majority type, at most :data:`STATE_SHARE` foreign. Its cells then take that share
-    (counted in the cluster's record as ``n_cells_kept``). A part with more foreign
-    markers keeps the cluster's share: halves of a type the reference lacks stay flagged."""
+    (:func:`_split_flagged`; ``part_sums``: the parts' :func:`_cluster_sums`, ``total``: the
+    whole query's) is its own predicted type: its markers against the rest of the query,
+    judged against the reference cells of its majority type, at most :data:`STATE_SHARE`
+    foreign. Its cells then take that share (counted in the cluster's record as
+    ``n_cells_kept``). A part with more foreign markers keeps the cluster's share: halves of
+    a type the reference lacks stay flagged."""
     out = foreign.copy()
-    if part_sums is None or not (parts >= 0).any():
-        return out
     size, sums, n_detected = part_sums
-    total = tuple(t.sum(0) for t in totals)
     by_cluster = {r["cluster"]: r for r in records}
     for j in range(size.size):
         cells = np.flatnonzero(parts == j)
@@ -579,7 +584,7 @@ def _streamed_context(
         clusters[start:stop] = km.predict(pcs[start:stop, :N_PCS_CLUSTERS])
         if marker_genes is not None:
             part = _cluster_sums(Xc[:, marker_genes[0]], clusters[start:stop], km.n_clusters)
-            totals = part if totals is None else tuple(a + b for a, b in zip(totals, part))
+            totals = _added(totals, part)
     n_parts = -(-n // NEIGHBOUR_BLOCK)
     parts = None
     if n_parts > 1:
@@ -594,19 +599,18 @@ def _streamed_context(
     shares, records = _shares_of_sums(*totals, clusters, forced, marker_genes[1])
     own = _rescored(confidence, rescore, records, clusters)
     split = _split_flagged(pcs, clusters, records, seed)
-    n_split = int(split.max()) + 1
-    part_sums = None
-    if n_split > 0:  # a second pass over the rows of the split clusters only
+    foreign = shares[clusters]
+    if (split >= 0).any():  # a second pass, over the rows of the split clusters only
+        part_sums = None
         for start, rows in iter_row_chunks(X, chunk_size=STREAM_CHUNK):
             ids = split[start : start + rows.shape[0]]
-            if not (ids >= 0).any():
-                continue
-            Xc = _log_normalize(rows[ids >= 0], scale)[:, marker_genes[0]]
-            part = _cluster_sums(Xc, ids[ids >= 0], n_split)
-            part_sums = part if part_sums is None else tuple(a + b for a, b in zip(part_sums, part))
-    foreign = _cleared_parts(
-        shares[clusters], clusters, split, part_sums, totals, forced, marker_genes[1], records
-    )
+            if (ids >= 0).any():
+                Xc = _log_normalize(rows[ids >= 0], scale)[:, marker_genes[0]]
+                part_sums = _added(part_sums, _cluster_sums(Xc, ids[ids >= 0], split.max() + 1))
+        query_sums = tuple(t.sum(0) for t in totals)
+        foreign = _cleared_parts(
+            foreign, clusters, split, part_sums, query_sums, forced, marker_genes[1], records
+        )
     return QueryContext(
         _neighbourhood(pcs, own, parts), foreign, _flagged(summary, records, classes), own
     )
