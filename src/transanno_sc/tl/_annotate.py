@@ -202,7 +202,9 @@ def transanno_annotate(
         trained here), ``calibration`` (temperature, the validation expected calibration
         error before and after, and ``novelty_shift``, the factor this query's novelty
         distances were divided by), ``query_context`` (its clusters whose markers are foreign
-        to their predicted type, and in ``state_shift`` the types whose cells were judged
+        to their predicted type, with ``n_cells_kept``, their cells in a part whose own
+        markers are native to its type and left uncapped; in ``state_shift`` the types whose
+        cells were judged
         against the query's cells of their type, with their numbers of cells) and
         ``versions``. ``params`` stores ``-1.0`` for an
         ``unassigned_threshold`` of ``None`` and ``""`` for no ``labels_key``, so that the
