@@ -378,7 +378,7 @@ def _cleared_parts(
     foreign: np.ndarray,
     clusters: np.ndarray,
     parts: np.ndarray,
-    part_sums: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    part_sums: tuple[np.ndarray, np.ndarray, np.ndarray],
     total: tuple[np.ndarray, np.ndarray, np.ndarray],
     forced: np.ndarray,
     detection: np.ndarray,
