@@ -40,4 +40,4 @@ NOVELTY_ALPHA = 0.03
 #: cells after training by negative log-likelihood).
 DEEP_WEIGHT_GRID = tuple(i / 20 for i in range(21))
 #: Default weight of the Transformer's logits next to the wide path's (see ``TransAnno.train``).
-DEFAULT_DEEP_WEIGHT = 0.2
+DEFAULT_DEEP_WEIGHT = 0.3

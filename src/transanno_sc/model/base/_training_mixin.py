@@ -171,12 +171,12 @@ class TrainingMixin:
         deep_weight
             Weight of the Transformer's logits added to the wide path's at prediction (1 while
             training). ``"auto"``: the value in 0, 0.05, ..., 1 with the lowest validation
-            negative log-likelihood. ``None``: 0.2 with ``wide_fit="logistic"``, 1 with
+            negative log-likelihood. ``None``: 0.3 with ``wide_fit="logistic"``, 1 with
             ``"joint"``. A small weight makes the Transformer a correction of the linear
-            model, which transfers best across batches; validation cells, from the
-            reference's own batches, would ask for more (measurements in
-            ``benchmarks/README.md``, ``benchmarks/deep_weight.py``). Without a wide path the
-            weight is 1.
+            model, which transfers best across batches and studies; validation cells, from
+            the reference's own batches, would ask for more (measurements in
+            ``benchmarks/README.md``, ``benchmarks/deep_weight.py`` and
+            ``benchmarks/deep_weight_cross.py``). Without a wide path the weight is 1.
         datasplitter_kwargs
             Passed to :class:`~scvi.dataloaders.DataSplitter`.
         plan_kwargs
