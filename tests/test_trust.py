@@ -16,6 +16,7 @@ from sklearn.metrics import roc_auc_score
 
 import transanno_sc as ta
 from transanno_sc.model import TransAnno
+from transanno_sc.model.base._confidence_mixin import MIN_TEMPERATURE
 from transanno_sc.train import expected_calibration_error, fit_temperature
 from transanno_sc.train._calibration import TEMPERATURE_RANGE
 
@@ -35,35 +36,46 @@ def test_temperature_scaling_recovers_a_known_temperature(rng):
 
 def test_calibration_is_fitted_and_stored(trained, query):
     cal = trained.calibration_
-    assert set(cal) >= {"temperature", "ece_uncalibrated", "ece_calibrated", "n_cells"}
+    assert set(cal) >= {
+        "temperature",
+        "temperature_fitted",
+        "ece_uncalibrated",
+        "ece_calibrated",
+        "n_cells",
+    }
     val = np.sort(trained.validation_indices)
     assert cal["n_cells"] == val.size > 0
     codes = trained.adata.obs["cell_type"].astype(str).map(trained.classes_.index).to_numpy()[val]
     calibrated = trained.predict(indices=val, soft=True).to_numpy()
     temperature = float(trained.module.temperature)
-    trained.module.temperature.fill_(1.0)
-    try:
-        raw = trained.predict(indices=val, soft=True).to_numpy()
-    finally:
-        trained.module.temperature.fill_(temperature)
+
+    def probs_at(t):
+        trained.module.temperature.fill_(t)
+        try:
+            return trained.predict(indices=val, soft=True).to_numpy()
+        finally:
+            trained.module.temperature.fill_(temperature)
+
+    raw = probs_at(1.0)
     assert temperature == pytest.approx(cal["temperature"])
+    # the applied temperature only softens: the fitted one, raised to MIN_TEMPERATURE
+    assert temperature == pytest.approx(max(cal["temperature_fitted"], MIN_TEMPERATURE))
 
     def nll(p):
         return -np.mean(np.log(p[np.arange(val.size), codes]))
 
     # the fitted temperature minimizes the validation cells' NLL within TEMPERATURE_RANGE:
-    # no worse than T=1, and better than a temperature 20 % off on either side that is in
-    # the range (a validation split classified without error drives T to the lower bound)
-    assert nll(calibrated) <= nll(raw) + 1e-6
+    # better than a temperature 20 % off on either side that is in the range (a validation
+    # split classified without error drives it to the lower bound)
+    fitted = cal["temperature_fitted"]
+    at_fitted = probs_at(fitted)
+    assert nll(at_fitted) <= nll(raw) + 1e-6
     for factor in (0.8, 1.25):
-        if not TEMPERATURE_RANGE[0] <= temperature * factor <= TEMPERATURE_RANGE[1]:
+        if not TEMPERATURE_RANGE[0] <= fitted * factor <= TEMPERATURE_RANGE[1]:
             continue
-        trained.module.temperature.fill_(temperature * factor)
-        try:
-            off = trained.predict(indices=val, soft=True).to_numpy()
-        finally:
-            trained.module.temperature.fill_(temperature)
-        assert nll(calibrated) < nll(off), factor
+        assert nll(at_fitted) < nll(probs_at(fitted * factor)), factor
+    # and the applied one is the best of those that do not sharpen (the NLL is convex in 1/T)
+    assert nll(calibrated) <= nll(probs_at(max(fitted * 1.25, MIN_TEMPERATURE * 1.25))) + 1e-9
     # the stored errors are those of the model's probabilities on these cells
     assert cal["ece_calibrated"] == pytest.approx(expected_calibration_error(calibrated, codes))
     assert cal["ece_uncalibrated"] == pytest.approx(expected_calibration_error(raw, codes))
