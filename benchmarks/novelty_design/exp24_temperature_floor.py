@@ -34,9 +34,7 @@ FEW_KNOWN = ("tabula_to_baron", "zilionis_to_baron")
 
 
 def dump(seeds, out: Path) -> None:
-    import scvi
 
-    import transanno_sc as ta
     import transanno_sc.tl._annotate as annotate
     import transanno_sc.tl._query_context as qc
 
@@ -71,14 +69,8 @@ def dump(seeds, out: Path) -> None:
         for pair in cs.PAIRS:
             for case in cs.CASES[pair]:
                 c = cs.build(pair, case, seed)
-                q = c.query.copy()
-                truth = q.obs[c.key].astype(str).to_numpy()
-                q.obs = q.obs[[]]
-                scvi.settings.seed = seed
-                kw = {"enable_progress_bar": False, "random_state": seed}
-                if c.batch_key is not None and c.ref.obs[c.batch_key].nunique() > 1:
-                    kw["batch_key"] = c.batch_key
-                ta.tl.transanno_annotate(q, reference=c.ref, labels_key=c.key, **kw)
+                truth = c.query.obs[c.key].astype(str).to_numpy()
+                _, _, final, _ = cs.run_method("transanno", c, seed, {})  # the benchmark's call
                 fwd, ctx, model = cap["out"], cap["ctx"], cap["model"]
                 classes = np.asarray(model.classes_)
                 d = pd.DataFrame(
@@ -91,9 +83,9 @@ def dump(seeds, out: Path) -> None:
                         "neigh": ctx.neighbourhood,
                         "foreign": ctx.foreign,
                         "cluster": cap.pop("clusters"),
-                        "final": q.obs["transanno_confidence"].to_numpy(),
+                        "final": final,
                     },
-                    index=q.obs_names,
+                    index=c.query.obs_names,
                 )
                 for j, name in enumerate(classes):
                     d[f"P::{name}"] = fwd.probs[:, j]
