@@ -24,36 +24,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cross_study as cs
 
 
-def knn_cosine(Q: np.ndarray, R: np.ndarray, k: int = 10) -> np.ndarray:
-    """Mean cosine distance of each row of ``Q`` to its ``k`` nearest rows of ``R``."""
-    Qn = Q / np.linalg.norm(Q, axis=1, keepdims=True).clip(1e-12)
-    Rn = R / np.linalg.norm(R, axis=1, keepdims=True).clip(1e-12)
-    d = 1.0 - Qn @ Rn.T
-    return np.sort(d, 1)[:, : min(k, R.shape[0])].mean(1)
-
-
 def latent_pvalue(model, fwd) -> np.ndarray:
-    """Novelty p-values of the query of forward pass ``fwd`` in ``model``'s embedding."""
+    """Novelty p-values of the query of forward pass ``fwd`` in ``model``'s embedding: the
+    package's class-conditional distance (``_class_distance``) to the training cells."""
+    import torch
+
+    from transanno_sc.module._transanno import _class_distance
+
+    def unit(z):
+        z = torch.as_tensor(np.asarray(z, dtype=np.float32))
+        return z / z.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def distance(z, labels):
+        sim = unit(z) @ reference.T
+        return _class_distance(sim, ref_labels, torch.as_tensor(labels)).numpy()
+
     classes = list(model.classes_)
-    labels = model.adata.obs[model.registry_["setup_args"]["labels_key"]].astype(str)
-    codes = labels.map({t: i for i, t in enumerate(classes)}).to_numpy()
+    names = model.adata.obs[model.registry_["setup_args"]["labels_key"]].astype(str)
+    codes = names.map({t: i for i, t in enumerate(classes)}).to_numpy()
     train, val = np.sort(model.train_indices), np.sort(model.validation_indices)
     Z = model.get_latent_representation()
+    reference, ref_labels = unit(Z[train]), torch.as_tensor(codes[train])
+    held = distance(Z[val], codes[val])
     median = np.ones(len(classes))
-    held = []
-    for t in range(len(classes)):
-        own = Z[train][codes[train] == t]
-        v = val[codes[val] == t]
-        if v.size:
-            d = knn_cosine(Z[v], own)
-            median[t] = max(float(np.median(d)), 1e-6)
-            held.append(d / median[t])
-    held = np.concatenate(held)
+    for t in np.unique(codes[val]):
+        median[t] = max(float(np.median(held[codes[val] == t])), 1e-6)
+    held = held / median[codes[val]]
     forced = fwd.probs.argmax(1)
-    dist = np.empty(forced.size)
-    for t in np.unique(forced):
-        cells = forced == t
-        dist[cells] = knn_cosine(fwd.latent[cells], Z[train][codes[train] == t]) / median[t]
+    dist = distance(fwd.latent, forced) / median[forced]
     return (held[None, :] >= dist[:, None]).mean(1)
 
 
