@@ -133,7 +133,10 @@ def transanno_annotate(
         quarter foreign) are judged novel against the query's other cells called that type,
         not only against the query as a whole: a known type in a state or tissue the
         reference lacks (lung neutrophils against marrow granulocytes) is not left
-        ``"Unassigned"`` as a block. The cell-level confidence of
+        ``"Unassigned"`` as a block. A cluster the classifier is undecided on (median
+        probability of its type under 2/3) while another cluster called that type is decided
+        (at least 8 times the odds) is taken for a type the reference lacks: its cells below
+        8 : 1 odds for their type are capped under one half. The cell-level confidence of
         :meth:`~transanno_sc.model.TransAnno.predict_confidence` does none of this. ``False``:
         cell by cell.
     key_added
@@ -203,7 +206,9 @@ def transanno_annotate(
         error before and after, and ``novelty_shift``, the factor this query's novelty
         distances were divided by), ``query_context`` (its clusters whose markers are foreign
         to their predicted type, with ``n_cells_kept``, their cells in a part whose own
-        markers are native to its type and left uncapped; in ``state_shift`` the types whose
+        markers are native to its type and left uncapped; in ``undecided_clusters`` the
+        undecided clusters, their type, median and decided probabilities and their cells
+        capped under one half; in ``state_shift`` the types whose
         cells were judged
         against the query's cells of their type, with their numbers of cells) and
         ``versions``. ``params`` stores ``-1.0`` for an
@@ -420,6 +425,7 @@ def _context(
         classes=list(model.classes_),
         seed=0 if random_state is None else int(random_state),
         rescore=rescore,
+        probability=out.probs.max(1),
     )
     if context is not None:
         context.summary["state_shift"] = shifted
@@ -472,6 +478,7 @@ def _uns_context(context: qc.QueryContext | None) -> dict:
         return {"applied": False}
     flagged = context.summary["foreign_clusters"]
     shifted = context.summary.get("state_shift", {})
+    undecided = context.summary.get("undecided_clusters", [])
     return {
         "applied": True,
         "n_neighbors": context.summary["n_neighbors"],
@@ -487,6 +494,17 @@ def _uns_context(context: qc.QueryContext | None) -> dict:
             "foreign_share": np.asarray([r["foreign_share"] for r in flagged], dtype=np.float64),
             # cells of the cluster in a part of it whose own markers are native to their type
             "n_cells_kept": np.asarray([r.get("n_cells_kept", 0) for r in flagged], dtype=np.int64),
+        },
+        # clusters undecided between known types while others are called their type decisively
+        "undecided_clusters": {
+            key: np.asarray([r[key] for r in undecided], dtype=dtype)
+            for key, dtype in (
+                ("n_cells", np.int64),
+                ("type", object),
+                ("probability", np.float64),
+                ("decided_probability", np.float64),
+                ("n_cells_capped", np.int64),
+            )
         },
         # cells whose novelty was compared with the query's cells of their type, per type
         "state_shift": {

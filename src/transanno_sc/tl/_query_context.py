@@ -34,9 +34,21 @@ Two query-level steps refine the per-cell confidence (probability x novelty typi
   a known type, keeps its distance where the query also holds real cells of that type (they
   set the type's shift) or where its markers are foreign.
 
-The confidence is ``min(max(own, neighbourhood), cap(f))``: at the default threshold (0.5) a
-cell is "Unassigned" when it and its neighbourhood are both unsure, or when more than half of
-its cluster's markers are foreign to its predicted type.
+* **Undecided clusters.** A cluster whose typical cell the classifier gives less than
+  :data:`UNDECIDED_ODDS` (2 : 1) for its majority type, while another cluster called that type
+  gets at least :data:`DECIDED_ODDS_RATIO` (8) times those odds (medians of the cells called
+  the type), is not that type: a type the reference lacks is forced into the known type it is
+  least unlike and sits between types, whereas the query's real cells of that type are called
+  it decisively. The undecided cluster's cells are capped at ``0.5 * logit(p) / log(8)`` (``p``
+  their own probability): one half at odds of 8 : 1, so that its cells the classifier is sure
+  of (known cells in a cluster that is mostly something else) keep their label. A query that
+  is undecided everywhere (a small gene panel, another technology) has no decided cluster to
+  be compared with and is left alone; so is a type called in one cluster only.
+
+The confidence is ``min(max(own, neighbourhood), cap(f), undecided cap)``: at the default
+threshold (0.5) a cell is "Unassigned" when it and its neighbourhood are both unsure, when more
+than half of its cluster's markers are foreign to its predicted type, or when its cluster is
+undecided between known types and it is not sure itself.
 """
 
 from __future__ import annotations
@@ -90,6 +102,11 @@ FOREIGN_SHARE = 0.5
 #: Share of foreign markers up to which a cluster is taken for its predicted type (maybe in
 #: another state): its cells' novelty distances are compared type by type (``rescore``).
 STATE_SHARE = 0.25
+#: A cluster whose median odds for its majority type (cells called it) are below this is
+#: undecided, if another cluster called that type has at least :data:`DECIDED_ODDS_RATIO`
+#: times its odds (clusters of :data:`MIN_CLUSTER_CELLS` cells at least).
+UNDECIDED_ODDS = 2.0
+DECIDED_ODDS_RATIO = 8.0
 N_HVG = 2000
 N_PCS = 30
 N_PCS_CLUSTERS = 15
@@ -111,19 +128,22 @@ STATE_GENE_PATTERN = re.compile(r"^(HIST|H2AF|H1F|H3F|RPL|RPS|MT-|MRPL|MRPS)", r
 @dataclass
 class QueryContext:
     """Per query cell: the neighbourhood mean of the confidence, the foreign-marker share of
-    its cluster (0 where none was computed) and the cell-level confidence the neighbourhood
-    averaged (``own``: ``rescore``'s where it was given); ``summary`` goes to ``uns``."""
+    its cluster (0 where none was computed), the cell-level confidence the neighbourhood
+    averaged (``own``: ``rescore``'s where it was given) and the cap of an undecided cluster
+    (1 elsewhere; :func:`_undecided_cap`); ``summary`` goes to ``uns``."""
 
     neighbourhood: np.ndarray
     foreign: np.ndarray
     summary: dict
     own: np.ndarray
+    undecided: np.ndarray
 
     def confidence(self, own: np.ndarray | None = None) -> np.ndarray:
-        """``min(max(own, neighbourhood), cap(foreign))`` (the module docstring); ``own``
-        defaults to :attr:`own`."""
+        """``min(max(own, neighbourhood), cap(foreign), undecided)`` (the module docstring);
+        ``own`` defaults to :attr:`own`."""
         own = self.own if own is None else own
         cap = np.minimum(1.0, 0.5 * (1.0 - self.foreign) / (1.0 - FOREIGN_SHARE))
+        cap = np.minimum(cap, self.undecided)
         return np.minimum(np.maximum(own, self.neighbourhood), cap)
 
 
@@ -300,9 +320,11 @@ def query_context(
     classes: list[str],
     seed: int,
     rescore: Callable[[np.ndarray], np.ndarray] | None = None,
+    probability: np.ndarray | None = None,
 ) -> QueryContext | None:
     """The query-level steps of the module docstring for ``query`` (``forced``: the codes of
-    the predicted types; ``detection``: the reference's genes and their
+    the predicted types; ``probability``: their calibrated probabilities, for the undecided
+    clusters, which are skipped without it; ``detection``: the reference's genes and their
     :func:`~transanno_sc.data.type_detection`, or ``None`` for a model without them;
     ``rescore``: the cell-level confidence given the mask of cells in clusters of at most
     :data:`STATE_SHARE` foreign markers, in place of ``confidence``). ``None`` (cell by cell)
@@ -319,7 +341,7 @@ def query_context(
         return None
     if n > MAX_QUERY_CELLS or query.isbacked:
         return _streamed_context(
-            query, layer, scale, confidence, forced, detection, classes, seed, rescore
+            query, layer, scale, confidence, forced, detection, classes, seed, rescore, probability
         )
     X = _log_normalized(query, layer, scale)
     if _too_few_genes(X):
@@ -328,9 +350,12 @@ def query_context(
     km = _kmeans(n, seed)
     clusters = km.fit_predict(pcs[:, :N_PCS_CLUSTERS]).astype(np.int64)
     summary = {"n_neighbors": N_NEIGHBORS, "n_clusters": km.n_clusters, "foreign_clusters": []}
+    undecided = _undecided_cap(probability, forced, clusters, classes, summary)
     marker_genes = _marker_genes(query, detection, summary)
     if marker_genes is None:
-        return QueryContext(_neighbourhood(pcs, confidence), np.zeros(n), summary, confidence)
+        return QueryContext(
+            _neighbourhood(pcs, confidence), np.zeros(n), summary, confidence, undecided
+        )
     cols, det = marker_genes
     Xm = X[:, cols]
     shares, records = _foreign_shares(Xm, clusters, forced, det, km.n_clusters)
@@ -344,7 +369,66 @@ def query_context(
         foreign = _cleared_parts(
             foreign, clusters, parts, part_sums, query_sums, forced, det, records
         )
-    return QueryContext(_neighbourhood(pcs, own), foreign, _flagged(summary, records, classes), own)
+    return QueryContext(
+        _neighbourhood(pcs, own), foreign, _flagged(summary, records, classes), own, undecided
+    )
+
+
+def _undecided_cap(
+    probability: np.ndarray | None,
+    forced: np.ndarray,
+    clusters: np.ndarray,
+    classes: list[str],
+    summary: dict,
+) -> np.ndarray:
+    """Per cell, the cap of an undecided cluster (module docstring): ``0.5 * logit(p) /
+    log(DECIDED_ODDS_RATIO)`` clipped to [0, 1] for the cells of a cluster whose median odds
+    for its majority type are below :data:`UNDECIDED_ODDS` while another cluster's are at
+    least :data:`DECIDED_ODDS_RATIO` times higher; 1 elsewhere (and everywhere without
+    ``probability``). The clusters go to ``summary["undecided_clusters"]`` (logged)."""
+    cap = np.ones(forced.size)
+    summary["undecided_clusters"] = []
+    if probability is None:
+        return cap
+    p = np.clip(np.asarray(probability, dtype=np.float64), 1e-9, 1.0 - 1e-9)
+    logit = np.log(p) - np.log1p(-p)
+    stats = []
+    for k in np.unique(clusters):
+        members = np.flatnonzero(clusters == k)
+        if members.size < MIN_CLUSTER_CELLS:
+            continue
+        label = np.bincount(forced[members]).argmax()
+        called = members[forced[members] == label]
+        stats.append((members, int(label), float(np.median(logit[called]))))
+    best: dict[int, float] = {}
+    for _, label, m in stats:
+        best[label] = max(best.get(label, -np.inf), m)
+    for members, label, m in stats:
+        if m < np.log(UNDECIDED_ODDS) and best[label] - m > np.log(DECIDED_ODDS_RATIO):
+            cap[members] = np.clip(0.5 * logit[members] / np.log(DECIDED_ODDS_RATIO), 0.0, 1.0)
+            summary["undecided_clusters"].append(
+                {
+                    "n_cells": int(members.size),
+                    "type": classes[label],
+                    "probability": float(1.0 / (1.0 + np.exp(-m))),
+                    "decided_probability": float(1.0 / (1.0 + np.exp(-best[label]))),
+                    "n_cells_capped": int((cap[members] < 0.5).sum()),
+                }
+            )
+    undecided = summary["undecided_clusters"]
+    if undecided:
+        logger.info(
+            "    %d query cells in %d clusters undecided between known types while other "
+            "clusters are called their type decisively: %s",
+            int(sum(r["n_cells"] for r in undecided)),
+            len(undecided),
+            ", ".join(
+                f"{r['n_cells']} called {r['type']} (median probability {r['probability']:.2f} "
+                f"vs {r['decided_probability']:.2f})"
+                for r in undecided
+            ),
+        )
+    return cap
 
 
 def _split_flagged(
@@ -531,6 +615,7 @@ def _streamed_context(
     classes: list[str],
     seed: int,
     rescore: Callable[[np.ndarray], np.ndarray] | None = None,
+    probability: np.ndarray | None = None,
 ) -> QueryContext | None:
     """:func:`query_context` of a large or backed query, with bounded memory.
 
@@ -593,9 +678,10 @@ def _streamed_context(
         cut = KMeans(n_parts, n_init=1, random_state=seed).fit(pca.pcs[:, :N_PCS_CLUSTERS])
         parts = cut.predict(pcs[:, :N_PCS_CLUSTERS])
     summary["neighbour_parts"] = int(n_parts)
+    undecided = _undecided_cap(probability, forced, clusters, classes, summary)
     if marker_genes is None:
         neighbourhood = _neighbourhood(pcs, confidence, parts)
-        return QueryContext(neighbourhood, np.zeros(n), summary, confidence)
+        return QueryContext(neighbourhood, np.zeros(n), summary, confidence, undecided)
     shares, records = _shares_of_sums(*totals, clusters, forced, marker_genes[1])
     own = _rescored(confidence, rescore, records, clusters)
     split = _split_flagged(pcs, clusters, records, seed)
@@ -612,5 +698,9 @@ def _streamed_context(
             foreign, clusters, split, part_sums, query_sums, forced, marker_genes[1], records
         )
     return QueryContext(
-        _neighbourhood(pcs, own, parts), foreign, _flagged(summary, records, classes), own
+        _neighbourhood(pcs, own, parts),
+        foreign,
+        _flagged(summary, records, classes),
+        own,
+        undecided,
     )
