@@ -113,6 +113,41 @@ def test_neighbourhood_lifts_a_lone_unsure_cell_but_not_an_unsure_group(rng):
     assert "not available" in ctx.summary["foreign_markers"]
 
 
+def _undecided(probability, forced, clusters):
+    summary = {}
+    cap = qc._undecided_cap(probability, forced, clusters, ["A", "B"], summary)
+    return cap, summary["undecided_clusters"]
+
+
+def test_an_undecided_cluster_next_to_a_decided_one_is_capped():
+    """Cluster 1 is called "A" at probability 0.6 (odds 1.5 : 1) while cluster 0 is called "A"
+    at 0.99: its cells are capped under one half, except one the classifier is sure of
+    (0.95: odds over 8 : 1). Cluster 2 is called "B" undecidedly too, but no cluster is
+    called "B" decisively: left alone, as is a query undecided everywhere. Two cells of
+    cluster 1 called "B" (known cells among a new type) are not capped either."""
+    clusters = np.repeat([0, 1, 2], 20)
+    forced = np.where(clusters == 2, 1, 0)
+    p = np.select([clusters == 0, clusters == 1], [0.99, 0.6], 0.55)
+    sure, other = 25, [38, 39]
+    p[sure] = 0.95
+    forced[other] = 1
+    cap, undecided = _undecided(p, forced, clusters)
+    capped = (clusters == 1) & (forced == 0)
+    capped[sure] = False
+    assert (cap[capped] < 0.5).all()
+    assert cap[sure] > 0.5
+    assert (cap[~capped] >= 0.5).all() and (cap[other] == 1).all()
+    assert (cap[clusters != 1] == 1).all()
+    [record] = undecided
+    assert record["type"] == "A" and record["n_cells"] == 18 and record["n_cells_capped"] == 17
+    # the gap matters, not the level: a decided cluster at 0.85 (odds 5.7 : 1) is too close
+    p_close = np.where(clusters == 0, 0.85, p)
+    assert (_undecided(p_close, forced, clusters)[0] == 1).all()
+    assert (_undecided(np.full(60, 0.6), forced, clusters)[0] == 1).all()
+    # without probabilities (a caller that does not pass them) nothing is capped
+    assert (_undecided(None, forced, clusters)[0] == 1).all()
+
+
 def test_small_query_is_called_cell_by_cell(rng):
     query, _ = _planted(rng, n_per_group=(MIN_QUERY_CELLS - 1) // 3)
     ctx = query_context(

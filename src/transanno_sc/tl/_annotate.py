@@ -135,8 +135,8 @@ def transanno_annotate(
         reference lacks (lung neutrophils against marrow granulocytes) is not left
         ``"Unassigned"`` as a block. A cluster the classifier is undecided on (median
         probability of its type under 2/3) while another cluster called that type is decided
-        (at least 8 times the odds) is taken for a type the reference lacks: its cells below
-        8 : 1 odds for their type are capped under one half. The cell-level confidence of
+        (at least 8 times the odds) is taken for a type the reference lacks: its cells called
+        that type with under 8 : 1 odds are capped under one half. The cell-level confidence of
         :meth:`~transanno_sc.model.TransAnno.predict_confidence` does none of this. ``False``:
         cell by cell.
     key_added

@@ -39,9 +39,10 @@ Two query-level steps refine the per-cell confidence (probability x novelty typi
   gets at least :data:`DECIDED_ODDS_RATIO` (8) times those odds (medians of the cells called
   the type), is not that type: a type the reference lacks is forced into the known type it is
   least unlike and sits between types, whereas the query's real cells of that type are called
-  it decisively. The undecided cluster's cells are capped at ``0.5 * logit(p) / log(8)`` (``p``
-  their own probability): one half at odds of 8 : 1, so that its cells the classifier is sure
-  of (known cells in a cluster that is mostly something else) keep their label. A query that
+  it decisively. The undecided cluster's cells called that type are capped at
+  ``0.5 * logit(p) / log(8)`` (``p`` their own probability): one half at odds of 8 : 1, so
+  that those the classifier is sure of keep their label; its cells called other types (known
+  cells in a cluster that is mostly something else) are not capped. A query that
   is undecided everywhere (a small gene panel, another technology) has no decided cluster to
   be compared with and is left alone; so is a type called in one cluster only.
 
@@ -382,10 +383,14 @@ def _undecided_cap(
     summary: dict,
 ) -> np.ndarray:
     """Per cell, the cap of an undecided cluster (module docstring): ``0.5 * logit(p) /
-    log(DECIDED_ODDS_RATIO)`` clipped to [0, 1] for the cells of a cluster whose median odds
-    for its majority type are below :data:`UNDECIDED_ODDS` while another cluster's are at
-    least :data:`DECIDED_ODDS_RATIO` times higher; 1 elsewhere (and everywhere without
-    ``probability``). The clusters go to ``summary["undecided_clusters"]`` (logged)."""
+    log(DECIDED_ODDS_RATIO)`` clipped to [0, 1] for the cells called the majority type of a
+    cluster whose median odds for that type (over those cells) are below
+    :data:`UNDECIDED_ODDS` while another cluster's are at least :data:`DECIDED_ODDS_RATIO`
+    times higher; 1 elsewhere (and everywhere without ``probability``). Cells of the cluster
+    called another type are not capped: a few known cells k-means put with a new type (the
+    lymphocytes of a pancreas among its endocrine cells) are called their own type. The
+    clusters go to ``summary["undecided_clusters"]`` (logged; ``n_cells``: those called the
+    type)."""
     cap = np.ones(forced.size)
     summary["undecided_clusters"] = []
     if probability is None:
@@ -399,20 +404,20 @@ def _undecided_cap(
             continue
         label = np.bincount(forced[members]).argmax()
         called = members[forced[members] == label]
-        stats.append((members, int(label), float(np.median(logit[called]))))
+        stats.append((called, int(label), float(np.median(logit[called]))))
     best: dict[int, float] = {}
     for _, label, m in stats:
         best[label] = max(best.get(label, -np.inf), m)
-    for members, label, m in stats:
+    for called, label, m in stats:
         if m < np.log(UNDECIDED_ODDS) and best[label] - m > np.log(DECIDED_ODDS_RATIO):
-            cap[members] = np.clip(0.5 * logit[members] / np.log(DECIDED_ODDS_RATIO), 0.0, 1.0)
+            cap[called] = np.clip(0.5 * logit[called] / np.log(DECIDED_ODDS_RATIO), 0.0, 1.0)
             summary["undecided_clusters"].append(
                 {
-                    "n_cells": int(members.size),
+                    "n_cells": int(called.size),
                     "type": classes[label],
                     "probability": float(1.0 / (1.0 + np.exp(-m))),
                     "decided_probability": float(1.0 / (1.0 + np.exp(-best[label]))),
-                    "n_cells_capped": int((cap[members] < 0.5).sum()),
+                    "n_cells_capped": int((cap[called] < 0.5).sum()),
                 }
             )
     undecided = summary["undecided_clusters"]
