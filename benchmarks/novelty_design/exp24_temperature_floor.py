@@ -1,11 +1,11 @@
 """A calibration temperature that only softens (issue #17; the default since bd09e19).
 
-``--dump``: runs the public default call on every case of ``cross_study.py`` for each seed and
-stores, per query cell, the truth, the probabilities of every type (at the fitted temperature),
-the novelty p-value, the cell-level confidence before and after the query context's type-wise
-rescoring (``conf0``, ``own``), the neighbourhood mean, the cluster's foreign-marker share, the
-final confidence, the k-means cluster, the model's calibration (``cal_*``) and the query
-context's neighbour lists (``.nn.npy``). Run it on a source tree from before bd09e19 (the
+``--dump``: runs the public default call on every case of ``cross_study.py`` (of ``--pairs``)
+for each seed and stores, per query cell, the truth, the predicted type, the probabilities of
+every type (at the fitted temperature), the novelty p-value, the cell-level confidence before
+and after the query context's type-wise rescoring (``conf0``, ``own``), the neighbourhood mean,
+the cluster's foreign-marker share, the final confidence, the k-means cluster, the model's
+calibration (``cal_*``) and the query context's neighbour lists (``.nn.npy``). Run it on a source tree from before bd09e19 (the
 temperature fitted down to 0.5) to replay the floor.
 
 Replay (no ``--dump``): the package's rule ``min(max(own, neighbourhood), cap(foreign))`` on the
@@ -33,7 +33,7 @@ WITHIN = ("zilionis_heldout", "baron_heldout", "pbmc68k_heldout")
 FEW_KNOWN = ("tabula_to_baron", "zilionis_to_baron")
 
 
-def dump(seeds, out: Path) -> None:
+def dump(seeds, out: Path, pairs=None) -> None:
 
     import transanno_sc.tl._annotate as annotate
     import transanno_sc.tl._query_context as qc
@@ -66,7 +66,7 @@ def dump(seeds, out: Path) -> None:
     annotate._context, qc._neighbourhood, qc._foreign_shares = context, neighbourhood, shares
     out.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
-        for pair in cs.PAIRS:
+        for pair in pairs or cs.PAIRS:
             for case in cs.CASES[pair]:
                 c = cs.build(pair, case, seed)
                 truth = c.query.obs[c.key].astype(str).to_numpy()
@@ -76,6 +76,7 @@ def dump(seeds, out: Path) -> None:
                 d = pd.DataFrame(
                     {
                         "truth": truth,
+                        "forced": classes[fwd.probs.argmax(1)],
                         "prob": fwd.probs.max(1),
                         "pvalue": fwd.novelty_pvalue,
                         "conf0": cap["conf"],
@@ -154,9 +155,10 @@ def main(argv=None):
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--floors", nargs="+", type=float, default=[1.0, 1.25])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results_tmp/p10"))
+    parser.add_argument("--pairs", nargs="+", default=None, choices=cs.PAIRS, help="--dump's")
     args = parser.parse_args(argv)
     if args.dump:
-        dump(args.seeds, args.out)
+        dump(args.seeds, args.out, args.pairs)
     else:
         replay(args.out, args.floors)
 
