@@ -1,6 +1,6 @@
 """The query's own structure in the "Unassigned" call of ``tl.transanno_annotate``.
 
-Two query-level steps refine the per-cell confidence (probability x novelty typicality):
+Query-level steps refine the per-cell confidence (probability x novelty typicality):
 
 * **Neighbourhood.** Each cell's confidence is raised to the mean confidence of its
   neighbourhood in the query (itself and its :data:`N_NEIGHBORS` nearest query cells, in a PCA
