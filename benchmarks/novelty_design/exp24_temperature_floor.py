@@ -109,16 +109,24 @@ def at_floor(x: pd.DataFrame, floor: float) -> np.ndarray:
     return (q / q.sum(1, keepdims=True)).max(1)
 
 
-def replay(out: Path, floors) -> None:
-    from sklearn.metrics import roc_auc_score
-
-    rows = []
+def read_dumps(out: Path):
+    """Each dump of ``out``: ``(x, nb, pair, case, seed, novel)``, with ``x`` its cells'
+    frame, ``nb`` each cell and its query neighbours (rows of ``x``) and ``novel`` the cells
+    whose true type the model lacks."""
     for f in sorted(out.glob("*.csv.gz")):
         x = pd.read_csv(f, index_col=0)
         nb = np.load(str(f).replace(".csv.gz", ".nn.npy"))
         nb = np.concatenate([np.arange(len(x))[:, None], nb], 1)
         pair, case, seed = f.name.removesuffix(".csv.gz").split("__")
         novel = ~x.truth.isin(x.known_types.iloc[0].split("|")).to_numpy()
+        yield x, nb, pair, case, seed, novel
+
+
+def replay(out: Path, floors) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rows = []
+    for x, nb, pair, case, seed, novel in read_dumps(out):
         typicality = (x.own / np.maximum(x.prob, 1e-12)).to_numpy()
         cap = np.minimum(1.0, (1.0 - x.foreign.to_numpy()) / 1.0)  # 0.5 (1 - f) / (1 - 0.5)
         for floor in (None, *floors):

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from exp24_temperature_floor import FEW_KNOWN, WITHIN, at_floor
+from exp24_temperature_floor import FEW_KNOWN, WITHIN, at_floor, read_dumps
 
 from transanno_sc.tl import _query_context as qc
 
@@ -74,14 +74,9 @@ def replay(dumps: Path, variants) -> None:
     from sklearn.metrics import f1_score, roc_auc_score
 
     rows = []
-    for f in sorted(dumps.glob("*.csv.gz")):
-        x = pd.read_csv(f, index_col=0)
-        nb = np.load(str(f).replace(".csv.gz", ".nn.npy"))
-        nb = np.concatenate([np.arange(len(x))[:, None], nb], 1)
-        pair, case, seed = f.name.removesuffix(".csv.gz").split("__")
+    for x, nb, pair, case, seed, novel in read_dumps(dumps):
         classes = x.known_types.iloc[0].split("|")
         truth = x.truth.to_numpy()
-        novel = ~x.truth.isin(classes).to_numpy()
         forced_names = x.forced.to_numpy()
         forced = pd.Categorical(forced_names, categories=classes).codes.astype(np.int64)
         p = at_floor(x, 1.0)
