@@ -37,6 +37,12 @@ tabula_to_baron      a whole-tissue query against an immune reference: Tabula Mu
 zilionis_to_baron    the same query against the Zilionis lung immune reference (4 animals as
                      batches). Known: B cells (2) and T cells (4); novel: the other 812,
                      macrophages included (the reference has no monocyte or macrophage).
+zilionis_subtypes    a fine-grained label set: Zilionis' 11 ``cell_subtype`` labels (B cells,
+                     NK cells, T1-T3, neutrophil states N1-N6; several of 1-15 cells).
+                     "animals": h_1,t_1 -> h_2,t_2, nothing novel (every query subtype is in
+                     the reference). "healthy -> tumour": the tumour-only neutrophil states
+                     N3-N6 (68 cells) are novel; continuous states, not types, so the hardest
+                     novelty case here. Batches: the reference's animals.
 zilionis_panel300    Zilionis healthy -> tumour, the query keeping 300 random genes (per seed)
                      of the reference's genes detected in at least one reference cell: a
                      targeted / imaging panel. No novel type.
@@ -136,6 +142,7 @@ PAIRS = [
     "zilionis_depth",
     "tabula_to_baron",
     "zilionis_to_baron",
+    "zilionis_subtypes",
 ]
 METHODS = ["transanno", "logreg_l2", "logreg_l1", "knn", "celltypist", "scanvi", "scanvi_semi"]
 TABULA_NAMES = {
@@ -163,6 +170,7 @@ CASES = {
     "zilionis_depth": [f"query at {DEPTH:.0%} depth", f"reference at {DEPTH:.0%} depth"],
     "tabula_to_baron": ["pancreas query"],
     "zilionis_to_baron": ["pancreas query"],
+    "zilionis_subtypes": ["animals", "healthy -> tumour"],
 }
 
 
@@ -256,6 +264,15 @@ def build(pair: str, case: str, seed: int) -> Case:
         genes = rng.choice(np.flatnonzero(detected), PANEL_GENES, replace=False)
         query = query[:, np.sort(genes)].copy()
         return Case(ref, query, "cell_type", "batch", notes={"query_genes": int(query.n_vars)})
+    if pair == "zilionis_subtypes":
+        a = _zilionis()
+        a.obs = a.obs[["cell_subtype", "batch", "condition"]].copy()
+        a.obs.columns = ["cell_type", "batch", "condition"]
+        if case == "animals":
+            r = a.obs.batch.isin(["h_1", "t_1"]).to_numpy()
+        else:
+            r = (a.obs.condition == "healthy").to_numpy()
+        return Case(a[r].copy(), a[~r].copy(), "cell_type", "batch")
     if pair == "zilionis_depth":
         a = _zilionis()
         a.obs = a.obs[["cell_type", "batch", "condition"]].copy()

@@ -367,3 +367,27 @@ def test_reference_naming_genes_by_ensembl_id_with_a_symbol_column(split, tmp_pa
         model.predict(ensembl_query), query.obs["transanno_label"].astype(str).to_numpy()
     )
     assert ta.pp.gene_overlap(ensembl_query, model)["gene_names"] == "var['feature_name']"
+
+
+def test_fine_grained_labels_keep_known_cells_labeled(split):
+    """Zilionis' 11 subtypes (neutrophil states N1-N6, T1-T3, several of 1-15 cells), animals
+    h_1,t_1 -> h_2,t_2: neighbouring labels leave clusters between two of them, which the
+    undecided-cluster cap must not take for a new type. At most 2 % of the cells "Unassigned"
+    (0.0 % here and in the benchmark's 3 seeds, ``zilionis_subtypes``), and macro-F1 above a
+    logistic regression's on all genes by 0.05 (measured 0.578 vs 0.467)."""
+    from sklearn.metrics import f1_score
+
+    ref, query = split[0].copy(), split[1].copy()
+    truth = query.obs["cell_subtype"].astype(str).to_numpy()
+    ta.tl.transanno_annotate(query, reference=ref, labels_key="cell_subtype", batch_key="batch")
+    called = query.obs["transanno_label"].astype(str).to_numpy()
+    assert np.mean(called == "Unassigned") <= 0.02
+    labels = sorted(set(truth))
+    f1 = f1_score(truth, called, labels=labels, average="macro", zero_division=0)
+    clf = LogisticRegression(C=0.1, max_iter=1000).fit(
+        _lognorm(ref.X), ref.obs["cell_subtype"].astype(str)
+    )
+    baseline = f1_score(
+        truth, clf.predict(_lognorm(query.X)), labels=labels, average="macro", zero_division=0
+    )
+    assert f1 >= baseline + 0.05, (f1, baseline)

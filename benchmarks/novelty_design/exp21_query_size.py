@@ -102,7 +102,7 @@ def mixed(query, truth, novel: np.ndarray, n: int, share: float | None, rng, k=1
             continue
         nn = NearestNeighbors(n_neighbors=m).fit(pcs[idx])
         got = idx[nn.kneighbors(return_distance=False)]
-        near[idx] = np.concatenate([got, got[:, : k - m]], 1) if m < k else got
+        near[idx] = got[:, np.arange(k) % m]  # a type of under k + 1 cells: its cells again
     rows = draw(novel, n, share, rng)
     parts = []
     for start in range(0, n, chunk):
