@@ -44,16 +44,6 @@ from exp26_undecided_clusters import logit
 from transanno_sc.tl import _query_context as qc
 
 
-def log_normalized(a, already: bool) -> sp.csr_matrix:
-    X = sp.csr_matrix(a.X, dtype=np.float64)
-    if already:
-        return X
-    size = np.asarray(X.sum(1)).ravel()
-    X = sp.diags(1e4 / np.maximum(size, 1e-12)) @ X
-    X.data = np.log1p(X.data)
-    return sp.csr_matrix(X)
-
-
 def distinct_share(XU: sp.csr_matrix, XD: sp.csr_matrix) -> float:
     """Share of ``XU``'s top markers against ``XD`` that ``XD`` barely detects."""
     mean_u, mean_d = np.asarray(XU.mean(0)).ravel(), np.asarray(XD.mean(0)).ravel()
@@ -105,7 +95,7 @@ def main(argv=None):
             c = cs.build(pair, case.replace("_", " "), int(seed))
             q = c.query[x.index]
             keep = ~qc.state_genes(np.asarray(q.var_names))
-            X = log_normalized(q, c.log_normalized)[:, keep]
+            X = sp.csr_matrix(cs.lognorm(q, c.log_normalized).X, dtype=np.float64)[:, keep]
             for called, type_, m, decided, m_decided in found:
                 rows.append(
                     {
