@@ -63,13 +63,7 @@ def clusters_of(x: pd.DataFrame, odds: float):
     forced = pd.Categorical(x.forced, categories=classes).codes
     lo = logit(at_floor(x, 1.0))
     clusters = x.cluster.to_numpy().astype(int)
-    groups = []
-    for k in np.unique(clusters):
-        members = np.flatnonzero(clusters == k)
-        if members.size >= qc.MIN_CLUSTER_CELLS:
-            t = np.bincount(forced[members]).argmax()
-            called = members[forced[members] == t]
-            groups.append((called, t, float(np.median(lo[called]))))
+    groups = qc.majority_calls(lo, forced, clusters)
     best = {}
     for called, t, m in groups:
         if m > best.get(t, (-np.inf,))[0]:

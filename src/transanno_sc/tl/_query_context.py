@@ -375,6 +375,22 @@ def query_context(
     )
 
 
+def majority_calls(
+    logit: np.ndarray, forced: np.ndarray, clusters: np.ndarray
+) -> list[tuple[np.ndarray, int, float]]:
+    """Per cluster of :data:`MIN_CLUSTER_CELLS` cells at least: ``(its cells called its
+    majority type, that type, the median of their logits)`` (:func:`_undecided_cap`)."""
+    stats = []
+    for k in np.unique(clusters):
+        members = np.flatnonzero(clusters == k)
+        if members.size < MIN_CLUSTER_CELLS:
+            continue
+        label = np.bincount(forced[members]).argmax()
+        called = members[forced[members] == label]
+        stats.append((called, int(label), float(np.median(logit[called]))))
+    return stats
+
+
 def _undecided_cap(
     probability: np.ndarray | None,
     forced: np.ndarray,
@@ -397,14 +413,7 @@ def _undecided_cap(
         return cap
     p = np.clip(np.asarray(probability, dtype=np.float64), 1e-9, 1.0 - 1e-9)
     logit = np.log(p) - np.log1p(-p)
-    stats = []
-    for k in np.unique(clusters):
-        members = np.flatnonzero(clusters == k)
-        if members.size < MIN_CLUSTER_CELLS:
-            continue
-        label = np.bincount(forced[members]).argmax()
-        called = members[forced[members] == label]
-        stats.append((called, int(label), float(np.median(logit[called]))))
+    stats = majority_calls(logit, forced, clusters)
     best: dict[int, float] = {}
     for _, label, m in stats:
         best[label] = max(best.get(label, -np.inf), m)
