@@ -49,6 +49,14 @@ zilionis_panel300    Zilionis healthy -> tumour, the query keeping 300 random ge
 zilionis_mixed_scale Zilionis animals h_1,t_1 -> h_2,t_2 with the reference's h_1 cells turned
                      into TPM: counts / gene length (log-normal, median 2 kb, per seed),
                      scaled to 1e6 per cell; t_1 stays counts. No novel type.
+zilionis_reads       Zilionis healthy -> tumour with the reference's UMIs turned into integer
+                     read counts of a full-length, non-UMI protocol (Smart-seq2-like): each
+                     molecule's reads negative binomial (mean = the gene's amplification,
+                     log-normal around 20 per molecule with a log-sd of 0.7 for gene length
+                     and PCR efficiency, per seed; shape 1). About 27 times the query's depth
+                     in integer counts, so the default depth matching thins them. "query as read
+                     counts": the query's UMIs turned into reads instead (nothing is thinned; the
+                     genes' amplification differs from the reference's). No novel type.
 
 Methods (``--methods``)
 -----------------------
@@ -143,6 +151,7 @@ PAIRS = [
     "tabula_to_baron",
     "zilionis_to_baron",
     "zilionis_subtypes",
+    "zilionis_reads",
 ]
 METHODS = ["transanno", "logreg_l2", "logreg_l1", "knn", "celltypist", "scanvi", "scanvi_semi"]
 TABULA_NAMES = {
@@ -171,6 +180,7 @@ CASES = {
     "tabula_to_baron": ["pancreas query"],
     "zilionis_to_baron": ["pancreas query"],
     "zilionis_subtypes": ["animals", "healthy -> tumour"],
+    "zilionis_reads": ["reference as read counts", "query as read counts"],
 }
 
 
@@ -201,6 +211,21 @@ def _tpm(counts, rng) -> np.ndarray:
     length = np.exp(rng.normal(np.log(2000.0), 0.5, size=X.shape[1]))
     rate = X / length
     return rate / np.maximum(rate.sum(1, keepdims=True), 1e-12) * 1e6
+
+
+def _reads(counts, rng):
+    """Integer read counts of a full-length, non-UMI protocol from UMI counts: each molecule
+    of gene g gives a negative binomial number of reads (shape 1, mean ``a_g``, ``a_g``
+    log-normal around 20 with a log-sd of 0.7: gene length and amplification efficiency)."""
+    import scipy.sparse as sp
+
+    X = sp.csr_matrix(counts, dtype=np.float32, copy=True)
+    amp = np.exp(rng.normal(np.log(20.0), 0.7, size=X.shape[1]))
+    c = X.data.astype(np.int64)
+    mean = c * amp[X.indices]
+    X.data = rng.negative_binomial(c, c / (c + mean)).astype(np.float32)
+    X.eliminate_zeros()
+    return X
 
 
 def _thinned(counts, rng):
@@ -282,6 +307,15 @@ def build(pair: str, case: str, seed: int) -> Case:
         shallow.X = _thinned(shallow.X, np.random.default_rng(seed))
         umis = float(np.median(np.asarray(shallow.X.sum(1)).ravel()))
         return Case(ref, query, "cell_type", "batch", notes={"shallow_median_umis": umis})
+    if pair == "zilionis_reads":
+        a = _zilionis()
+        a.obs = a.obs[["cell_type", "batch", "condition"]].copy()
+        h = (a.obs.condition == "healthy").to_numpy()
+        ref, query = a[h].copy(), a[~h].copy()
+        reads = ref if case.startswith("reference") else query
+        reads.X = _reads(reads.X, np.random.default_rng(seed))
+        depth = float(np.median(np.asarray(reads.X.sum(1)).ravel()))
+        return Case(ref, query, "cell_type", "batch", notes={"median_reads": depth})
     if pair == "zilionis_mixed_scale":
         a = _zilionis()
         a.obs = a.obs[["cell_type", "batch"]].copy()
