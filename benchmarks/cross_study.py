@@ -417,7 +417,8 @@ def run_transanno(ref, query, c: Case, seed, train_kwargs):
 
     scvi.settings.seed = seed
     kwargs = {"enable_progress_bar": False, **train_kwargs}
-    if c.batch_key is not None and ref.obs[c.batch_key].nunique() > 1:
+    # --train-kwargs '{"batch_key": null}': what a user who leaves batch_key out gets
+    if "batch_key" not in kwargs and c.batch_key is not None and ref.obs[c.batch_key].nunique() > 1:
         kwargs["batch_key"] = c.batch_key
     if "random_state" in inspect.signature(ta.tl.transanno_annotate).parameters:
         kwargs.setdefault("random_state", seed)

@@ -484,3 +484,62 @@ def test_reference_cells_empty_on_the_shared_genes_are_named_once(ref, query, re
     assert "150 genes the reference shares with adata" in str(ours[0].message)
     assert ours[0].filename == __file__
     assert not any("have no counts at all" in m for m in messages)
+
+
+def _refused_for_no_shared_gene(query):
+    """A copy of ``query`` sharing no gene with the reference: ``transanno_annotate`` refuses
+    it before training, after checking the reference."""
+    q = query[:60].copy()
+    q.var_names = [f"other_{i}" for i in range(q.n_vars)]
+    return q
+
+
+def test_reference_with_a_batch_column_but_no_batch_key_is_hinted(ref, query):
+    """No ``batch_key`` while ``reference.obs`` has batch-like columns whose batches share the
+    types: one warning, at the user's line, names them and the way out (with one batch
+    ``n_top_genes="auto"`` keeps 2,000 genes)."""
+    q = _refused_for_no_shared_gene(query)
+    for columns, first in (
+        (["cell_type", "batch", "library", "library_prep_batch"], "batch"),
+        (["cell_type", "Donor ID"], "Donor ID"),
+    ):
+        r = ref.copy()
+        if "Donor ID" in columns:
+            r.obs["Donor ID"] = r.obs["batch"].astype(str)
+        r.obs = r.obs[columns].copy()
+        with (
+            pytest.warns(UserWarning, match=r"No batch_key was given") as rec,
+            pytest.raises(ValueError, match="share only 0 genes"),
+        ):
+            ta.tl.transanno_annotate(q, reference=r, labels_key="cell_type")
+        hints = [w for w in rec if "No batch_key was given" in str(w.message)]
+        assert len(hints) == 1
+        message = str(hints[0].message)
+        assert f"{first!r} (2 values)" in message, message
+        assert f"batch_key={first!r}" in message and "2000" in message
+        assert ("'library' (7 values)" in message) == ("library" in columns)
+        assert hints[0].filename == __file__
+
+
+@pytest.mark.parametrize(
+    "how", ["batch_key", "n_top_genes", "one batch per type", "no such column"]
+)
+def test_no_batch_hint_where_it_would_not_help(ref, query, recwarn, how):
+    """No hint with a ``batch_key``, with a gene count of the user's, when each type lives in
+    one batch of the column (``"auto"`` could not validate across them) or without a
+    batch-like column."""
+    q = _refused_for_no_shared_gene(query)
+    ref = ref.copy()
+    kwargs = {}
+    if how == "batch_key":
+        kwargs["batch_key"] = "batch"
+    elif how == "n_top_genes":
+        kwargs["model_kwargs"] = {"n_top_genes": 2000}
+    elif how == "one batch per type":
+        ref.obs = ref.obs[["cell_type"]].copy()
+        ref.obs["sample"] = ref.obs["cell_type"].astype(str) + "_mouse"
+    else:
+        ref.obs = ref.obs[["cell_type"]].copy()
+    with pytest.raises(ValueError, match="share only 0 genes"):
+        ta.tl.transanno_annotate(q, reference=ref, labels_key="cell_type", **kwargs)
+    assert not [w for w in recwarn if "No batch_key was given" in str(w.message)]

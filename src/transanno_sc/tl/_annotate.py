@@ -108,7 +108,10 @@ def transanno_annotate(
     batch_key
         Column of ``reference.obs`` with the batch (sample, donor, animal). With several
         batches the default ``n_top_genes="auto"`` chooses the number of genes by
-        leave-one-batch-out validation (see :class:`~transanno_sc.model.TransAnno`).
+        leave-one-batch-out validation (see :class:`~transanno_sc.model.TransAnno`); with
+        one it keeps 2,000, which can cost accuracy across samples, so without
+        ``batch_key`` a warning names the columns of ``reference.obs`` that look like batches
+        (named so: ``batch``, ``sample``, ``donor``, ``library``, ...) and share the types.
     layer
         Layer holding the expression in both ``reference`` and ``adata``; ``adata.X`` if
         ``None``.
