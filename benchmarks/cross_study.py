@@ -298,24 +298,22 @@ def build(pair: str, case: str, seed: int) -> Case:
         else:
             r = (a.obs.condition == "healthy").to_numpy()
         return Case(a[r].copy(), a[~r].copy(), "cell_type", "batch")
-    if pair == "zilionis_depth":
+    if pair in ("zilionis_depth", "zilionis_reads"):
+        # healthy -> tumour with one side's counts thinned (a shallower run) or turned into
+        # read counts; the case's first word says which side
         a = _zilionis()
         a.obs = a.obs[["cell_type", "batch", "condition"]].copy()
         h = (a.obs.condition == "healthy").to_numpy()
         ref, query = a[h].copy(), a[~h].copy()
-        shallow = query if case.startswith("query") else ref
-        shallow.X = _thinned(shallow.X, np.random.default_rng(seed))
-        umis = float(np.median(np.asarray(shallow.X.sum(1)).ravel()))
-        return Case(ref, query, "cell_type", "batch", notes={"shallow_median_umis": umis})
-    if pair == "zilionis_reads":
-        a = _zilionis()
-        a.obs = a.obs[["cell_type", "batch", "condition"]].copy()
-        h = (a.obs.condition == "healthy").to_numpy()
-        ref, query = a[h].copy(), a[~h].copy()
-        reads = ref if case.startswith("reference") else query
-        reads.X = _reads(reads.X, np.random.default_rng(seed))
-        depth = float(np.median(np.asarray(reads.X.sum(1)).ravel()))
-        return Case(ref, query, "cell_type", "batch", notes={"median_reads": depth})
+        changed = query if case.startswith("query") else ref
+        make, note = (
+            (_thinned, "shallow_median_umis")
+            if pair == "zilionis_depth"
+            else (_reads, "median_reads")
+        )
+        changed.X = make(changed.X, np.random.default_rng(seed))
+        depth = float(np.median(np.asarray(changed.X.sum(1)).ravel()))
+        return Case(ref, query, "cell_type", "batch", notes={note: depth})
     if pair == "zilionis_mixed_scale":
         a = _zilionis()
         a.obs = a.obs[["cell_type", "batch"]].copy()
