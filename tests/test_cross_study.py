@@ -125,8 +125,8 @@ def _read_counts(X, seed=0):
 def test_reference_of_read_counts_is_thinned_to_a_umi_query(healthy_tumor):
     """A reference of integer read counts (about 20 reads per molecule, a full-length protocol)
     and a UMI query, the default call: the reads are thinned to the query's depth, and the
-    labels are within 0.03 of a logistic regression on all genes (with the small test model,
-    without ``batch_key``, they fell to 0.86 against its 0.95)."""
+    labels are within 0.03 of a logistic regression on all genes (without ``batch_key``, on
+    2,000 genes, they fell to 0.86 against its 0.95)."""
     ref, tumor = healthy_tumor
     ref = ref.copy()
     ref.X = _read_counts(ref.X)

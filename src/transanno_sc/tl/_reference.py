@@ -40,8 +40,6 @@ def _private_reference(
         string_labels,
     )
 
-    if not isinstance(reference, AnnData):
-        reference = get_rna(reference, "reference")
     X = get_matrix(reference, layer)
     check_key(labels_key, "labels_key")
     if labels_key in reference.obs:
@@ -543,9 +541,9 @@ def train_on_reference(
     """
     from transanno_sc.model import TransAnno
 
-    private = _private_reference(reference, labels_key, batch_key, layer, unlabeled_category)
     if not isinstance(reference, AnnData):
         reference = get_rna(reference, "reference")
+    private = _private_reference(reference, labels_key, batch_key, layer, unlabeled_category)
     _hint_batch_key(reference, labels_key, unlabeled_category, batch_key, model_kwargs)
     private, query, shared = _shared_genes(private, rna)
     _warn_empty_on_shared(private, labels_key, unlabeled_category, shared["n_shared_genes"])
