@@ -43,7 +43,7 @@ _MAX_HELD_OUT_BATCHES = 5
 _GENE_COUNT_TOLERANCE = 0.005
 
 #: Fraction of the labeled types that some held-out batch must share with the other batches.
-_MIN_VALIDATED_TYPES = 0.9
+MIN_VALIDATED_TYPES = 0.9
 
 
 def log_hvg_subsample(X, var_names: pd.Index, is_counts: bool, seed: int):
@@ -134,7 +134,7 @@ def choose_gene_count(
     for batch in held_batches:
         validated |= set(np.unique(y[b == batch])) & set(np.unique(y[b != batch]))
     coverage = len(validated) / np.unique(y).size
-    if coverage < _MIN_VALIDATED_TYPES:
+    if coverage < MIN_VALIDATED_TYPES:
         return {
             "n_top_genes": DEFAULT_GENE_COUNT,
             "scores": {},

@@ -89,7 +89,7 @@ def _batch_like_columns(
     ``n_top_genes="auto"`` choose the gene count: nearly every labelled type (the share the
     choice requires; ``unlabeled_category`` is none) occurs in at least two of them. Returns
     (name, number of values)."""
-    from transanno_sc.model._gene_selection import _MIN_VALIDATED_TYPES
+    from transanno_sc.model._gene_selection import MIN_VALIDATED_TYPES
 
     labels = reference.obs[labels_key]
     types = pd.factorize(labels.where(labels.astype(str) != unlabeled_category))[0]
@@ -105,7 +105,7 @@ def _batch_like_columns(
         pairs = np.unique(types[ok].astype(np.int64) * uniques.size + batches[ok])
         batches_per_type = np.bincount(pairs // uniques.size)
         batches_per_type = batches_per_type[batches_per_type > 0]
-        if batches_per_type.size and (batches_per_type >= 2).mean() >= _MIN_VALIDATED_TYPES:
+        if batches_per_type.size and (batches_per_type >= 2).mean() >= MIN_VALIDATED_TYPES:
             found.append((str(col), int(uniques.size)))
     return found
 
