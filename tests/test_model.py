@@ -283,21 +283,27 @@ def test_auto_gene_count_by_leave_one_batch_out(ref, tmp_path):
 
 
 def test_pretraining_on_the_query_keeps_the_auto_vocabulary(ref, query, tmp_path):
-    """tl.transanno_annotate(pretrain=True) chooses the genes from the reference cells as a model
-    on the reference alone does, "auto" included (it used to fall back to 2,000 genes and to
-    fail with a TypeError on an explicit n_top_genes="auto")."""
+    """tl.transanno_annotate, with pretrain=True or not, chooses the genes from the reference
+    cells as a model on the reference alone does, "auto" with batches included (with
+    pretraining it used to fall back to 2,000 genes and to fail with a TypeError on an
+    explicit n_top_genes="auto"; without it, the vocabulary is chosen before the model is
+    made, to let a reference without batches ask the query)."""
     arch = {"n_hidden": 16, "n_heads": 2, "max_tokens": 32}
     alone = ref.copy()
     TransAnno.setup_anndata(alone, labels_key="cell_type", batch_key="batch")
     expected = TransAnno(alone, **arch)
     assert expected.gene_count_selection_["n_top_genes"] > 2000  # the test needs a non-default
-    for model_kwargs in (arch, {**arch, "n_top_genes": "auto"}):
+    for pretrain, model_kwargs in (
+        (True, arch),
+        (True, {**arch, "n_top_genes": "auto"}),
+        (False, arch),
+    ):
         ta.tl.transanno_annotate(
             query,
             reference=ref,
             labels_key="cell_type",
             batch_key="batch",
-            pretrain=True,
+            pretrain=pretrain,
             pretrain_kwargs={"max_epochs": 1},
             model_kwargs=model_kwargs,
             max_epochs=1,

@@ -42,6 +42,11 @@ _MAX_HELD_OUT_BATCHES = 5
 
 _GENE_COUNT_TOLERANCE = 0.005
 
+#: What a larger gene count must win by in :func:`choose_gene_count_by_query`: this much
+#: macro-F1 over the smallest count, and this share of the smallest count's error.
+_ROUND_TRIP_MIN_GAIN = 0.01
+_ROUND_TRIP_MIN_ERROR_CUT = 0.25
+
 #: Fraction of the labeled types that some held-out batch must share with the other batches.
 MIN_VALIDATED_TYPES = 0.9
 
@@ -138,6 +143,7 @@ def choose_gene_count(
         return {
             "n_top_genes": DEFAULT_GENE_COUNT,
             "scores": {},
+            "validation": "leave-one-batch-out",
             "n_batches": int(held_batches.size),
             "validated_types": float(coverage),
         }
@@ -162,14 +168,89 @@ def choose_gene_count(
             scores[int(k)] = float(np.mean(folds))
     if not scores:
         return None
-    best = max(scores.values())
-    # the smallest count within the tolerance of the best: fewer genes unless more clearly help
-    chosen = min(k for k, v in scores.items() if v >= best - _GENE_COUNT_TOLERANCE)
     return {
-        "n_top_genes": chosen,
+        "n_top_genes": _smallest_near_best(scores),
         "scores": scores,
+        "validation": "leave-one-batch-out",
         "n_batches": int(held_batches.size),
         "validated_types": float(coverage),
+    }
+
+
+def _smallest_near_best(scores: dict[int, float]) -> int:
+    """The smallest gene count within the tolerance of the best score: fewer genes unless
+    more clearly help."""
+    best = max(scores.values())
+    return min(k for k, v in scores.items() if v >= best - _GENE_COUNT_TOLERANCE)
+
+
+def choose_gene_count_by_query(
+    tmp: AnnData, rows: np.ndarray | None, codes: np.ndarray, query, seed: int
+) -> dict | None:
+    """``n_top_genes="auto"`` for a reference without batches to hold out, when the query is
+    at hand (``tl.transanno_annotate(reference=...)``): the count of
+    :data:`GENE_COUNT_CANDIDATES` whose labels survive the round trip reference -> query ->
+    reference best (reverse validation). A class-weighted L2 logistic regression on the
+    reference's genes labels the query; a second one, trained on the query with those labels,
+    labels the reference back; the score is its macro-F1 against the reference's own labels.
+    Genes that carry the types only within the reference, or that the query measures
+    differently, lose the labels on the way. ``tmp``/``rows``: the reference subsample of
+    :func:`log_hvg_subsample`; ``query``: log1p CP10k values of (a subsample of) the query
+    on ``tmp``'s genes. ``None`` when the query's labels came out as a single type."""
+    import scanpy as sc
+    from sklearn.metrics import f1_score
+
+    codes = codes if rows is None else codes[rows]
+    n_vars = tmp.n_vars
+    candidates = [k for k in GENE_COUNT_CANDIDATES if k < n_vars] or [n_vars]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc.pp.highly_variable_genes(tmp, n_top_genes=max(candidates), flavor="seurat")
+    dispersion = tmp.var["dispersions_norm"].to_numpy(dtype=np.float64)
+    order = np.argsort(-np.nan_to_num(dispersion, nan=-np.inf), kind="stable")
+    rng = np.random.default_rng(seed)
+    cells = np.flatnonzero(codes >= 0)
+    cells = np.sort(cells[stratified_subsample(codes[cells], _N_GENE_COUNT_CELLS, rng)])
+    y = codes[cells]
+    n_types = int(y.max()) + 1
+    M = tmp.X[cells][:, order[: max(candidates)]]
+    M = sp.csr_matrix(M) if sp.issparse(M) else np.asarray(M)
+    Q = query[:, order[: max(candidates)]]
+    Q = sp.csr_matrix(Q) if sp.issparse(Q) else np.asarray(Q)
+    scores = {}
+    for k in candidates:
+        weight = class_weights(np.bincount(y, minlength=n_types), 1.0)
+        clf = logistic_regression(M[:, :k], y, weight[y], 0.1)
+        pseudo = clf.predict(Q[:, :k])
+        if np.unique(pseudo).size < 2:
+            continue
+        back_weight = class_weights(np.bincount(pseudo, minlength=n_types), 1.0)
+        back = logistic_regression(Q[:, :k], pseudo, back_weight[pseudo], 0.1)
+        scores[int(k)] = float(
+            f1_score(y, back.predict(M[:, :k]), labels=np.unique(y), average="macro")
+        )
+    if not scores:
+        return None
+    # Types the query lacks, novel cells and fine label grains leave the round trip an error
+    # that no gene count removes; a larger count must cut the smallest count's error clearly
+    # (by 0.01 and a quarter), not nudge it: near-ties went to more genes, which lost
+    # accuracy and novel-type calls where the reference's types transfer imperfectly.
+    smallest = min(scores)
+    error = 1.0 - scores[smallest]
+    clear = {
+        k: v
+        for k, v in scores.items()
+        if k == smallest
+        or (
+            v - scores[smallest] >= _ROUND_TRIP_MIN_GAIN
+            and 1.0 - v <= (1.0 - _ROUND_TRIP_MIN_ERROR_CUT) * error
+        )
+    }
+    return {
+        "n_top_genes": _smallest_near_best(clear),
+        "scores": scores,
+        "validation": "query round trip",
+        "n_query_cells": int(Q.shape[0]),
     }
 
 
@@ -181,11 +262,14 @@ def choose_vocabulary(
     codes: np.ndarray,
     batches: np.ndarray,
     seed: int,
+    query=None,
 ) -> tuple[list[str], dict | None]:
     """The gene vocabulary for ``n_top_genes`` (see :class:`~transanno_sc.model.TransAnno`)
-    and, for ``"auto"``
-    with several labeled batches, its leave-one-batch-out scores (else ``None``). ``codes``:
-    label codes of the rows of ``X``, -1 where unlabeled; ``batches``: batch codes."""
+    and, for ``"auto"``, how its gene count was chosen (else ``None``): by
+    :func:`choose_gene_count` with several labeled batches, else by
+    :func:`choose_gene_count_by_query` where ``query`` (log1p CP10k values of query cells on
+    ``var_names``) is given. ``codes``: label codes of the rows of ``X``, -1 where unlabeled;
+    ``batches``: batch codes."""
     if isinstance(n_top_genes, str):
         if n_top_genes != "auto":
             msg = f"n_top_genes must be an int, None or 'auto', got {n_top_genes!r}."
@@ -197,20 +281,26 @@ def choose_vocabulary(
         raise ValueError(msg)
     if n_top_genes != "auto":
         return select_genes(X, var_names, n_top_genes, is_counts, seed), None
-    if np.unique(batches[codes >= 0]).size < 2:  # no labels, or no batch to hold out
+    several_batches = np.unique(batches[codes >= 0]).size >= 2
+    if not several_batches and (query is None or np.unique(codes[codes >= 0]).size < 2):
         return select_genes(X, var_names, DEFAULT_GENE_COUNT, is_counts, seed), None
     t0 = time.perf_counter()
     tmp, rows = log_hvg_subsample(X, var_names, is_counts, seed)
-    choice = choose_gene_count(tmp, rows, codes, batches, seed)
+    choice = choose_gene_count(tmp, rows, codes, batches, seed) if several_batches else None
+    if query is not None and (choice is None or not choice["scores"]):
+        # no batch to hold out, or too few types shared between batches: ask the query
+        by_query = choose_gene_count_by_query(tmp, rows, codes, query, seed)
+        if by_query is not None:
+            if choice is not None:  # the batches' coverage, for the record
+                by_query["validated_types"] = choice["validated_types"]
+            choice = by_query
     if choice is None:
         return select_genes(X, var_names, DEFAULT_GENE_COUNT, is_counts, seed, tmp=tmp), None
     logger.info(
-        "n_top_genes='auto': %d genes (leave-one-batch-out macro-F1 %s, %d batches, "
-        "%.0f %% of the types validated, %.1f s).",
+        "n_top_genes='auto': %d genes (%s macro-F1 %s, %.1f s).",
         choice["n_top_genes"],
+        choice["validation"],
         {k: round(v, 3) for k, v in choice["scores"].items()},
-        choice["n_batches"],
-        100 * choice["validated_types"],
         time.perf_counter() - t0,
     )
     genes = select_genes(X, var_names, choice["n_top_genes"], is_counts, seed, tmp=tmp)

@@ -104,8 +104,9 @@ class TransAnno(
         held-out one (mean macro-F1 over held-out batches; a larger count must win by 0.005).
         More genes help across batches and can hurt rare types within one batch
         (``benchmarks/README.md``), so a type that only one batch has cannot be judged this
-        way: when fewer than 90 % of the types occur in two batches, 2,000 it is. The scores
-        are kept in ``gene_count_selection_``.
+        way: when fewer than 90 % of the types occur in two batches, 2,000 it is. (Trained
+        for a query, :func:`~transanno_sc.tl.transanno_annotate` asks the query instead in
+        these two cases.) The scores are kept in ``gene_count_selection_``.
     n_bins
         Number of expression-value bins.
     value_encoding

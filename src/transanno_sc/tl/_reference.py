@@ -117,12 +117,11 @@ def _hint_batch_key(
     batch_key: str | None,
     model_kwargs: dict | None,
 ) -> None:
-    """Warn, at the user's call, when no ``batch_key`` is given, the gene count is left to
-    ``"auto"`` and ``reference.obs`` has a batch-like column that would let it be chosen:
-    with one batch ``"auto"`` keeps 2,000 genes, which costs across samples
-    (``benchmarks/README.md``, "A single-batch reference keeps 2,000 genes")."""
-    from transanno_sc.model._gene_selection import DEFAULT_GENE_COUNT
-
+    """Log (INFO) when no ``batch_key`` is given, the gene count is left to ``"auto"`` and
+    ``reference.obs`` has a batch-like column that would let it be chosen by
+    leave-one-batch-out. Without one, ``"auto"`` asks the query (the labels' round trip),
+    which did about as well across samples (``benchmarks/README.md``, "A reference without
+    batches"), so this is a note, not a warning."""
     model_kwargs = model_kwargs or {}
     if (
         batch_key is not None
@@ -137,15 +136,13 @@ def _hint_batch_key(
     listed = ", ".join(f"{name!r} ({n} values)" for name, n in found[:3])
     if len(found) > 3:
         listed += f" and {len(found) - 3} more"
-    warnings.warn(
-        f"No batch_key was given, but reference.obs has {listed}. Pass "
-        f"batch_key={found[0][0]!r} (or the column that holds the samples): the gene count "
-        "(n_top_genes='auto') is then chosen by how well labels transfer between batches; "
-        f"with one batch it stays {DEFAULT_GENE_COUNT}, which lost 0.02-0.09 of accuracy "
-        "across the animals of one study. Passing model_kwargs={'n_top_genes': ...} also "
-        "silences this.",
-        UserWarning,
-        stacklevel=4,
+    logger.info(
+        "    No batch_key was given, but reference.obs has %s: the gene count "
+        "(n_top_genes='auto') is chosen with adata (the labels' round trip reference -> adata "
+        "-> reference). batch_key=%r chooses it by leave-one-batch-out instead, and matches "
+        "depth and detects the value scale batch by batch.",
+        listed,
+        found[0][0],
     )
 
 
@@ -355,15 +352,61 @@ def _match_depth(
     return out, info
 
 
+#: Query cells (at most) that ``n_top_genes="auto"`` reads for a reference without batches.
+_N_QUERY_CELLS = 5_000
+
+
+def _query_sample(
+    private: AnnData, query: AnnData, layer: str | None, input_scale: str, seed: int | None
+) -> sp.csr_matrix:
+    """log1p CP10k values of (at most :data:`_N_QUERY_CELLS` random) query cells on the
+    private reference's genes (normalized over those genes; log1p values as they are)."""
+    from transanno_sc.data import (
+        get_matrix,
+        iter_row_chunks,
+        match_adata_genes,
+        resolve_input_scale,
+    )
+
+    Xq = get_matrix(query, layer)
+    scale = resolve_input_scale(Xq, input_scale, "adata")
+    rng = np.random.default_rng(seed)
+    rows = (
+        np.sort(rng.choice(query.n_obs, _N_QUERY_CELLS, replace=False))
+        if query.n_obs > _N_QUERY_CELLS
+        else None
+    )
+    match = match_adata_genes(query, private.var_names)
+    blocks = []
+    for _, chunk in iter_row_chunks(Xq, indices=rows):
+        chunk = sp.csr_matrix(chunk)[:, match.source].tocoo()
+        blocks.append(
+            sp.csr_matrix(
+                (chunk.data, (chunk.row, match.target[chunk.col])),
+                shape=(chunk.shape[0], private.n_vars),
+                dtype=np.float32,
+            )
+        )
+    Q = sp.vstack(blocks).tocsr()
+    if scale == "counts":
+        total = np.asarray(Q.sum(1)).ravel()
+        Q = sp.diags(np.divide(1e4, total, out=np.zeros_like(total), where=total > 0)) @ Q
+        Q = Q.tocsr()
+        Q.data = np.log1p(Q.data)
+    return Q
+
+
 def _reference_vocabulary(
     private: AnnData,
     model_kwargs: dict,
     labels_key: str,
     batch_key: str | None,
     unlabeled_category: str,
+    query=None,
 ) -> tuple[list[str], dict | None]:
-    """The gene vocabulary (and ``n_top_genes="auto"``'s scores) the model would choose from
-    the reference cells alone."""
+    """The gene vocabulary (and how ``n_top_genes="auto"`` chose its count) the model would
+    choose from the reference cells (``query``: see
+    :func:`~transanno_sc.model.choose_vocabulary`)."""
     import inspect
 
     from scvi import settings
@@ -388,6 +431,7 @@ def _reference_vocabulary(
         codes,
         np.asarray(batches),
         settings.seed,
+        query=query,
     )
 
 
@@ -539,6 +583,8 @@ def train_on_reference(
     Returns the model, the query restricted to the shared genes (a view) and the gene-sharing
     summary for ``uns``.
     """
+    from scvi import settings
+
     from transanno_sc.model import TransAnno
 
     if not isinstance(reference, AnnData):
@@ -559,10 +605,20 @@ def train_on_reference(
         warnings.filterwarnings("ignore", message=".*labeled cells have no counts at all")
         model_kwargs = dict(model_kwargs or {})
         selection = None
-        if pretrain and "gene_vocabulary" not in model_kwargs:
-            # chosen from the reference's cells only, as without pretraining
+        if "gene_vocabulary" not in model_kwargs and (
+            pretrain or model_kwargs.get("n_top_genes", "auto") == "auto"
+        ):
+            # chosen from the reference's cells (with pretraining too); "auto" without
+            # batches to hold out asks the query which gene count carries the labels over
             model_kwargs["gene_vocabulary"], selection = _reference_vocabulary(
-                private, model_kwargs, labels_key, batch_key, unlabeled_category
+                private,
+                model_kwargs,
+                labels_key,
+                batch_key,
+                unlabeled_category,
+                query=_query_sample(private, query, layer, input_scale, settings.seed)
+                if model_kwargs.get("n_top_genes", "auto") == "auto"
+                else None,
             )
         if pretrain:
             private = _with_query_cells(
