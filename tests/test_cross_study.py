@@ -162,7 +162,8 @@ def test_reference_without_batches_chooses_its_gene_count_with_the_query(lung, t
     by the labels' round trip reference -> query -> reference. More genes for the types from
     a read-count reference to tumour cells (a logistic regression on the query's truth: 0.89,
     0.92, 0.95 macro-F1 on the benchmark's copy); 2,000 for the subtypes from two animals to
-    two others, which lose types with more genes (0.57, 0.51, 0.45)."""
+    two others, which lose types with more genes (0.57, 0.51, 0.45). A query of log1p values
+    (whatever their per-cell total) gives the choice its counts give."""
     healthy = lung[lung.obs["condition"] == "healthy"].copy()
     tumor = lung[lung.obs["condition"] == "tumor"].copy()
     healthy.X = _read_counts(healthy.X)
@@ -170,6 +171,17 @@ def test_reference_without_batches_chooses_its_gene_count_with_the_query(lung, t
     assert sel["validation"] == "query round trip", sel
     assert set(sel["scores"]) == {2000, 4000, 8000}
     assert sel["n_top_genes"] > 2000, sel
+
+    # a query of log1p values, normalized to a million per cell, scores as its counts do
+    # (from the UMI reference: a read-count one is thinned to a counts query's depth only)
+    umis = lung[lung.obs["condition"] == "healthy"].copy()
+    logged = tumor.copy()
+    X = np.asarray(sp.csr_matrix(tumor.X).todense(), dtype=np.float64)
+    logged.X = sp.csr_matrix(np.log1p(X / X.sum(1, keepdims=True) * 1e6).astype(np.float32))
+    counts = _gene_count_choice(umis, tumor, "cell_type", tmp_path)
+    same = _gene_count_choice(umis, logged, "cell_type", tmp_path)
+    assert same["n_top_genes"] == counts["n_top_genes"], (same, counts)
+    assert all(abs(same["scores"][k] - v) < 1e-3 for k, v in counts["scores"].items())
 
     first = lung.obs["batch"].isin(["h_1", "t_1"]).to_numpy()
     ref, query = lung[first].copy(), lung[~first].copy()

@@ -111,8 +111,8 @@ def transanno_annotate(
         leave-one-batch-out validation (see :class:`~transanno_sc.model.TransAnno`).
         Without batches (or when most types live in one batch) it chooses with ``adata``:
         the count of 2,000 / 4,000 / 8,000 whose labels survive the round trip reference ->
-        ``adata`` -> reference best (logistic regressions; a larger count must cut the
-        round trip's macro-F1 error by 0.01 and by a quarter). Depth matching and scale
+        ``adata`` -> reference best (logistic regressions; a larger count must raise the
+        round trip's macro-F1 by 0.01 and cut its error by a quarter). Depth matching and scale
         detection also work batch by batch. Without ``batch_key``, an INFO line names the
         columns of ``reference.obs`` that look like batches (``batch``, ``sample``,
         ``donor``, ``library``, ...) and share the types.

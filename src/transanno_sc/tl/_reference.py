@@ -360,8 +360,10 @@ def _query_sample(
     private: AnnData, query: AnnData, layer: str | None, input_scale: str, seed: int | None
 ) -> sp.csr_matrix:
     """log1p CP10k values of (at most :data:`_N_QUERY_CELLS` random) query cells on the
-    private reference's genes (normalized over those genes; log1p values as they are)."""
+    private reference's genes, normalized over those genes (log1p values are turned back
+    with ``expm1`` first, whatever total they were normalized to)."""
     from transanno_sc.data import (
+        expm1_rows,
         get_matrix,
         iter_row_chunks,
         match_adata_genes,
@@ -388,11 +390,11 @@ def _query_sample(
             )
         )
     Q = sp.vstack(blocks).tocsr()
-    if scale == "counts":
-        total = np.asarray(Q.sum(1)).ravel()
-        Q = sp.diags(np.divide(1e4, total, out=np.zeros_like(total), where=total > 0)) @ Q
-        Q = Q.tocsr()
-        Q.data = np.log1p(Q.data)
+    if scale != "counts":
+        Q = expm1_rows(Q)
+    total = np.asarray(Q.sum(1)).ravel()
+    Q = (sp.diags(np.divide(1e4, total, out=np.zeros_like(total), where=total > 0)) @ Q).tocsr()
+    Q.data = np.log1p(Q.data)
     return Q
 
 
