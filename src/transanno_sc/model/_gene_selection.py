@@ -105,6 +105,27 @@ def select_genes(
     return [str(g) for g in var_names[hvg]]
 
 
+def _ranked_cells(tmp: AnnData, rows: np.ndarray | None, codes: np.ndarray, seed: int):
+    """What both ways of choosing the gene count start from: the candidate counts (of
+    :data:`GENE_COUNT_CANDIDATES`, fewer than ``tmp``'s genes, or all of them), ``tmp``'s
+    genes ranked by Seurat dispersion, a stratified subsample of the labeled cells of ``tmp``
+    (positions in it; ``codes`` are those of the rows of ``X``, ``rows`` the subsample's) and
+    the generator that drew it."""
+    import scanpy as sc
+
+    codes = codes if rows is None else codes[rows]
+    candidates = [k for k in GENE_COUNT_CANDIDATES if k < tmp.n_vars] or [tmp.n_vars]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc.pp.highly_variable_genes(tmp, n_top_genes=max(candidates), flavor="seurat")
+    dispersion = tmp.var["dispersions_norm"].to_numpy(dtype=np.float64)
+    order = np.argsort(-np.nan_to_num(dispersion, nan=-np.inf), kind="stable")
+    rng = np.random.default_rng(seed)
+    cells = np.flatnonzero(codes >= 0)
+    cells = np.sort(cells[stratified_subsample(codes[cells], _N_GENE_COUNT_CELLS, rng)])
+    return candidates, order, cells, rng
+
+
 def choose_gene_count(
     tmp: AnnData, rows: np.ndarray | None, codes: np.ndarray, batches: np.ndarray, seed: int
 ) -> dict | None:
@@ -114,21 +135,11 @@ def choose_gene_count(
     leave-one-batch-out macro-F1 on labeled cells (``codes`` >= 0). ``tmp`` and ``rows``:
     the reference subsample of :func:`log_hvg_subsample`. ``None`` when no held-out batch
     could be scored."""
-    import scanpy as sc
     from sklearn.metrics import f1_score
 
+    candidates, order, cells, rng = _ranked_cells(tmp, rows, codes, seed)
     codes = codes if rows is None else codes[rows]
     batches = batches if rows is None else batches[rows]
-    n_vars = tmp.n_vars
-    candidates = [k for k in GENE_COUNT_CANDIDATES if k < n_vars] or [n_vars]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sc.pp.highly_variable_genes(tmp, n_top_genes=max(candidates), flavor="seurat")
-    dispersion = tmp.var["dispersions_norm"].to_numpy(dtype=np.float64)
-    order = np.argsort(-np.nan_to_num(dispersion, nan=-np.inf), kind="stable")
-    rng = np.random.default_rng(seed)
-    cells = np.flatnonzero(codes >= 0)
-    cells = np.sort(cells[stratified_subsample(codes[cells], _N_GENE_COUNT_CELLS, rng)])
     y, b = codes[cells], batches[cells]
     held_batches = np.unique(b)
     if held_batches.size > _MAX_HELD_OUT_BATCHES:
@@ -197,21 +208,10 @@ def choose_gene_count_by_query(
     differently, lose the labels on the way. ``tmp``/``rows``: the reference subsample of
     :func:`log_hvg_subsample`; ``query``: log1p CP10k values of (a subsample of) the query
     on ``tmp``'s genes. ``None`` when the query's labels came out as a single type."""
-    import scanpy as sc
     from sklearn.metrics import f1_score
 
-    codes = codes if rows is None else codes[rows]
-    n_vars = tmp.n_vars
-    candidates = [k for k in GENE_COUNT_CANDIDATES if k < n_vars] or [n_vars]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sc.pp.highly_variable_genes(tmp, n_top_genes=max(candidates), flavor="seurat")
-    dispersion = tmp.var["dispersions_norm"].to_numpy(dtype=np.float64)
-    order = np.argsort(-np.nan_to_num(dispersion, nan=-np.inf), kind="stable")
-    rng = np.random.default_rng(seed)
-    cells = np.flatnonzero(codes >= 0)
-    cells = np.sort(cells[stratified_subsample(codes[cells], _N_GENE_COUNT_CELLS, rng)])
-    y = codes[cells]
+    candidates, order, cells, _ = _ranked_cells(tmp, rows, codes, seed)
+    y = (codes if rows is None else codes[rows])[cells]
     n_types = int(y.max()) + 1
     M = tmp.X[cells][:, order[: max(candidates)]]
     M = sp.csr_matrix(M) if sp.issparse(M) else np.asarray(M)

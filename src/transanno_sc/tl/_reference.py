@@ -352,6 +352,27 @@ def _match_depth(
     return out, info
 
 
+def _on_reference_genes(query: AnnData, Xq, var_names: pd.Index, rows, transform=None):
+    """The rows of the query's matrix ``Xq`` (all, or the sorted positions ``rows``) on the
+    reference's genes ``var_names`` (the query's genes matched to them by name, the rest 0),
+    as float32 CSR, read chunk by chunk; ``transform``: applied to each chunk (CSR)."""
+    from transanno_sc.data import iter_row_chunks, match_adata_genes
+
+    match = match_adata_genes(query, var_names)
+    blocks = []
+    for _, chunk in iter_row_chunks(Xq, indices=rows):
+        chunk = sp.csr_matrix(chunk)[:, match.source]
+        chunk = (transform(chunk) if transform is not None else chunk).tocoo()
+        blocks.append(
+            sp.csr_matrix(
+                (chunk.data, (chunk.row, match.target[chunk.col])),
+                shape=(chunk.shape[0], len(var_names)),
+                dtype=np.float32,
+            )
+        )
+    return sp.vstack(blocks).tocsr()
+
+
 #: Query cells (at most) that ``n_top_genes="auto"`` reads for a reference without batches.
 _N_QUERY_CELLS = 5_000
 
@@ -362,13 +383,7 @@ def _query_sample(
     """log1p CP10k values of (at most :data:`_N_QUERY_CELLS` random) query cells on the
     private reference's genes, normalized over those genes (log1p values are turned back
     with ``expm1`` first, whatever total they were normalized to)."""
-    from transanno_sc.data import (
-        expm1_rows,
-        get_matrix,
-        iter_row_chunks,
-        match_adata_genes,
-        resolve_input_scale,
-    )
+    from transanno_sc.data import expm1_rows, get_matrix, resolve_input_scale
 
     Xq = get_matrix(query, layer)
     scale = resolve_input_scale(Xq, input_scale, "adata")
@@ -378,20 +393,9 @@ def _query_sample(
         if query.n_obs > _N_QUERY_CELLS
         else None
     )
-    match = match_adata_genes(query, private.var_names)
-    blocks = []
-    for _, chunk in iter_row_chunks(Xq, indices=rows):
-        chunk = sp.csr_matrix(chunk)[:, match.source].tocoo()
-        blocks.append(
-            sp.csr_matrix(
-                (chunk.data, (chunk.row, match.target[chunk.col])),
-                shape=(chunk.shape[0], private.n_vars),
-                dtype=np.float32,
-            )
-        )
-    Q = sp.vstack(blocks).tocsr()
-    if scale != "counts":
-        Q = expm1_rows(Q)
+    Q = _on_reference_genes(
+        query, Xq, private.var_names, rows, expm1_rows if scale != "counts" else None
+    )
     total = np.asarray(Q.sum(1)).ravel()
     Q = (sp.diags(np.divide(1e4, total, out=np.zeros_like(total), where=total > 0)) @ Q).tocsr()
     Q.data = np.log1p(Q.data)
@@ -450,13 +454,7 @@ def _with_query_cells(
     Where one side holds log1p values and the other count-like values, the log1p side is
     turned back into count-like values (``expm1``), so the corpus has one scale.
     """
-    from transanno_sc.data import (
-        expm1_rows,
-        get_matrix,
-        iter_row_chunks,
-        match_adata_genes,
-        resolve_input_scale,
-    )
+    from transanno_sc.data import expm1_rows, get_matrix, resolve_input_scale
 
     Xq = get_matrix(query, layer)
     ref_scale = private.uns["input_scale"]
@@ -464,20 +462,9 @@ def _with_query_cells(
     if ref_scale != query_scale and ref_scale == "log1p":
         private = AnnData(X=expm1_rows(private.X), obs=private.obs, var=private.var)
         ref_scale = "counts"
-    # the query's genes named as the model's vocabulary (the private reference's) matched them
-    match = match_adata_genes(query, private.var_names)
-    query_cols, ref_cols = match.source, match.target
-    blocks = []
-    for _, rows in iter_row_chunks(Xq):
-        rows = sp.csr_matrix(rows)[:, query_cols]
-        rows = (expm1_rows(rows) if query_scale != ref_scale else rows).tocoo()
-        blocks.append(
-            sp.csr_matrix(
-                (rows.data, (rows.row, ref_cols[rows.col])),
-                shape=(rows.shape[0], private.n_vars),
-                dtype=np.float32,
-            )
-        )
+    query_X = _on_reference_genes(
+        query, Xq, private.var_names, None, expm1_rows if query_scale != ref_scale else None
+    )
     ref_labels = private.obs[labels_key].astype(str).replace({unlabeled_category: _UNLABELED})
     labels = pd.Categorical([*ref_labels, *([_UNLABELED] * query.n_obs)])
     obs = pd.DataFrame(
@@ -489,7 +476,7 @@ def _with_query_cells(
     for col in private.obs.columns:
         if col != labels_key:
             obs[col] = pd.Categorical([*private.obs[col].astype(str), *(["query"] * query.n_obs)])
-    X = sp.vstack([sp.csr_matrix(private.X, dtype=np.float32), *blocks]).tocsr()
+    X = sp.vstack([sp.csr_matrix(private.X, dtype=np.float32), query_X]).tocsr()
     corpus = AnnData(X=X, obs=obs, var=pd.DataFrame(index=private.var_names.copy()))
     corpus.uns["input_scale"] = ref_scale
     return corpus
