@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -262,14 +262,15 @@ def choose_vocabulary(
     codes: np.ndarray,
     batches: np.ndarray,
     seed: int,
-    query=None,
+    query: Callable[[], np.ndarray | sp.csr_matrix] | None = None,
 ) -> tuple[list[str], dict | None]:
     """The gene vocabulary for ``n_top_genes`` (see :class:`~transanno_sc.model.TransAnno`)
     and, for ``"auto"``, how its gene count was chosen (else ``None``): by
     :func:`choose_gene_count` with several labeled batches, else by
-    :func:`choose_gene_count_by_query` where ``query`` (log1p CP10k values of query cells on
-    ``var_names``) is given. ``codes``: label codes of the rows of ``X``, -1 where unlabeled;
-    ``batches``: batch codes."""
+    :func:`choose_gene_count_by_query` where ``query`` is given: a function returning log1p
+    CP10k values of query cells on ``var_names``, called only when they are needed.
+    ``codes``: label codes of the rows of ``X``, -1 where unlabeled; ``batches``: batch
+    codes."""
     if isinstance(n_top_genes, str):
         if n_top_genes != "auto":
             msg = f"n_top_genes must be an int, None or 'auto', got {n_top_genes!r}."
@@ -289,7 +290,7 @@ def choose_vocabulary(
     choice = choose_gene_count(tmp, rows, codes, batches, seed) if several_batches else None
     if query is not None and (choice is None or not choice["scores"]):
         # no batch to hold out, or too few types shared between batches: ask the query
-        by_query = choose_gene_count_by_query(tmp, rows, codes, query, seed)
+        by_query = choose_gene_count_by_query(tmp, rows, codes, query(), seed)
         if by_query is not None:
             if choice is not None:  # the batches' coverage, for the record
                 by_query["validated_types"] = choice["validated_types"]

@@ -16,6 +16,8 @@ from anndata import AnnData
 from transanno_sc.data import GENE_NAME_COLUMNS, get_rna
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from transanno_sc.model import TransAnno
 
 logger = logging.getLogger(__name__)
@@ -408,7 +410,7 @@ def _reference_vocabulary(
     labels_key: str,
     batch_key: str | None,
     unlabeled_category: str,
-    query=None,
+    query: Callable | None = None,
 ) -> tuple[list[str], dict | None]:
     """The gene vocabulary (and how ``n_top_genes="auto"`` chose its count) the model would
     choose from the reference cells (``query``: see
@@ -572,6 +574,8 @@ def train_on_reference(
     Returns the model, the query restricted to the shared genes (a view) and the gene-sharing
     summary for ``uns``.
     """
+    from functools import partial
+
     from scvi import settings
 
     from transanno_sc.model import TransAnno
@@ -605,7 +609,7 @@ def train_on_reference(
                 labels_key,
                 batch_key,
                 unlabeled_category,
-                query=_query_sample(private, query, layer, input_scale, settings.seed)
+                query=partial(_query_sample, private, query, layer, input_scale, settings.seed)
                 if model_kwargs.get("n_top_genes", "auto") == "auto"
                 else None,
             )
