@@ -265,12 +265,12 @@ def choose_vocabulary(
     query: Callable[[], np.ndarray | sp.csr_matrix] | None = None,
 ) -> tuple[list[str], dict | None]:
     """The gene vocabulary for ``n_top_genes`` (see :class:`~transanno_sc.model.TransAnno`)
-    and, for ``"auto"``, how its gene count was chosen (else ``None``): by
-    :func:`choose_gene_count` with several labeled batches, else by
-    :func:`choose_gene_count_by_query` where ``query`` is given: a function returning log1p
-    CP10k values of query cells on ``var_names``, called only when they are needed.
-    ``codes``: label codes of the rows of ``X``, -1 where unlabeled; ``batches``: batch
-    codes."""
+    and, for ``"auto"``, how its gene count was chosen (else ``None``): by leave-one-batch-out
+    with several labeled batches, else by the labels' round trip reference -> query ->
+    reference (``choose_gene_count_by_query``) where ``query`` is given: a function
+    returning log1p CP10k values of query cells on ``var_names``, called only when they are
+    needed. ``codes``: label codes of the rows of ``X``, -1 where unlabeled; ``batches``:
+    batch codes."""
     if isinstance(n_top_genes, str):
         if n_top_genes != "auto":
             msg = f"n_top_genes must be an int, None or 'auto', got {n_top_genes!r}."
