@@ -217,9 +217,9 @@ def choose_gene_count_by_query(
     M = sp.csr_matrix(M) if sp.issparse(M) else np.asarray(M)
     Q = query[:, order[: max(candidates)]]
     Q = sp.csr_matrix(Q) if sp.issparse(Q) else np.asarray(Q)
+    weight = class_weights(np.bincount(y, minlength=n_types), 1.0)
     scores = {}
     for k in candidates:
-        weight = class_weights(np.bincount(y, minlength=n_types), 1.0)
         clf = logistic_regression(M[:, :k], y, weight[y], 0.1)
         pseudo = clf.predict(Q[:, :k])
         if np.unique(pseudo).size < 2:

@@ -385,7 +385,9 @@ def _query_sample(
     """log1p CP10k values of (at most :data:`_N_QUERY_CELLS` random) query cells on the
     private reference's genes, normalized over those genes (log1p values are turned back
     with ``expm1`` first, whatever total they were normalized to)."""
-    from transanno_sc.data import expm1_rows, get_matrix, resolve_input_scale
+    from transanno_sc.data import get_matrix, resolve_input_scale
+
+    from ._query_context import _log_normalize
 
     Xq = get_matrix(query, layer)
     scale = resolve_input_scale(Xq, input_scale, "adata")
@@ -395,13 +397,7 @@ def _query_sample(
         if query.n_obs > _N_QUERY_CELLS
         else None
     )
-    Q = _on_reference_genes(
-        query, Xq, private.var_names, rows, expm1_rows if scale != "counts" else None
-    )
-    total = np.asarray(Q.sum(1)).ravel()
-    Q = (sp.diags(np.divide(1e4, total, out=np.zeros_like(total), where=total > 0)) @ Q).tocsr()
-    Q.data = np.log1p(Q.data)
-    return Q
+    return _log_normalize(_on_reference_genes(query, Xq, private.var_names, rows), scale)
 
 
 def _reference_vocabulary(
@@ -598,9 +594,8 @@ def train_on_reference(
         warnings.filterwarnings("ignore", message=".*labeled cells have no counts at all")
         model_kwargs = dict(model_kwargs or {})
         selection = None
-        if "gene_vocabulary" not in model_kwargs and (
-            pretrain or model_kwargs.get("n_top_genes", "auto") == "auto"
-        ):
+        auto = model_kwargs.get("n_top_genes", "auto") == "auto"
+        if "gene_vocabulary" not in model_kwargs and (pretrain or auto):
             # chosen from the reference's cells (with pretraining too); "auto" without
             # batches to hold out asks the query which gene count carries the labels over
             model_kwargs["gene_vocabulary"], selection = _reference_vocabulary(
@@ -610,7 +605,7 @@ def train_on_reference(
                 batch_key,
                 unlabeled_category,
                 query=partial(_query_sample, private, query, layer, input_scale, settings.seed)
-                if model_kwargs.get("n_top_genes", "auto") == "auto"
+                if auto
                 else None,
             )
         if pretrain:
