@@ -257,7 +257,44 @@ def test_reference_mixing_counts_tpm_and_log1p(split):
         **FAST_TRAIN,
     )
     assert query.uns["transanno"]["gene_overlap"]["input_scale"] == "counts"
+    assert query.uns["transanno"]["gene_overlap"]["reference_input_scale"] == {
+        "h_1": "counts",
+        "t_1": "log1p",
+    }
     assert _argmax_accuracy(query) >= _logreg_accuracy(ref, query) - 0.05
+
+
+def test_log2_reference_is_read_as_its_counts(split):
+    """A reference of log2(CPM + 1) values (a published table) is read as its counts: the
+    same genes (the same gene count chosen by "auto") and, once normalized in training, the
+    same values."""
+    import torch
+
+    from transanno_sc._constants import REGISTRY_KEYS
+    from transanno_sc.model import TransAnno
+
+    ref = split[0]
+    models = {}
+    for name in ("counts", "log2"):
+        X = sp.csr_matrix(ref.X, dtype=np.float64)
+        if name == "log2":
+            X = sp.csr_matrix(sp.diags(1e6 / np.asarray(X.sum(1)).ravel()) @ X)
+            X.data = np.log2(1.0 + X.data)
+        r = ad.AnnData(
+            X.astype(np.float32), obs=ref.obs[["cell_type", "batch"]].copy(), var=ref.var[[]]
+        )
+        TransAnno.setup_anndata(r, labels_key="cell_type", batch_key="batch")
+        models[name] = TransAnno(r, **_FAST)
+    counts, log2 = models["counts"], models["log2"]
+    assert log2.input_scale_ == "log2(1+x)"
+    assert log2.var_names_ == counts.var_names_
+    assert log2.gene_count_selection_["n_top_genes"] == counts.gene_count_selection_["n_top_genes"]
+    seen = []
+    for model in (counts, log2):  # what training reads: the module's input of 50 cells
+        rows = model.adata.X[:50].toarray()
+        inputs = model.module._get_inference_input({REGISTRY_KEYS.X_KEY: torch.from_numpy(rows)})
+        seen.append(model.module.log_expression(*inputs.values()).numpy())
+    np.testing.assert_allclose(seen[1], seen[0], atol=1e-3)
 
 
 def test_same_call_same_answer(split):

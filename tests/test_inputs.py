@@ -101,6 +101,58 @@ def test_scale_detection(rng):
     assert detect_input_scale(tpm) == "counts"
 
 
+def _per_cell(X, total: float, log=None) -> sp.csr_matrix:
+    """Counts normalized to ``total`` per cell, then ``log(1 + x)`` (``log``: np.log2 ...)."""
+    X = sp.csr_matrix(X, dtype=np.float64)
+    out = sp.csr_matrix(sp.diags(total / np.asarray(X.sum(1)).ravel()) @ X)
+    if log is not None:
+        out.data = log(1.0 + out.data)
+    return out.astype(np.float32)
+
+
+def test_log_base_detection(lung):
+    """Published tables often hold log2(TPM + 1) or log2(CPM + 1): told from natural log1p
+    values by the whole multiples they turn back into, or by their constant totals."""
+    from transanno_sc.data import resolve_input_scale
+
+    X = lung.X[:300]
+    assert detect_input_scale(_per_cell(X, 1e4, np.log)) == "log1p"
+    assert detect_input_scale(_per_cell(X, 1e6, np.log2)) == "log2(1+x)"
+    assert detect_input_scale(_per_cell(X, 1e4, np.log2)) == "log2(1+x)"
+    assert detect_input_scale(_per_cell(X, 1e6, np.log10)) == "log10(1+x)"
+    # on 500 genes only (no constant totals), and rounded as in a text table
+    assert detect_input_scale(_per_cell(X, 1e6, np.log2)[:, :500]) == "log2(1+x)"
+    for decimals in (2, 1):  # 1 decimal: no whole multiples left, but constant totals
+        rounded = _per_cell(X, 1e6, np.log2)
+        rounded.data = np.round(rounded.data, decimals)
+        assert detect_input_scale(rounded) == "log2(1+x)"
+    # TPM: gene lengths leave no whole multiples, but every cell sums to a million
+    lengths = np.random.default_rng(0).lognormal(7.5, 0.5, X.shape[1]).astype(np.float32)
+    tpm = _per_cell(sp.csr_matrix(X) @ sp.diags(1e3 / lengths), 1e6, np.log2)
+    assert detect_input_scale(tpm) == "log2(1+x)"
+    # normalized to a total far below the library size the base hardly matters: natural
+    assert detect_input_scale(_per_cell(X, 1.0, np.log)) == "log1p"
+    # "log1p" asks for log-normalized values and the base is still detected; a base given
+    # is taken as it is
+    log2 = _per_cell(X, 1e6, np.log2)
+    assert resolve_input_scale(log2, "log1p") == "log2(1+x)"
+    assert resolve_input_scale(_per_cell(X, 1e4, np.log), "log1p") == "log1p"
+    with pytest.warns(UserWarning, match="treated as log10"):
+        assert resolve_input_scale(log2, "log10(1+x)") == "log10(1+x)"
+    with pytest.raises(ValueError, match=r"'log2\(1\+x\)'"):
+        resolve_input_scale(log2, "log2")
+
+
+def test_log2_query_is_read_as_its_counts(trained, query):
+    """A query of log2(CPM + 1) values gets the probabilities of its counts."""
+    as_counts = trained.predict_confidence(query)
+    log2 = query.copy()
+    log2.X = _per_cell(query.X, 1e6, np.log2)
+    as_log2 = trained.predict_confidence(log2)
+    np.testing.assert_array_equal(as_log2["label"], as_counts["label"])
+    np.testing.assert_allclose(as_log2["probability"], as_counts["probability"], atol=1e-4)
+
+
 def test_no_gene_overlap_with_model(trained, query):
     other = query.copy()
     other.var_names = [f"ENSMUSG{i:011d}" for i in range(other.n_vars)]

@@ -303,8 +303,9 @@ def _add_training_options(p: argparse.ArgumentParser, data: str, what: str) -> N
     p.add_argument(
         "--input-scale",
         default="auto",
-        choices=["auto", "counts", "log1p"],
-        help="what the values are: raw counts (or TPM/CPM), log1p-normalized, or detected",
+        choices=["auto", "counts", "log1p", "log2(1+x)", "log10(1+x)"],
+        help="what the values are: raw counts (or TPM/CPM), log-normalized (natural log; "
+        "log2(1+x) or log10(1+x) for other bases, which 'log1p' and 'auto' detect), or detected",
     )
     p.add_argument(
         "--max-epochs",

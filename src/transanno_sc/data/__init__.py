@@ -8,6 +8,7 @@ does). Nothing here imports another subpackage of ``transanno_sc``.
 
 from ._anndata import (
     GENE_NAME_COLUMNS,
+    LOG_SCALES,
     RNA_MODALITY_NAMES,
     InputScale,
     check_batches,
@@ -21,6 +22,8 @@ from ._anndata import (
     gene_name_options,
     get_matrix,
     get_rna,
+    log_base_of_rows,
+    log_factor,
     match_adata_genes,
     match_shared_genes,
     non_string_labels,
@@ -58,6 +61,7 @@ __all__ = [
     "CHUNK_SIZE",
     "CLS_ID",
     "GENE_NAME_COLUMNS",
+    "LOG_SCALES",
     "MASK_ID",
     "N_SPECIAL_GENE_TOKENS",
     "PAD_ID",
@@ -81,6 +85,8 @@ __all__ = [
     "iter_row_chunks",
     "iter_vocab_batches",
     "length_batches",
+    "log_base_of_rows",
+    "log_factor",
     "match_adata_genes",
     "match_genes",
     "match_shared_genes",

@@ -19,13 +19,27 @@ from ._vocab import GeneMatch, match_genes
 logger = logging.getLogger(__name__)
 
 
-InputScale = Literal["auto", "counts", "log1p"]
+InputScale = Literal["auto", "counts", "log1p", "log2(1+x)", "log10(1+x)"]
 
 #: Rows inspected to decide whether a matrix holds counts or log1p values.
 N_ROWS_SCALE_DETECTION = 2000
 
 #: log1p(counts per 10k) never exceeds this in practice; larger non-integer values are not log.
 MAX_LOG1P_VALUE = 30.0
+
+#: The log-normalized scales told apart by :func:`log_base_of_rows`, and the natural log of
+#: their base: values of ``"log2(1+x)"`` (``log2(TPM + 1)``, ``log2(CPM + 1)``, common in
+#: published tables) times ``ln 2`` are the natural ``log1p`` of the same count-like values.
+LOG_SCALES = {"log1p": 1.0, "log2(1+x)": float(np.log(2.0)), "log10(1+x)": float(np.log(10.0))}
+#: A base other than e is taken when, for that base, at least this share of a cell's values
+#: above twice its smallest are whole multiples of it (counts normalized per cell) while for
+#: base e under :data:`_NATURAL_AT_MOST` are; or when its per-cell totals vary by a
+#: coefficient of variation under :data:`_CONSTANT_TOTAL_CV` while those of base e vary by
+#: over :data:`_VARYING_TOTAL_CV` (TPM / CPM of all genes, which has no whole multiples).
+_MULTIPLES_AT_LEAST = 0.9
+_NATURAL_AT_MOST = 0.5
+_CONSTANT_TOTAL_CV = 0.03
+_VARYING_TOTAL_CV = 0.05
 
 #: Columns of ``var`` that often hold a second name of each gene: gene symbols next to
 #: Ensembl IDs in ``var_names`` (CELLxGENE's ``feature_name``, scanpy's ``gene_symbols``) or
@@ -201,14 +215,15 @@ def sampled_rows(X, n_rows: int | None = None):
     return next(iter_row_chunks(X, chunk_size=indices.size, indices=indices))[1]
 
 
-def detect_input_scale(X, what: str = "adata.X") -> Literal["counts", "log1p"]:
-    """Decide from a sample of rows whether ``X`` holds count-like or log1p-normalized values.
+def detect_input_scale(X, what: str = "adata.X") -> str:
+    """Decide from a sample of rows whether ``X`` holds count-like or log-normalized values.
 
     ``"counts"``: integers (UMI or read counts) or non-integer values above
     :data:`MAX_LOG1P_VALUE` (TPM, CPM, RSEM expected counts, Smart-seq read counts): every
     cell is library-size normalized anyway, so their absolute scale does not matter.
     ``"log1p"``: non-integer values up to :data:`MAX_LOG1P_VALUE` (log1p of normalized
-    values). The rows read are spread evenly over ``X`` (at most
+    values); ``"log2(1+x)"`` or ``"log10(1+x)"`` where their base is clearly 2 or 10
+    (:func:`log_base_of_rows`). The rows read are spread evenly over ``X`` (at most
     :data:`N_ROWS_SCALE_DETECTION`).
     """
     if X.shape[0] == 0:
@@ -217,7 +232,7 @@ def detect_input_scale(X, what: str = "adata.X") -> Literal["counts", "log1p"]:
     return scale_of_rows(sampled_rows(X), what)
 
 
-def scale_of_rows(rows, what: str = "adata.X") -> Literal["counts", "log1p"]:
+def scale_of_rows(rows, what: str = "adata.X") -> str:
     """:func:`detect_input_scale` of rows already read."""
     check_values(rows, what)
     v = _values(rows)
@@ -229,6 +244,57 @@ def scale_of_rows(rows, what: str = "adata.X") -> Literal["counts", "log1p"]:
         raise ValueError(msg)
     if np.all(v == np.round(v)) or v.max() > MAX_LOG1P_VALUE:
         return "counts"
+    return log_base_of_rows(rows)
+
+
+def log_factor(scale: str) -> float:
+    """What values of ``scale`` are multiplied by to give natural ``log1p`` values (0 for
+    count-like values)."""
+    return LOG_SCALES.get(scale, 0.0)
+
+
+def _base_evidence(rows, factor: float) -> tuple[float, float]:
+    """For log values of base ``exp(factor)``: the share of the count-like values within
+    0.05 of a whole multiple of their cell's smallest (among values over 1.5 and under 100
+    times it, in cells of 5 values at least) and the coefficient of variation of the cells'
+    totals."""
+    y = sp.csr_matrix(rows, dtype=np.float64, copy=True)
+    y.eliminate_zeros()
+    y.data = np.expm1(y.data * factor)
+    totals = np.asarray(y.sum(axis=1)).ravel()
+    totals = totals[totals > 0]
+    cv = float(totals.std() / totals.mean()) if totals.size > 1 else 0.0
+    per_row = np.diff(y.indptr)
+    kept = per_row >= 5
+    if not kept.any():
+        return float("nan"), cv
+    smallest = np.minimum.reduceat(y.data, y.indptr[:-1][kept])
+    ratio = y.data[np.repeat(kept, per_row)] / np.repeat(smallest, per_row[kept])
+    ratio = ratio[(ratio > 1.5) & (ratio < 100)]
+    if not ratio.size:
+        return float("nan"), cv
+    return float(np.mean(np.abs(ratio - np.round(ratio)) < 0.05)), cv
+
+
+def log_base_of_rows(rows) -> str:
+    """The scale of log-normalized ``rows`` (a key of :data:`LOG_SCALES`): ``"log1p"`` (natural
+    log, scanpy's and Seurat's) unless the values are clearly of base 2 or 10.
+
+    Normalized counts are whole multiples of a cell's smallest value (a count of 1) once
+    turned back with the right base, and TPM or CPM of all genes sum to the same total in
+    every cell; turned back with the wrong base they are neither. Values normalized to a total
+    far below the library size (log1p of counts / library) hardly depend on the base and stay
+    natural.
+    """
+    natural_share, natural_cv = _base_evidence(rows, 1.0)
+    for scale, factor in LOG_SCALES.items():
+        if factor == 1.0:
+            continue
+        share, cv = _base_evidence(rows, factor)
+        by_multiples = share >= _MULTIPLES_AT_LEAST and not natural_share >= _NATURAL_AT_MOST
+        by_totals = cv < _CONSTANT_TOTAL_CV and natural_cv > _VARYING_TOTAL_CV
+        if by_multiples or by_totals:
+            return scale
     return "log1p"
 
 
@@ -236,24 +302,31 @@ def resolve_input_scale(
     X, input_scale: InputScale, what: str = "adata.X", *, quiet: bool = False
 ) -> str:
     """Check an explicit ``input_scale`` or detect it (``quiet``: no log line or warning, for a
-    check made ahead of the call that uses it)."""
-    if input_scale not in ("auto", "counts", "log1p"):
-        msg = f"input_scale must be 'auto', 'counts' or 'log1p', got {input_scale!r}."
+    check made ahead of the call that uses it). ``"log1p"`` means log-normalized values: their
+    base is detected all the same (:func:`log_base_of_rows`), so the scale returned may be
+    ``"log2(1+x)"`` or ``"log10(1+x)"``; those two, given, are taken as they are."""
+    if input_scale not in ("auto", "counts", *LOG_SCALES):
+        msg = (
+            "input_scale must be 'auto', 'counts' or 'log1p' (or 'log2(1+x)', 'log10(1+x)' "
+            f"for log values of those bases), got {input_scale!r}."
+        )
         raise ValueError(msg)
     if X.shape[0] == 0:
         msg = f"{what} has no cells."
         raise ValueError(msg)
     rows = sampled_rows(X)
     detected = scale_of_rows(rows, what)
-    if input_scale == "log1p":
+    if input_scale in LOG_SCALES:
         top = float(_values(rows).max())
         if top > MAX_LOG1P_VALUE:
             msg = (
-                f"input_scale='log1p', but {what} holds values up to {top:.4g}: log1p-normalized "
-                f"values stay below {MAX_LOG1P_VALUE:g} (log1p of 10,000 per cell is 9.2). These "
-                "look like counts: pass input_scale='counts' or 'auto'."
+                f"input_scale={input_scale!r}, but {what} holds values up to {top:.4g}: "
+                f"log-normalized values stay below {MAX_LOG1P_VALUE:g} (log1p of 10,000 per "
+                "cell is 9.2). These look like counts: pass input_scale='counts' or 'auto'."
             )
             raise ValueError(msg)
+        if input_scale == "log1p" and detected in LOG_SCALES:
+            input_scale = "auto"  # as asked; only the base is detected
     if input_scale == "auto":
         if not quiet:
             logger.info("%s holds %s values (detected).", what, _SCALE_NAMES[detected])
@@ -272,15 +345,18 @@ def resolve_input_scale(
 _SCALE_NAMES = {
     "counts": "count-like (counts, TPM, CPM: normalized per cell, then log1p)",
     "log1p": "log1p-normalized",
+    "log2(1+x)": "log2(1+x)-normalized (e.g. log2(TPM+1); read as log1p values times ln 2)",
+    "log10(1+x)": "log10(1+x)-normalized (read as log1p values times ln 10)",
 }
 
 
-def expm1_rows(X) -> sp.csr_matrix:
-    """``expm1`` of log1p-normalized values as a float32 CSR copy: count-like values that the
-    per-cell normalization turns back into the same log1p values (when they were normalized to
+def expm1_rows(X, scale: str = "log1p") -> sp.csr_matrix:
+    """``expm1`` of log-normalized values (of ``scale``, a key of :data:`LOG_SCALES`) as a
+    float32 CSR copy: count-like values that the per-cell normalization turns back into the
+    same log1p values (when they were normalized to
     :data:`~transanno_sc._constants.TARGET_SUM`)."""
     out = sp.csr_matrix(X, dtype=np.float32, copy=True)
-    out.data = np.expm1(out.data)
+    out.data = np.expm1(out.data * np.float32(LOG_SCALES[scale]))
     return out
 
 

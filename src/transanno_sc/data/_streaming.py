@@ -92,7 +92,7 @@ def iter_vocab_batches(
     max_tokens: int | None = None,
     chunk_size: int | None = None,
     check=None,
-    log1p: bool = False,
+    log1p: float = 0.0,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Stream ``X`` as dense forward batches over a gene vocabulary.
 
@@ -121,8 +121,10 @@ def iter_vocab_batches(
     check
         Called on each raw chunk (e.g. :func:`check_values`).
     log1p
-        ``X`` holds log1p values: the library is then the total of their ``expm1`` (the
-        count-like values the model normalizes them back from).
+        Non-zero where ``X`` holds log-normalized values: what they are multiplied by to give
+        natural log1p values (1 for log1p values, ``ln 2`` for ``log2(1+x)``; ``log_factor``
+        of ``_anndata``), which the batches then hold. The library is then the total of their
+        ``expm1`` (the count-like values the model normalizes them back from).
 
     Yields
     ------
@@ -136,6 +138,8 @@ def iter_vocab_batches(
     for start, rows in iter_row_chunks(X, chunk_size=chunk_size, indices=indices):
         if check is not None:
             check(rows)
+        if log1p and log1p != 1.0:
+            rows = rows * np.float32(log1p)  # a new matrix: X itself is left as it is
         totals = (rows.expm1() if sp.issparse(rows) else np.expm1(rows)) if log1p else rows
         library = np.asarray(totals.sum(axis=1), dtype=np.float32).reshape(-1)
         sub = rows[:, source]

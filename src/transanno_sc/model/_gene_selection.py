@@ -18,6 +18,7 @@ from transanno_sc._constants import (
     WARN_GENE_OVERLAP,
 )
 from transanno_sc.data import (
+    LOG_SCALES,
     GeneMatch,
     get_matrix,
     match_adata_genes,
@@ -51,9 +52,12 @@ _ROUND_TRIP_MIN_ERROR_CUT = 0.25
 MIN_VALIDATED_TYPES = 0.9
 
 
-def log_hvg_subsample(X, var_names: pd.Index, is_counts: bool, seed: int):
+def log_hvg_subsample(X, var_names: pd.Index, is_counts: bool, seed: int, log_factor: float = 1.0):
     """Log1p CP10k AnnData of (at most 20,000 random rows of) X, with Seurat-flavour dispersions
-    in ``var`` (``dispersions_norm``), and the rows it holds (``None``: all of them)."""
+    in ``var`` (``dispersions_norm``), and the rows it holds (``None``: all of them). Log values
+    (not ``is_counts``) are turned back into count-like values first (``expm1`` of them times
+    ``log_factor``: ``ln 2`` for ``log2(1+x)``) and renormalized over X's genes, as the model
+    reads them: log1p(CPM) gives the genes log1p(CP10k) would."""
     import scanpy as sc
 
     n_obs = X.shape[0]
@@ -75,9 +79,11 @@ def log_hvg_subsample(X, var_names: pd.Index, is_counts: bool, seed: int):
     tmp.var_names = var_names.astype(str)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if is_counts:
-            sc.pp.normalize_total(tmp, target_sum=1e4)
-            sc.pp.log1p(tmp)
+        if not is_counts:  # back to count-like values, renormalized as the model does
+            values = tmp.X.data if sp.issparse(tmp.X) else tmp.X
+            np.expm1(values * np.float32(log_factor), out=values)
+        sc.pp.normalize_total(tmp, target_sum=1e4)
+        sc.pp.log1p(tmp)
     return tmp, rows
 
 
@@ -88,16 +94,18 @@ def select_genes(
     is_counts: bool,
     seed: int,
     tmp: AnnData | None = None,
+    log_factor: float = 1.0,
 ) -> list[str]:
     """Pick the gene vocabulary: highly variable genes of (a subsample of) the reference
-    (``tmp``: that subsample from :func:`log_hvg_subsample`, when already made)."""
+    (``tmp``: that subsample from :func:`log_hvg_subsample`, when already made; ``log_factor``
+    as there)."""
     import scanpy as sc
 
     n_vars = X.shape[1]
     if n_top_genes is None or n_top_genes >= n_vars:
         return [str(g) for g in var_names]
     if tmp is None:
-        tmp, _ = log_hvg_subsample(X, var_names, is_counts, seed)
+        tmp, _ = log_hvg_subsample(X, var_names, is_counts, seed, log_factor)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sc.pp.highly_variable_genes(tmp, n_top_genes=n_top_genes, flavor="seurat")
@@ -263,6 +271,7 @@ def choose_vocabulary(
     batches: np.ndarray,
     seed: int,
     query: Callable[[], np.ndarray | sp.csr_matrix] | None = None,
+    log_factor: float = 1.0,
 ) -> tuple[list[str], dict | None]:
     """The gene vocabulary for ``n_top_genes`` (see :class:`~transanno_sc.model.TransAnno`)
     and, for ``"auto"``, how its gene count was chosen (else ``None``): by leave-one-batch-out
@@ -270,7 +279,8 @@ def choose_vocabulary(
     reference (``choose_gene_count_by_query``) where ``query`` is given: a function
     returning log1p CP10k values of query cells on ``var_names``, called only when they are
     needed. ``codes``: label codes of the rows of ``X``, -1 where unlabeled; ``batches``:
-    batch codes."""
+    batch codes; ``log_factor``: what log values of ``X`` are multiplied by to give natural
+    log1p values (``ln 2`` for ``log2(1+x)``)."""
     if isinstance(n_top_genes, str):
         if n_top_genes != "auto":
             msg = f"n_top_genes must be an int, None or 'auto', got {n_top_genes!r}."
@@ -281,12 +291,13 @@ def choose_vocabulary(
         msg = f"n_top_genes must be a positive int, None or 'auto', got {n_top_genes!r}."
         raise ValueError(msg)
     if n_top_genes != "auto":
-        return select_genes(X, var_names, n_top_genes, is_counts, seed), None
+        return select_genes(X, var_names, n_top_genes, is_counts, seed, None, log_factor), None
     several_batches = np.unique(batches[codes >= 0]).size >= 2
     if not several_batches and (query is None or np.unique(codes[codes >= 0]).size < 2):
-        return select_genes(X, var_names, DEFAULT_GENE_COUNT, is_counts, seed), None
+        genes = select_genes(X, var_names, DEFAULT_GENE_COUNT, is_counts, seed, None, log_factor)
+        return genes, None
     t0 = time.perf_counter()
-    tmp, rows = log_hvg_subsample(X, var_names, is_counts, seed)
+    tmp, rows = log_hvg_subsample(X, var_names, is_counts, seed, log_factor)
     choice = choose_gene_count(tmp, rows, codes, batches, seed) if several_batches else None
     if query is not None and (choice is None or not choice["scores"]):
         # no batch to hold out, or too few types shared between batches: ask the query
@@ -389,6 +400,9 @@ def added_genes(
     if n_top_genes == 0:
         return []
     X = get_matrix(adata, setup_args["layer"])
-    hvg = select_genes(X, adata.var_names, n_top_genes, setup_args["input_scale"] == "counts", seed)
+    scale = setup_args["input_scale"]
+    hvg = select_genes(
+        X, adata.var_names, n_top_genes, scale == "counts", seed, None, LOG_SCALES.get(scale, 1.0)
+    )
     matched = set(adata.var_names[match.source].astype(str))
     return sorted(g for g in hvg if g not in matched)

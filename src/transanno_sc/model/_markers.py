@@ -21,6 +21,7 @@ from transanno_sc.data import (
     check_values,
     get_matrix,
     iter_vocab_batches,
+    log_factor,
     resolve_input_scale,
 )
 
@@ -349,7 +350,7 @@ class MarkersMixin:
             indices=cells,
             max_tokens=self.module.config.max_tokens,
             check=lambda rows: check_values(rows, data.where),
-            log1p=data.scale == "log1p",
+            log1p=log_factor(data.scale),
         ):
             with torch.no_grad():
                 x_log = self.module.log_expression(

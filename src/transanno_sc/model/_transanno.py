@@ -35,6 +35,7 @@ from transanno_sc.data import (
     check_values,
     get_matrix,
     iter_vocab_batches,
+    log_factor,
     match_genes,
     n_forward_batches,
     prefetch,
@@ -177,6 +178,7 @@ class TransAnno(
                 np.where(codes < n_classes, codes, -1).astype(np.int64),
                 batches,
                 settings.seed,
+                log_factor=log_factor(self.input_scale_) or 1.0,
             )
         self.calibration_: dict | None = None
         # per-type gene detection of the reference, for tl.transanno_annotate's query context
@@ -215,7 +217,11 @@ class TransAnno(
         match = self._match(adata, "adata")
         index = torch.full((len(self.var_names_),), -1, dtype=torch.long)
         index[torch.as_tensor(match.target)] = torch.as_tensor(match.source)
-        self.module.set_inputs(index, is_counts=self.input_scale_ == "counts")
+        self.module.set_inputs(
+            index,
+            is_counts=self.input_scale_ == "counts",
+            log_factor=log_factor(self.input_scale_) or None,
+        )
         self.gene_overlap_ = match.to_dict()
 
     def _match(self, adata: AnnData, what: str) -> GeneMatch:
@@ -251,8 +257,10 @@ class TransAnno(
         %(param_layer)s
         input_scale
             ``"counts"`` (raw counts, normalized on the fly), ``"log1p"`` (log1p of
-            library-size-normalized values, e.g. after :func:`scanpy.pp.log1p`) or ``"auto"``
-            (integers are counts, other values up to 30 are log1p).
+            library-size-normalized values, e.g. after :func:`scanpy.pp.log1p`; a base of 2
+            or 10, as in log2(TPM + 1) tables, is detected), ``"log2(1+x)"`` or
+            ``"log10(1+x)"`` (log values of that base) or ``"auto"`` (integers are counts,
+            other values up to 30 are log values, their base detected).
         """
         check_shape_and_names(adata)
         check_labels(adata, labels_key, unlabeled_category)
@@ -301,7 +309,7 @@ class TransAnno(
             match.n_vocab,
             batch_size,
             indices=np.sort(indices),
-            log1p=self.input_scale_ == "log1p",
+            log1p=log_factor(self.input_scale_),
         ):
             values = self.module.log_expression(
                 torch.from_numpy(x),
@@ -370,7 +378,7 @@ class TransAnno(
             indices=indices,
             max_tokens=self.module.config.max_tokens,
             check=lambda rows: check_values(rows, where),
-            log1p=scale == "log1p",
+            log1p=log_factor(scale),
         )
         if device.type != "cpu":
             # the accelerator computes while a thread prepares the next batches; on the CPU

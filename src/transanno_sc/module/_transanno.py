@@ -140,12 +140,17 @@ class TransAnnoModule(BaseModuleClass):
         self.register_buffer("renormalize_log1p", torch.ones(()))
         # Whether the registered training data hold counts (True) or log1p values (False).
         self.input_is_counts = True
+        # What the registered log values are multiplied by to give natural log1p values
+        # (ln 2 for log2(1+x) values; 1 for log1p values and counts).
+        self.input_log_factor = 1.0
 
     # ---------------------------------------------------------------- scvi-tools interface
     def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict:
         x = tensors[REGISTRY_KEYS.X_KEY]
         if x.layout != torch.strided:  # ``load_sparse_tensor=True``: densified on the device
             x = x.to_dense()
+        if not self.input_is_counts and self.input_log_factor != 1.0:
+            x = x.float() * self.input_log_factor  # log2(1+x) values -> natural log1p
         library = (x if self.input_is_counts else torch.expm1(x.float())).sum(dim=1)
         idx = self.gene_index
         present = idx >= 0
@@ -210,13 +215,21 @@ class TransAnnoModule(BaseModuleClass):
 
     # ------------------------------------------------------------------ setters (the model's
     # only way to change the module's fitted state)
-    def set_inputs(self, gene_index: torch.Tensor, is_counts: bool | None = None) -> None:
+    def set_inputs(
+        self,
+        gene_index: torch.Tensor,
+        is_counts: bool | None = None,
+        log_factor: float | None = None,
+    ) -> None:
         """Point the module at the columns of the registered data: ``gene_index[i]`` is the
         data column of vocabulary gene ``i`` (-1: absent); ``is_counts``: whether those data
-        hold counts (normalized on the fly) or log1p values (``None``: unchanged)."""
+        hold counts (normalized on the fly) or log values; ``log_factor``: what those log
+        values are multiplied by to give natural log1p values (``ln 2`` for ``log2(1+x)``;
+        ``None``: 1)."""
         self.gene_index = gene_index.to(device=self.gene_index.device, dtype=torch.long)
         if is_counts is not None:
             self.input_is_counts = bool(is_counts)
+        self.input_log_factor = 1.0 if log_factor is None else float(log_factor)
 
     @torch.no_grad()
     def set_wide(self, weight: torch.Tensor, bias: torch.Tensor) -> None:

@@ -129,7 +129,7 @@ def _log_expression_of(rna: AnnData, genes: list[str], layer: str | None) -> Ann
     genes), or the values themselves when they are log-normalized already."""
     from anndata import AnnData
 
-    from transanno_sc.data import get_matrix, resolve_input_scale
+    from transanno_sc.data import get_matrix, log_factor, resolve_input_scale
 
     X = get_matrix(rna, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
@@ -141,6 +141,8 @@ def _log_expression_of(rna: AnnData, genes: list[str], layer: str | None) -> Ann
     if scale == "counts":
         library = np.asarray(X.sum(axis=1), dtype=np.float64).reshape(-1, 1)
         sub = np.log1p(sub / np.maximum(library, 1e-8) * 1e4).astype(np.float32)
+    else:  # log2(1+x) values and the like: natural log1p values
+        sub *= np.float32(log_factor(scale))
     out = AnnData(X=sub, obs=pd.DataFrame(index=rna.obs_names.copy()))
     out.var_names = pd.Index(genes)
     return out

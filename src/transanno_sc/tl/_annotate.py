@@ -169,8 +169,12 @@ def transanno_annotate(
         What the expression values are: ``"auto"`` (detected, and logged), ``"counts"``
         (raw counts or any other count-like values: TPM, CPM, expected counts; each cell is
         normalized to 10,000 and log1p-transformed) or ``"log1p"`` (log1p of
-        library-size-normalized values). Applies to ``reference`` and ``adata``; only needed
-        when the detection is wrong.
+        library-size-normalized values, to any total). The base of log values is detected
+        too: log2(TPM + 1) or log2(CPM + 1) tables are read as the count-like values they came
+        from (``"log2(1+x)"``, ``"log10(1+x)"`` force a base). Applies to ``reference`` and
+        ``adata``; only needed when the detection is wrong. The scales found are in
+        ``uns[key_added]["gene_overlap"]`` (``input_scale``: the query's;
+        ``reference_input_scale``: the reference's, per batch where its batches differ).
     random_state
         Seed of the training (weights, data splits, subsamples), as ``random_state`` in
         scanpy's tools: the same call gives the same result. ``None``: scvi-tools'

@@ -155,8 +155,8 @@ def state_genes(names) -> np.ndarray:
 
 
 def _log_normalized(query: AnnData, layer: str | None, scale: str) -> sp.csr_matrix:
-    """log1p of the query normalized to 10,000 per cell over its genes (log1p values are
-    turned back with ``expm1`` first)."""
+    """log1p of the query normalized to 10,000 per cell over its genes (log-normalized values
+    are turned back with ``expm1`` in their base first)."""
     from transanno_sc.data import get_matrix
 
     return _log_normalize(get_matrix(query, layer), scale)
@@ -168,7 +168,10 @@ def _log_normalize(X, scale: str) -> sp.csr_matrix:
     from transanno_sc.data import expm1_rows
 
     # no copy of counts: the normalization below makes a new matrix and leaves X as it is
-    X = expm1_rows(X) if scale == "log1p" else sp.csr_matrix(X, dtype=np.float32)
+    if scale == "counts":
+        X = sp.csr_matrix(X, dtype=np.float32)
+    else:
+        X = expm1_rows(X, scale)
     total = np.asarray(X.sum(1)).ravel()
     X = sp.diags((TARGET_SUM / np.maximum(total, 1e-12)).astype(np.float32)) @ X
     X = sp.csr_matrix(X)

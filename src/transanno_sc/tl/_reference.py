@@ -13,7 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from transanno_sc.data import GENE_NAME_COLUMNS, get_rna
+from transanno_sc.data import GENE_NAME_COLUMNS, get_rna, log_factor
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -227,9 +227,11 @@ def _shared_genes(private: AnnData, query: AnnData) -> tuple[AnnData, AnnData, d
 
 def _reference_scale(private: AnnData, batch_key: str | None, input_scale: str) -> AnnData:
     """Detect the scale of the private reference batch by batch; where batches differ (log1p
-    values next to counts, e.g. studies merged from different sources), turn the log1p batches
-    back into count-like values (``expm1``) on the private copy, so that every cell is
-    normalized alike. Returns the private reference, with ``uns["input_scale"]`` set."""
+    values next to counts, or log2(1+x) values next to log1p ones, e.g. studies merged from
+    different sources), turn the log-normalized batches back into count-like values
+    (``expm1`` in their base) on the private copy, so that every cell is normalized alike.
+    Returns the private reference, with ``uns["input_scale"]`` set (and, where batches
+    differ, ``uns["batch_input_scales"]``: the scale detected in each)."""
     from transanno_sc.data import detect_input_scale, expm1_rows, resolve_input_scale
 
     if input_scale != "auto" or batch_key is None:
@@ -240,22 +242,24 @@ def _reference_scale(private: AnnData, batch_key: str | None, input_scale: str) 
         b: detect_input_scale(private.X[batches == b], f"reference.X (batch {b!r})")
         for b in pd.unique(batches)
     }
-    log1p = sorted(b for b, v in scales.items() if v == "log1p")
-    if not log1p or len(log1p) == len(scales):
-        scale = "log1p" if log1p else "counts"
+    if len(set(scales.values())) == 1:
+        scale = next(iter(scales.values()))
         logger.info("    reference.X holds %s values (detected in every batch).", scale)
         private.uns["input_scale"] = scale
         return private
+    logged = {b: v for b, v in scales.items() if v != "counts"}
     logger.info(
-        "    reference batches %s hold log1p values and the others count-like values: the "
-        "log1p batches are turned back into count-like values (expm1).",
-        log1p,
+        "    reference batches hold values of different scales (%s; the others count-like): "
+        "the log-normalized batches are turned back into count-like values (expm1).",
+        ", ".join(f"{b!r}: {v}" for b, v in sorted(logged.items())),
     )
     X = sp.csr_matrix(private.X, dtype=np.float32, copy=True)
-    rows = np.flatnonzero(np.isin(batches, log1p))
-    X[rows] = expm1_rows(X[rows])
+    for scale in sorted(set(logged.values())):
+        rows = np.flatnonzero(np.isin(batches, [b for b, v in logged.items() if v == scale]))
+        X[rows] = expm1_rows(X[rows], scale)
     out = AnnData(X=X, obs=private.obs, var=private.var)
     out.uns["input_scale"] = "counts"
+    out.uns["batch_input_scales"] = scales
     return out
 
 
@@ -436,6 +440,7 @@ def _reference_vocabulary(
         np.asarray(batches),
         settings.seed,
         query=query,
+        log_factor=log_factor(scale) or 1.0,
     )
 
 
@@ -449,19 +454,24 @@ def _with_query_cells(
 ) -> AnnData:
     """Reference cells plus the query's, on the reference's genes, query labels unknown.
 
-    Where one side holds log1p values and the other count-like values, the log1p side is
-    turned back into count-like values (``expm1``), so the corpus has one scale.
+    Where the two sides differ in scale (log1p values and count-like values, or log1p values
+    of different bases), each log side is turned back into count-like values (``expm1`` in
+    its base), so the corpus has one scale.
     """
     from transanno_sc.data import expm1_rows, get_matrix, resolve_input_scale
 
     Xq = get_matrix(query, layer)
     ref_scale = private.uns["input_scale"]
     query_scale = resolve_input_scale(Xq, input_scale, "adata")
-    if ref_scale != query_scale and ref_scale == "log1p":
-        private = AnnData(X=expm1_rows(private.X), obs=private.obs, var=private.var)
+    if ref_scale != query_scale and ref_scale != "counts":
+        private = AnnData(X=expm1_rows(private.X, ref_scale), obs=private.obs, var=private.var)
         ref_scale = "counts"
     query_X = _on_reference_genes(
-        query, Xq, private.var_names, None, expm1_rows if query_scale != ref_scale else None
+        query,
+        Xq,
+        private.var_names,
+        None,
+        (lambda rows: expm1_rows(rows, query_scale)) if query_scale != ref_scale else None,
     )
     ref_labels = private.obs[labels_key].astype(str).replace({unlabeled_category: _UNLABELED})
     labels = pd.Categorical([*ref_labels, *([_UNLABELED] * query.n_obs)])
@@ -583,6 +593,9 @@ def train_on_reference(
     private, query, shared = _shared_genes(private, rna)
     _warn_empty_on_shared(private, labels_key, unlabeled_category, shared["n_shared_genes"])
     private = _reference_scale(private, batch_key, input_scale)
+    shared["reference_input_scale"] = private.uns.get(
+        "batch_input_scales", private.uns["input_scale"]
+    )
     query_columns = shared.pop("query_columns")
     if match_depth:
         private, depth = _match_depth(
