@@ -153,6 +153,26 @@ def test_log2_query_is_read_as_its_counts(trained, query):
     np.testing.assert_allclose(as_log2["probability"], as_counts["probability"], atol=1e-4)
 
 
+def test_data_merged_from_counts_and_log_values_is_warned_about(trained, query):
+    """Cells of counts next to cells of log1p values are read as one (count-like) scale: the
+    log cells would be taken for tiny counts, so the user is told and shown the way out."""
+    import warnings
+
+    mixed = query.copy()
+    X = sp.csr_matrix(mixed.X, dtype=np.float32, copy=True)
+    half = np.arange(0, X.shape[0], 2)
+    X[half] = _per_cell(X[half], 1e4, np.log)
+    mixed.X = X
+    with pytest.warns(UserWarning, match=r"merged from data of different scales.*batch_key="):
+        trained.predict_confidence(mixed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        trained.predict_confidence(query)
+        log1p = query.copy()
+        log1p.X = _per_cell(query.X, 1e4, np.log)
+        trained.predict_confidence(log1p)
+
+
 def test_no_gene_overlap_with_model(trained, query):
     other = query.copy()
     other.var_names = [f"ENSMUSG{i:011d}" for i in range(other.n_vars)]

@@ -247,6 +247,24 @@ def scale_of_rows(rows, what: str = "adata.X") -> str:
     return log_base_of_rows(rows)
 
 
+def mixed_rows(rows) -> tuple[int, int]:
+    """Of ``rows``, the number holding integers only (counts) and the number holding
+    non-integer values up to :data:`MAX_LOG1P_VALUE` only (log-normalized values), among rows
+    with a non-zero value: both many in a matrix merged from sources of different scales."""
+    y = sp.csr_matrix(rows)
+    per_row = np.diff(y.indptr)
+    has = per_row > 0
+    if not has.any():
+        return 0, 0
+    starts = y.indptr[:-1][has]
+    whole = y.data == np.round(y.data)
+    n_fractional = np.add.reduceat((~whole).astype(np.int64), starts)
+    top = np.maximum.reduceat(y.data, starts)
+    n_int = int(np.sum(n_fractional == 0))
+    n_log = int(np.sum((n_fractional > 0) & (top <= MAX_LOG1P_VALUE)))
+    return n_int, n_log
+
+
 def log_factor(scale: str) -> float:
     """What values of ``scale`` are multiplied by to give natural ``log1p`` values (0 for
     count-like values)."""
@@ -330,6 +348,7 @@ def resolve_input_scale(
     if input_scale == "auto":
         if not quiet:
             logger.info("%s holds %s values (detected).", what, _SCALE_NAMES[detected])
+            _warn_mixed(rows, what)
         return detected
     if input_scale != detected and not quiet:
         warnings.warn(
@@ -339,6 +358,23 @@ def resolve_input_scale(
             stacklevel=3,
         )
     return input_scale
+
+
+def _warn_mixed(rows, what: str) -> None:
+    """Warn where ``rows`` look merged from count rows and log-normalized rows (each at least
+    5 % of them): read as one scale, the log rows are taken for tiny counts."""
+    n_int, n_log = mixed_rows(rows)
+    n = rows.shape[0]
+    if min(n_int, n_log) >= max(0.05 * n, 5):
+        warnings.warn(
+            f"{what} looks merged from data of different scales: of the {n} cells read, "
+            f"{n_int} hold integer counts and {n_log} hold non-integer values up to "
+            f"{MAX_LOG1P_VALUE:g} only (log-normalized?). All are read as count-like values. "
+            "For a reference, pass batch_key= naming each cell's source (each batch's scale "
+            "is detected on its own); annotate the parts of a query one by one.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 #: How each scale is named in messages.

@@ -355,7 +355,11 @@ class TransAnno(
         layer = self._query_layer(adata, layer)
         X = get_matrix(adata, layer)
         where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-        scale = resolve_input_scale(X, input_scale, where)
+        registered = adata is self.adata and layer == self.registry_["setup_args"]["layer"]
+        if registered and input_scale == "auto":
+            scale = self.input_scale_  # the registered data's, resolved by setup_anndata
+        else:
+            scale = resolve_input_scale(X, input_scale, where)
         match = self._match(adata, "adata")
         if indices is not None:
             indices = np.sort(np.asarray(indices, dtype=np.int64).reshape(-1))

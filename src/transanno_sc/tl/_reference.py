@@ -394,7 +394,7 @@ def _query_sample(
     from ._query_context import _log_normalize
 
     Xq = get_matrix(query, layer)
-    scale = resolve_input_scale(Xq, input_scale, "adata")
+    scale = resolve_input_scale(Xq, input_scale, "adata", quiet=True)  # logged when predicting
     rng = np.random.default_rng(seed)
     rows = (
         np.sort(rng.choice(query.n_obs, _N_QUERY_CELLS, replace=False))
@@ -462,7 +462,7 @@ def _with_query_cells(
 
     Xq = get_matrix(query, layer)
     ref_scale = private.uns["input_scale"]
-    query_scale = resolve_input_scale(Xq, input_scale, "adata")
+    query_scale = resolve_input_scale(Xq, input_scale, "adata", quiet=True)
     if ref_scale != query_scale and ref_scale != "counts":
         private = AnnData(X=expm1_rows(private.X, ref_scale), obs=private.obs, var=private.var)
         ref_scale = "counts"
