@@ -46,6 +46,27 @@ def test_merge_folds_ensembl_versions(lung):
     assert apart.n_vars == 200
 
 
+def test_merge_of_sources_of_different_scales_warns(lung):
+    """Counts next to log1p values: the merge says so and names batch_key=source."""
+    import warnings
+
+    counts = lung[:100].copy()
+    logged = lung[100:200].copy()
+    X = sp.csr_matrix(logged.X, dtype=np.float32)
+    X = sp.csr_matrix(sp.diags(1e4 / np.asarray(X.sum(1)).ravel()) @ X)
+    X.data = np.log1p(X.data)
+    logged.X = X
+    with pytest.warns(
+        UserWarning,
+        match=r"different scales.*'a': 'counts', 'b': 'log1p'.*"
+        r"batch_key='source'",
+    ):
+        ta.pp.merge({"a": counts, "b": logged})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        ta.pp.merge({"a": counts, "b": lung[200:300]})
+
+
 def test_merge_errors(lung):
     with pytest.raises(ValueError, match="empty"):
         ta.pp.merge({})

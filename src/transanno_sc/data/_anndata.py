@@ -370,8 +370,10 @@ def _warn_mixed(rows, what: str) -> None:
             f"{what} looks merged from data of different scales: of the {n} cells read, "
             f"{n_int} hold integer counts and {n_log} hold non-integer values up to "
             f"{MAX_LOG1P_VALUE:g} only (log-normalized?). All are read as count-like values. "
-            "For a reference, pass batch_key= naming each cell's source (each batch's scale "
-            "is detected on its own); annotate the parts of a query one by one.",
+            "Turn the log-normalized cells back with np.expm1 before merging, or, for the "
+            "reference of tl.transanno_annotate, pass batch_key= naming each cell's source "
+            "(each batch's scale is then detected on its own); annotate the parts of a query "
+            "one by one.",
             UserWarning,
             stacklevel=3,
         )

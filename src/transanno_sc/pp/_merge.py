@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
@@ -11,7 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
-from transanno_sc.data import gene_key
+from transanno_sc.data import detect_input_scale, gene_key
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ def merge(
     Expression stays sparse
     (CSR, float32); cell names that clash are made unique by appending the source name; every
     cell's source is recorded in ``obs[source_key]``. ``obs`` columns shared by all sources are
-    kept. Values are not normalized: merge raw counts with raw counts.
+    kept. Values are not normalized: merge raw counts with raw counts (sources of different
+    scales, counts next to log1p values, are warned about).
 
     Parameters
     ----------
@@ -71,6 +73,7 @@ def merge(
         raise ValueError(msg)
     parts = []
     spelling: dict[str, str] = {}
+    scales: dict[str, str] = {}
     for name, a in items:
         if not isinstance(a, AnnData):
             msg = f"Source {name!r} is a {type(a).__name__}, not an AnnData."
@@ -95,6 +98,11 @@ def merge(
         part = AnnData(X=X, obs=a.obs.copy())
         part.var_names = genes
         parts.append(part)
+        if X.nnz:
+            try:
+                scales[name] = detect_input_scale(X, f"source {name!r}")
+            except ValueError:  # negative or NaN values: refused where they are read
+                pass
     merged = ad.concat(
         parts,
         join="outer",
@@ -112,4 +120,13 @@ def merge(
         merged.var_names = [spelling[g] for g in merged.var_names]
     merged.X = sp.csr_matrix(merged.X, dtype=np.float32)
     logger.info("Merged %d sources: %d cells x %d genes.", len(items), merged.n_obs, merged.n_vars)
+    if len(set(scales.values())) > 1:
+        warnings.warn(
+            f"The sources hold values of different scales ({scales}): the merged matrix mixes "
+            "them. As the reference of tl.transanno_annotate, pass "
+            f"batch_key={source_key!r} (each batch's scale is then detected on its own); "
+            "elsewhere, merge data of one scale (np.expm1 turns log1p values back).",
+            UserWarning,
+            stacklevel=2,
+        )
     return merged
