@@ -297,6 +297,30 @@ def test_log2_reference_is_read_as_its_counts(split):
     np.testing.assert_allclose(seen[1], seen[0], atol=1e-3)
 
 
+def test_reference_merged_from_counts_and_log2_cells_without_batch_key(split):
+    """Half of the reference's cells as log2(CPM + 1), half as counts, and no batch_key: the
+    log cells are found cell by cell and read as their counts (the model of the all-counts
+    reference); read as one count-like scale they were taken for tiny counts."""
+    ref, query = split
+    X = sp.csr_matrix(ref.X, dtype=np.float64, copy=True)
+    half = np.arange(0, X.shape[0], 2)
+    block = sp.csr_matrix(sp.diags(1e6 / np.asarray(X[half].sum(1)).ravel()) @ X[half])
+    block.data = np.log2(1.0 + block.data)
+    X[half] = block
+    merged = ad.AnnData(X.astype(np.float32), obs=ref.obs[["cell_type"]].copy(), var=ref.var[[]])
+    runs = {}
+    for name, r in (("counts", ref), ("merged", merged)):
+        runs[name] = q = query.copy()
+        ta.tl.transanno_annotate(
+            q, reference=r, labels_key="cell_type", model_kwargs=FAST_MODEL, max_epochs=1
+        )
+    scales = runs["merged"].uns["transanno"]["gene_overlap"]["reference_input_scale"]
+    assert scales == {"cells of counts": X.shape[0] - half.size, "cells of log2(1+x)": half.size}
+    # the same model: the same probabilities (read as one scale: 95 % of the labels, 0.59)
+    probs = [runs[k].obsm["transanno_probabilities"].to_numpy() for k in ("merged", "counts")]
+    np.testing.assert_allclose(probs[0], probs[1], atol=0.01)
+
+
 def test_same_call_same_answer(split):
     ref, query = split[0], split[1][:120].copy()
     kwargs = {"reference": ref, "labels_key": "cell_type", "model_kwargs": FAST_MODEL}

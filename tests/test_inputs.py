@@ -171,6 +171,19 @@ def test_data_merged_from_counts_and_log_values_is_warned_about(trained, query):
         log1p = query.copy()
         log1p.X = _per_cell(query.X, 1e4, np.log)
         trained.predict_confidence(log1p)
+        # shallow cells of ambient-corrected counts (non-integer, small) next to integer ones:
+        # not log values, no warning
+        from transanno_sc.data import confirmed_log_scale
+
+        corrected = query.copy()
+        X = sp.csr_matrix(query.X, dtype=np.float32, copy=True)
+        rng = np.random.default_rng(0)
+        shallow = X[half].copy()
+        shallow.data = np.minimum(shallow.data, 25) * rng.uniform(0.6, 0.95, shallow.nnz)
+        X[half] = shallow.astype(np.float32)
+        corrected.X = X
+        assert confirmed_log_scale(shallow) is None
+        trained.predict_confidence(corrected)
 
 
 def test_no_gene_overlap_with_model(trained, query):

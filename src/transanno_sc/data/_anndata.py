@@ -247,22 +247,42 @@ def scale_of_rows(rows, what: str = "adata.X") -> str:
     return log_base_of_rows(rows)
 
 
-def mixed_rows(rows) -> tuple[int, int]:
-    """Of ``rows``, the number holding integers only (counts) and the number holding
-    non-integer values up to :data:`MAX_LOG1P_VALUE` only (log-normalized values), among rows
-    with a non-zero value: both many in a matrix merged from sources of different scales."""
+def row_kinds(rows) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the ``rows`` holding integers only (counts) and of those holding non-integer
+    values up to :data:`MAX_LOG1P_VALUE` only (log-normalized values); rows with no non-zero
+    value are in neither."""
     y = sp.csr_matrix(rows)
     per_row = np.diff(y.indptr)
     has = per_row > 0
+    is_int = np.zeros(y.shape[0], dtype=bool)
+    is_log = np.zeros(y.shape[0], dtype=bool)
     if not has.any():
-        return 0, 0
+        return is_int, is_log
     starts = y.indptr[:-1][has]
-    whole = y.data == np.round(y.data)
-    n_fractional = np.add.reduceat((~whole).astype(np.int64), starts)
+    fractional = (y.data != np.round(y.data)).astype(np.int64)
+    n_fractional = np.add.reduceat(fractional, starts)
     top = np.maximum.reduceat(y.data, starts)
-    n_int = int(np.sum(n_fractional == 0))
-    n_log = int(np.sum((n_fractional > 0) & (top <= MAX_LOG1P_VALUE)))
-    return n_int, n_log
+    is_int[has] = n_fractional == 0
+    is_log[has] = (n_fractional > 0) & (top <= MAX_LOG1P_VALUE)
+    return is_int, is_log
+
+
+def is_mixed(n_int: int, n_log: int, n: int) -> bool:
+    """Whether ``n_int`` count rows and ``n_log`` log rows of ``n`` make a merged matrix: each
+    at least 5 % of them (and 5 rows)."""
+    return min(n_int, n_log) >= max(0.05 * n, 5)
+
+
+def confirmed_log_scale(rows) -> str | None:
+    """The scale of :data:`LOG_SCALES` in which ``rows`` turn back into count-like values that
+    show it: whole multiples of each cell's smallest value, or one total per cell
+    (:func:`log_base_of_rows`' evidence); ``None`` where no base does (small non-integer
+    values that are not log values: shallow cells of expected or ambient-corrected counts)."""
+    for scale, factor in LOG_SCALES.items():
+        share, cv = _base_evidence(rows, factor)
+        if share >= _MULTIPLES_AT_LEAST or cv < _CONSTANT_TOTAL_CV:
+            return scale
+    return None
 
 
 def log_factor(scale: str) -> float:
@@ -363,9 +383,9 @@ def resolve_input_scale(
 def _warn_mixed(rows, what: str) -> None:
     """Warn where ``rows`` look merged from count rows and log-normalized rows (each at least
     5 % of them): read as one scale, the log rows are taken for tiny counts."""
-    n_int, n_log = mixed_rows(rows)
-    n = rows.shape[0]
-    if min(n_int, n_log) >= max(0.05 * n, 5):
+    is_int, is_log = row_kinds(rows)
+    n_int, n_log, n = int(is_int.sum()), int(is_log.sum()), rows.shape[0]
+    if is_mixed(n_int, n_log, n) and confirmed_log_scale(sp.csr_matrix(rows)[is_log]):
         warnings.warn(
             f"{what} looks merged from data of different scales: of the {n} cells read, "
             f"{n_int} hold integer counts and {n_log} hold non-integer values up to "

@@ -234,6 +234,10 @@ def _reference_scale(private: AnnData, batch_key: str | None, input_scale: str) 
     differ, ``uns["batch_input_scales"]``: the scale detected in each)."""
     from transanno_sc.data import detect_input_scale, expm1_rows, resolve_input_scale
 
+    if input_scale == "auto" and batch_key is None:
+        per_cell = _per_cell_scales(private)
+        if per_cell is not None:
+            return per_cell
     if input_scale != "auto" or batch_key is None:
         private.uns["input_scale"] = resolve_input_scale(private.X, input_scale, "reference.X")
         return private
@@ -260,6 +264,43 @@ def _reference_scale(private: AnnData, batch_key: str | None, input_scale: str) 
     out = AnnData(X=X, obs=private.obs, var=private.var)
     out.uns["input_scale"] = "counts"
     out.uns["batch_input_scales"] = scales
+    return out
+
+
+def _per_cell_scales(private: AnnData) -> AnnData | None:
+    """Without batches: a private reference merged from cells of counts and cells of
+    log-normalized values (each at least 5 % of the cells, :func:`~transanno_sc.data.is_mixed`)
+    with its log cells turned back into count-like values (``expm1`` in their detected base),
+    ``uns["batch_input_scales"]`` counting the cells of each scale; ``None`` for a reference of
+    one scale. The log cells must turn back into whole multiples of their smallest value or
+    one total per cell (:func:`~transanno_sc.data.confirmed_log_scale`): shallow cells of
+    ambient-corrected counts are non-integer and small too, and are left as they are."""
+    from transanno_sc.data import confirmed_log_scale, expm1_rows, is_mixed, row_kinds
+
+    X = sp.csr_matrix(private.X, dtype=np.float32)
+    is_int, is_log = row_kinds(X)
+    if not is_mixed(int(is_int.sum()), int(is_log.sum()), X.shape[0]):
+        return None
+    rows = np.flatnonzero(is_log)
+    scale = confirmed_log_scale(X[rows])
+    if scale is None:  # small non-integer values, but not log values
+        return None
+    X = X.copy()
+    X[rows] = expm1_rows(X[rows], scale)
+    logger.info(
+        "    reference.X mixes cells of counts (%d) and of %s values (%d) and has no batch_key: "
+        "the %s cells are turned back into count-like values (expm1).",
+        X.shape[0] - rows.size,
+        scale,
+        rows.size,
+        scale,
+    )
+    out = AnnData(X=X, obs=private.obs, var=private.var)
+    out.uns["input_scale"] = "counts"
+    out.uns["batch_input_scales"] = {
+        "cells of counts": int(X.shape[0] - rows.size),
+        f"cells of {scale}": int(rows.size),
+    }
     return out
 
 
