@@ -275,8 +275,18 @@ def _per_cell_scales(private: AnnData) -> AnnData | None:
     one scale. The log cells must turn back into whole multiples of their smallest value or
     one total per cell (:func:`~transanno_sc.data.confirmed_log_scale`): shallow cells of
     ambient-corrected counts are non-integer and small too, and are left as they are."""
-    from transanno_sc.data import confirmed_log_scale, expm1_rows, is_mixed, row_kinds
+    from transanno_sc.data import (
+        confirmed_log_scale,
+        expm1_rows,
+        is_mixed,
+        row_kinds,
+        sampled_rows,
+    )
 
+    sample = sampled_rows(private.X)  # every cell is read only where a sample looks merged
+    is_int, is_log = row_kinds(sample)
+    if not is_mixed(int(is_int.sum()), int(is_log.sum()), sample.shape[0]):
+        return None
     X = sp.csr_matrix(private.X, dtype=np.float32)
     is_int, is_log = row_kinds(X)
     if not is_mixed(int(is_int.sum()), int(is_log.sum()), X.shape[0]):
