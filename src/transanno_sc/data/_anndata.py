@@ -274,15 +274,13 @@ def is_mixed(n_int: int, n_log: int, n: int) -> bool:
 
 
 def confirmed_log_scale(rows) -> str | None:
-    """The scale of :data:`LOG_SCALES` in which ``rows`` turn back into count-like values that
-    show it: whole multiples of each cell's smallest value, or one total per cell
-    (:func:`log_base_of_rows`' evidence); ``None`` where no base does (small non-integer
+    """The scale of log ``rows`` (:func:`log_base_of_rows`) if, turned back in it, they show
+    count-like values: whole multiples of each cell's smallest value, or one total per cell;
+    ``None`` where they do not (small non-integer
     values that are not log values: shallow cells of expected or ambient-corrected counts)."""
-    for scale, factor in LOG_SCALES.items():
-        share, cv = _base_evidence(rows, factor)
-        if share >= _MULTIPLES_AT_LEAST or cv < _CONSTANT_TOTAL_CV:
-            return scale
-    return None
+    scale = log_base_of_rows(rows)
+    share, cv = _base_evidence(rows, LOG_SCALES[scale])
+    return scale if share >= _MULTIPLES_AT_LEAST or cv < _CONSTANT_TOTAL_CV else None
 
 
 def log_factor(scale: str) -> float:

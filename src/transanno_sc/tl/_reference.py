@@ -232,7 +232,7 @@ def _reference_scale(private: AnnData, batch_key: str | None, input_scale: str) 
     (``expm1`` in their base) on the private copy, so that every cell is normalized alike.
     Returns the private reference, with ``uns["input_scale"]`` set (and, where batches
     differ, ``uns["batch_input_scales"]``: the scale detected in each)."""
-    from transanno_sc.data import detect_input_scale, expm1_rows, resolve_input_scale
+    from transanno_sc.data import detect_input_scale, resolve_input_scale
 
     if input_scale == "auto" and batch_key is None:
         per_cell = _per_cell_scales(private)
@@ -257,13 +257,27 @@ def _reference_scale(private: AnnData, batch_key: str | None, input_scale: str) 
         "the log-normalized batches are turned back into count-like values (expm1).",
         ", ".join(f"{b!r}: {v}" for b, v in sorted(logged.items())),
     )
+    rows_by_scale = {
+        scale: np.flatnonzero(np.isin(batches, [b for b, v in logged.items() if v == scale]))
+        for scale in set(logged.values())
+    }
+    return _log_rows_as_counts(private, rows_by_scale, scales)
+
+
+def _log_rows_as_counts(
+    private: AnnData, rows_by_scale: dict[str, np.ndarray], record: dict
+) -> AnnData:
+    """A new private reference with the rows of each log scale turned back into count-like
+    values (``expm1`` in its base), registered as counts; ``record`` (the scales found) goes
+    to ``uns["batch_input_scales"]``."""
+    from transanno_sc.data import expm1_rows
+
     X = sp.csr_matrix(private.X, dtype=np.float32, copy=True)
-    for scale in sorted(set(logged.values())):
-        rows = np.flatnonzero(np.isin(batches, [b for b, v in logged.items() if v == scale]))
+    for scale, rows in rows_by_scale.items():
         X[rows] = expm1_rows(X[rows], scale)
     out = AnnData(X=X, obs=private.obs, var=private.var)
     out.uns["input_scale"] = "counts"
-    out.uns["batch_input_scales"] = scales
+    out.uns["batch_input_scales"] = record
     return out
 
 
@@ -275,43 +289,30 @@ def _per_cell_scales(private: AnnData) -> AnnData | None:
     one scale. The log cells must turn back into whole multiples of their smallest value or
     one total per cell (:func:`~transanno_sc.data.confirmed_log_scale`): shallow cells of
     ambient-corrected counts are non-integer and small too, and are left as they are."""
-    from transanno_sc.data import (
-        confirmed_log_scale,
-        expm1_rows,
-        is_mixed,
-        row_kinds,
-        sampled_rows,
-    )
+    from transanno_sc.data import confirmed_log_scale, is_mixed, row_kinds, sampled_rows
 
     sample = sampled_rows(private.X)  # every cell is read only where a sample looks merged
     is_int, is_log = row_kinds(sample)
     if not is_mixed(int(is_int.sum()), int(is_log.sum()), sample.shape[0]):
         return None
-    X = sp.csr_matrix(private.X, dtype=np.float32)
-    is_int, is_log = row_kinds(X)
-    if not is_mixed(int(is_int.sum()), int(is_log.sum()), X.shape[0]):
+    is_int, is_log = row_kinds(private.X)
+    if not is_mixed(int(is_int.sum()), int(is_log.sum()), private.n_obs):
         return None
     rows = np.flatnonzero(is_log)
-    scale = confirmed_log_scale(X[rows])
+    scale = confirmed_log_scale(sampled_rows(private.X[rows]))
     if scale is None:  # small non-integer values, but not log values
         return None
-    X = X.copy()
-    X[rows] = expm1_rows(X[rows], scale)
+    n_counts = private.n_obs - rows.size
     logger.info(
         "    reference.X mixes cells of counts (%d) and of %s values (%d) and has no batch_key: "
         "the %s cells are turned back into count-like values (expm1).",
-        X.shape[0] - rows.size,
+        n_counts,
         scale,
         rows.size,
         scale,
     )
-    out = AnnData(X=X, obs=private.obs, var=private.var)
-    out.uns["input_scale"] = "counts"
-    out.uns["batch_input_scales"] = {
-        "cells of counts": int(X.shape[0] - rows.size),
-        f"cells of {scale}": int(rows.size),
-    }
-    return out
+    record = {"cells of counts": int(n_counts), f"cells of {scale}": int(rows.size)}
+    return _log_rows_as_counts(private, {scale: rows}, record)
 
 
 #: The reference's counts are thinned to the query's depth when the query's median counts per
