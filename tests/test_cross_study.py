@@ -321,6 +321,36 @@ def test_reference_merged_from_counts_and_log2_cells_without_batch_key(split):
     np.testing.assert_allclose(probs[0], probs[1], atol=0.01)
 
 
+def test_query_merged_from_counts_and_log2_cells_is_read_as_its_counts(trained, query):
+    """Half of the query's cells as log2(CPM + 1), half as counts: annotated as the all-counts
+    query is (its log cells read from a copy, turned back into counts); the query's own
+    matrix and layers are left as they are."""
+    X = sp.csr_matrix(query.X, dtype=np.float64, copy=True)
+    half = np.arange(0, X.shape[0], 2)
+    block = sp.csr_matrix(sp.diags(1e6 / np.asarray(X[half].sum(1)).ravel()) @ X[half])
+    block.data = np.log2(1.0 + block.data)
+    X[half] = block
+    merged = query.copy()
+    merged.X = X.astype(np.float32)
+    before = merged.X.copy()
+    counts = ta.tl.transanno_annotate(query, model=trained, copy=True)
+    ta.tl.transanno_annotate(merged, model=trained)
+    overlap = merged.uns["transanno"]["gene_overlap"]
+    assert overlap["input_scale_per_cell"] == {
+        "cells of counts": X.shape[0] - half.size,
+        "cells of log2(1+x)": half.size,
+    }
+    np.testing.assert_allclose(
+        merged.obsm["transanno_probabilities"].to_numpy(),
+        counts.obsm["transanno_probabilities"].to_numpy(),
+        atol=1e-4,
+    )
+    np.testing.assert_allclose(
+        merged.obs["transanno_confidence"], counts.obs["transanno_confidence"], atol=1e-3
+    )
+    assert (merged.X != before).nnz == 0
+
+
 def test_same_call_same_answer(split):
     ref, query = split[0], split[1][:120].copy()
     kwargs = {"reference": ref, "labels_key": "cell_type", "model_kwargs": FAST_MODEL}

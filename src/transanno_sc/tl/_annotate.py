@@ -17,7 +17,7 @@ from transanno_sc.data import get_rna
 from transanno_sc.model.base import confidence_score
 
 from . import _query_context as qc
-from ._reference import check_train_kwargs, train_on_reference
+from ._reference import check_train_kwargs, query_read_as_counts, train_on_reference
 from ._utils import versions
 
 if TYPE_CHECKING:
@@ -174,7 +174,10 @@ def transanno_annotate(
         from (``"log2(1+x)"``, ``"log10(1+x)"`` force a base). Applies to ``reference`` and
         ``adata``; only needed when the detection is wrong. The scales found are in
         ``uns[key_added]["gene_overlap"]`` (``input_scale``: the query's;
-        ``reference_input_scale``: the reference's, per batch where its batches differ).
+        ``reference_input_scale``: the reference's, per batch where its batches differ). With
+        ``"auto"``, a matrix merged from cells of counts and cells of log values (each at
+        least 5 % of the cells) is read cell by cell: the log cells are turned back into
+        count-like values (the query from a copy; ``input_scale_per_cell`` counts them).
     random_state
         Seed of the training (weights, data splits, subsamples), as ``random_state`` in
         scanpy's tools: the same call gives the same result. ``None``: scvi-tools'
@@ -270,15 +273,18 @@ def transanno_annotate(
         raise ValueError(msg)
 
     shared = None
-    query = rna
+    # a query merged from cells of counts and cells of log values is read from a copy in
+    # which the log cells are counts again; the annotation is written to rna all the same
+    read, read_layer, per_cell = query_read_as_counts(rna, layer, input_scale)
+    query = read
     if model is None:
         model, query, shared = train_on_reference(
-            rna,
+            read,
             reference,
             labels_key=labels_key,
             unlabeled_category=unlabeled_category,
             batch_key=batch_key,
-            layer=layer,
+            layer=read_layer,
             input_scale=input_scale,
             random_state=random_state,
             save_model=save_model,
@@ -296,7 +302,9 @@ def transanno_annotate(
         raise TypeError(msg)
 
     # the one friend call of the model: a single pass gives labels, confidence and embedding
-    out = model._forward(query, batch_size=batch_size, layer=layer, input_scale=input_scale)
+    out = model._forward(query, batch_size=batch_size, layer=read_layer, input_scale=input_scale)
+    if per_cell is not None:
+        out.overlap["input_scale_per_cell"] = per_cell
     if copy:
         adata = adata.copy()
         rna = get_rna(adata, "adata")
@@ -315,7 +323,7 @@ def transanno_annotate(
     confidence = confidence_score(out, novelty=novelty)
     context = None
     if query_context and novelty:
-        context = _context(rna, model, out, confidence, layer, random_state)
+        context = _context(read, model, out, confidence, read_layer, random_state)
         if context is not None:
             confidence = context.confidence()
             confidence[out.n_expressed == 0] = 0.0

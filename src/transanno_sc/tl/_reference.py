@@ -281,38 +281,82 @@ def _log_rows_as_counts(
     return out
 
 
-def _per_cell_scales(private: AnnData) -> AnnData | None:
-    """Without batches: a private reference merged from cells of counts and cells of
-    log-normalized values (each at least 5 % of the cells, :func:`~transanno_sc.data.is_mixed`)
-    with its log cells turned back into count-like values (``expm1`` in their detected base),
-    ``uns["batch_input_scales"]`` counting the cells of each scale; ``None`` for a reference of
-    one scale. The log cells must turn back into whole multiples of their smallest value or
-    one total per cell (:func:`~transanno_sc.data.confirmed_log_scale`): shallow cells of
-    ambient-corrected counts are non-integer and small too, and are left as they are."""
+def _merged_log_cells(X) -> tuple[np.ndarray, str] | None:
+    """The rows of ``X`` to turn back into count-like values, and their log scale, where ``X``
+    is merged from cells of counts and cells of log-normalized values: each at least 5 % of
+    the cells (:func:`~transanno_sc.data.is_mixed`; a sample of rows decides whether every
+    cell is read), the log cells confirmed by whole multiples of their smallest value or one
+    total per cell (:func:`~transanno_sc.data.confirmed_log_scale`: shallow cells of
+    ambient-corrected counts are non-integer and small too, and are left as they are).
+    ``None`` for a matrix of one scale."""
     from transanno_sc.data import confirmed_log_scale, is_mixed, row_kinds, sampled_rows
 
-    sample = sampled_rows(private.X)  # every cell is read only where a sample looks merged
+    sample = sampled_rows(X)
     is_int, is_log = row_kinds(sample)
     if not is_mixed(int(is_int.sum()), int(is_log.sum()), sample.shape[0]):
         return None
-    is_int, is_log = row_kinds(private.X)
-    if not is_mixed(int(is_int.sum()), int(is_log.sum()), private.n_obs):
+    is_int, is_log = row_kinds(X)
+    if not is_mixed(int(is_int.sum()), int(is_log.sum()), X.shape[0]):
         return None
     rows = np.flatnonzero(is_log)
-    scale = confirmed_log_scale(sampled_rows(private.X[rows]))
-    if scale is None:  # small non-integer values, but not log values
+    scale = confirmed_log_scale(sampled_rows(X[rows]))
+    return None if scale is None else (rows, scale)
+
+
+def _cells_record(n: int, rows: np.ndarray, scale: str) -> dict:
+    """How many cells of a merged matrix held counts and how many ``scale`` values."""
+    return {"cells of counts": int(n - rows.size), f"cells of {scale}": int(rows.size)}
+
+
+def _per_cell_scales(private: AnnData) -> AnnData | None:
+    """Without batches: a private reference merged from cells of counts and cells of
+    log-normalized values (:func:`_merged_log_cells`) with its log cells turned back into
+    count-like values, ``uns["batch_input_scales"]`` counting the cells of each scale;
+    ``None`` for a reference of one scale."""
+    found = _merged_log_cells(private.X)
+    if found is None:
         return None
-    n_counts = private.n_obs - rows.size
+    rows, scale = found
     logger.info(
         "    reference.X mixes cells of counts (%d) and of %s values (%d) and has no batch_key: "
         "the %s cells are turned back into count-like values (expm1).",
-        n_counts,
+        private.n_obs - rows.size,
         scale,
         rows.size,
         scale,
     )
-    record = {"cells of counts": int(n_counts), f"cells of {scale}": int(rows.size)}
-    return _log_rows_as_counts(private, {scale: rows}, record)
+    return _log_rows_as_counts(private, {scale: rows}, _cells_record(private.n_obs, rows, scale))
+
+
+def query_read_as_counts(
+    rna: AnnData, layer: str | None, input_scale: str
+) -> tuple[AnnData, str | None, dict | None]:
+    """The AnnData to read the query from, its layer, and how its cells were read: ``rna``
+    itself (``None``), or, for an in-memory query merged from cells of counts and cells of
+    log-normalized values (``input_scale="auto"``, :func:`_merged_log_cells`), a copy of its
+    matrix with the log cells turned back into count-like values (``expm1`` in their base;
+    the annotation is still written to ``rna``)."""
+    from transanno_sc.data import expm1_rows, get_matrix
+
+    if input_scale != "auto" or rna.isbacked:
+        return rna, layer, None
+    X = get_matrix(rna, layer)
+    found = _merged_log_cells(X)
+    if found is None:
+        return rna, layer, None
+    rows, scale = found
+    logger.info(
+        "    adata mixes cells of counts (%d) and of %s values (%d): the %s cells are read "
+        "as count-like values (expm1).",
+        rna.n_obs - rows.size,
+        scale,
+        rows.size,
+        scale,
+    )
+    Xc = sp.csr_matrix(X, dtype=np.float32, copy=True)
+    Xc[rows] = expm1_rows(Xc[rows], scale)
+    read = AnnData(X=Xc, obs=pd.DataFrame(index=rna.obs_names.copy()), var=rna.var.copy())
+    return read, None, _cells_record(rna.n_obs, rows, scale)
 
 
 #: The reference's counts are thinned to the query's depth when the query's median counts per
