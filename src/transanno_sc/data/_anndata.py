@@ -283,6 +283,20 @@ def confirmed_log_scale(rows) -> str | None:
     return scale if share >= _MULTIPLES_AT_LEAST or cv < _CONSTANT_TOTAL_CV else None
 
 
+def merged_log_rows(rows) -> tuple[np.ndarray, str] | None:
+    """Where ``rows`` are merged from rows of counts and rows of log-normalized values (each
+    at least 5 % of them, :func:`is_mixed`), the positions of the log rows and their scale,
+    confirmed on a sample of them (:func:`confirmed_log_scale`: shallow rows of
+    ambient-corrected counts are non-integer and small too, and do not count); else
+    ``None``."""
+    is_int, is_log = row_kinds(rows)
+    if not is_mixed(int(is_int.sum()), int(is_log.sum()), rows.shape[0]):
+        return None
+    positions = np.flatnonzero(is_log)
+    scale = confirmed_log_scale(sampled_rows(sp.csr_matrix(rows)[positions]))
+    return None if scale is None else (positions, scale)
+
+
 def log_factor(scale: str) -> float:
     """What values of ``scale`` are multiplied by to give natural ``log1p`` values (0 for
     count-like values)."""
@@ -381,13 +395,12 @@ def resolve_input_scale(
 def _warn_mixed(rows, what: str) -> None:
     """Warn where ``rows`` look merged from count rows and log-normalized rows (each at least
     5 % of them): read as one scale, the log rows are taken for tiny counts."""
-    is_int, is_log = row_kinds(rows)
-    n_int, n_log, n = int(is_int.sum()), int(is_log.sum()), rows.shape[0]
-    if is_mixed(n_int, n_log, n) and confirmed_log_scale(sp.csr_matrix(rows)[is_log]):
+    found = merged_log_rows(rows)
+    if found is not None:
         warnings.warn(
-            f"{what} looks merged from data of different scales: of the {n} cells read, "
-            f"{n_int} hold integer counts and {n_log} hold non-integer values up to "
-            f"{MAX_LOG1P_VALUE:g} only (log-normalized?). All are read as count-like values. "
+            f"{what} looks merged from data of different scales: of the {rows.shape[0]} cells "
+            f"read, {found[0].size} hold non-integer values up to {MAX_LOG1P_VALUE:g} only "
+            f"({found[1]}?) and others integer counts. All are read as count-like values. "
             "Turn the log-normalized cells back with np.expm1 before merging, or, for the "
             "reference of tl.transanno_annotate, pass batch_key= naming each cell's source "
             "(each batch's scale is then detected on its own); annotate the parts of a query "

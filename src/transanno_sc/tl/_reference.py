@@ -282,25 +282,13 @@ def _log_rows_as_counts(
 
 
 def _merged_log_cells(X) -> tuple[np.ndarray, str] | None:
-    """The rows of ``X`` to turn back into count-like values, and their log scale, where ``X``
-    is merged from cells of counts and cells of log-normalized values: each at least 5 % of
-    the cells (:func:`~transanno_sc.data.is_mixed`; a sample of rows decides whether every
-    cell is read), the log cells confirmed by whole multiples of their smallest value or one
-    total per cell (:func:`~transanno_sc.data.confirmed_log_scale`: shallow cells of
-    ambient-corrected counts are non-integer and small too, and are left as they are).
-    ``None`` for a matrix of one scale."""
-    from transanno_sc.data import confirmed_log_scale, is_mixed, row_kinds, sampled_rows
+    """:func:`~transanno_sc.data.merged_log_rows` of every row of ``X``, read only where a
+    sample of its rows looks merged already."""
+    from transanno_sc.data import merged_log_rows, sampled_rows
 
-    sample = sampled_rows(X)
-    is_int, is_log = row_kinds(sample)
-    if not is_mixed(int(is_int.sum()), int(is_log.sum()), sample.shape[0]):
+    if merged_log_rows(sampled_rows(X)) is None:
         return None
-    is_int, is_log = row_kinds(X)
-    if not is_mixed(int(is_int.sum()), int(is_log.sum()), X.shape[0]):
-        return None
-    rows = np.flatnonzero(is_log)
-    scale = confirmed_log_scale(sampled_rows(X[rows]))
-    return None if scale is None else (rows, scale)
+    return merged_log_rows(X)
 
 
 def _cells_record(n: int, rows: np.ndarray, scale: str) -> dict:
