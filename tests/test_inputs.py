@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 from anndata import AnnData
@@ -415,11 +416,31 @@ def test_backed_view_query_is_refused_up_front(ref, query, tmp_path):
     backed.file.close()
 
 
+def test_backed_query_with_copy_returns_an_annotated_in_memory_copy(trained, query, tmp_path):
+    """anndata cannot ``copy()`` a backed AnnData without a file name; ``copy=True`` gives
+    the annotation on an in-memory copy and leaves the file and its handle as they were."""
+    path = tmp_path / "query.h5ad"
+    query.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    obs_before = backed.obs.copy()
+    out = ta.tl.transanno_annotate(backed, model=trained, copy=True)
+    want = ta.tl.transanno_annotate(query, model=trained, copy=True)
+    assert not out.isbacked and backed.isbacked
+    pd.testing.assert_frame_equal(backed.obs, obs_before)
+    assert (out.obs["transanno_label"] == want.obs["transanno_label"]).all()
+    np.testing.assert_allclose(out.obsm["X_transanno"], want.obsm["X_transanno"], atol=1e-5)
+    backed.file.close()
+
+
 @pytest.mark.parametrize(
     ("change", "kwargs", "error", "match"),
     [
         ("nan batch", {"batch_key": "batch"}, ValueError, "3 missing values"),
         ("nan label", {}, ValueError, r"reference\.obs\['cell_type'\] has 3 missing values"),
+        ("'nan' label", {}, ValueError, r"labels 3 cells 'nan': a missing value written as text"),
+        ("blank label", {}, ValueError, r"labels 3 cells '', ' ': a missing value"),
+        ("library size", {}, ValueError, r"distinct numbers \(e\.g\. .*\): a measurement"),
+        ("fraction", {}, ValueError, r"numbers with a fractional part \(e\.g\. .*\): a measure"),
         ("none", {"batch_key": "cell_type"}, ValueError, "both name"),
         ("none", {"batch_key": "donor"}, KeyError, "not a column"),
         ("none", {"labels_key": ["cell_type"]}, TypeError, "a str"),
@@ -437,6 +458,16 @@ def test_reference_arguments_are_refused_up_front(
     if change == "nan label":
         ref.obs["cell_type"] = ref.obs["cell_type"].astype(object)
         ref.obs.iloc[:3, ref.obs.columns.get_loc("cell_type")] = np.nan
+    if change == "'nan' label":  # NaN labels turned into text, as `.astype(str)` does
+        ref.obs["cell_type"] = ref.obs["cell_type"].astype(object)
+        ref.obs.iloc[:3, ref.obs.columns.get_loc("cell_type")] = np.nan
+        ref.obs["cell_type"] = ref.obs["cell_type"].astype(str)
+    if change in ("library size", "fraction"):  # a QC column passed as labels_key
+        total = np.asarray(ref.X.sum(1)).ravel()
+        ref.obs["cell_type"] = total.astype(int) if change == "library size" else total / 7
+    if change == "blank label":
+        ref.obs["cell_type"] = ref.obs["cell_type"].astype(object)
+        ref.obs.iloc[:3, ref.obs.columns.get_loc("cell_type")] = ["", " ", ""]
     if change == "file":
         (tmp_path / "model").write_text("not a model")
         kwargs = {"save_model": str(tmp_path / "model")}
@@ -461,6 +492,19 @@ def test_batch_key_with_missing_values_in_setup_anndata(ref):
     ref.obs.iloc[:2, ref.obs.columns.get_loc("batch")] = None
     with pytest.raises(ValueError, match="2 missing values"):
         TransAnno.setup_anndata(ref, labels_key="cell_type", batch_key="batch")
+
+
+def test_batch_of_fewer_than_three_cells_is_warned_about_by_name(ref):
+    """scvi-tools' own warning names its internal column ('_scvi_batch') and a code; ours
+    names the user's column and batch."""
+    ref = ref.copy()
+    ref.obs["batch"] = ref.obs["batch"].astype(str)
+    ref.obs.iloc[0, ref.obs.columns.get_loc("batch")] = "solo"
+    with pytest.warns(
+        UserWarning, match=r"1 batch\(es\) of adata.obs\['batch'\].*'solo' \(1\)"
+    ) as rec:
+        TransAnno.setup_anndata(ref, labels_key="cell_type", batch_key="batch")
+    assert not any("_scvi_batch" in str(w.message) for w in rec)
 
 
 def test_dense_reference_and_callers_random_state_are_left_alone(ref, query):

@@ -135,10 +135,15 @@ def test_cell_attributions_target(healthy_model, tumor):
     with pytest.raises(ValueError, match="target='Monocytes' is not one of the model's types"):
         healthy_model.cell_attributions(tumor, [0], target="Monocytes")
     n = tumor.n_obs
-    with pytest.raises(ValueError, match=re.escape(f"indices must be positions in 0..{n - 1}")):
+    with pytest.raises(IndexError, match=re.escape(f"must be positions in 0..{n - 1}")):
         healthy_model.cell_attributions(tumor, [n])
-    with pytest.raises(TypeError, match="indices must be integer positions"):
-        healthy_model.cell_attributions(tumor, np.ones(tumor.n_obs, dtype=bool))
+    with pytest.raises(TypeError, match="must be integer positions of cells or a boolean mask"):
+        healthy_model.cell_attributions(tumor, [0.0, 1.0])
+    mask = np.zeros(n, dtype=bool)
+    mask[[3, 1]] = True
+    by_mask = healthy_model.cell_attributions(tumor, mask, n_genes=5, method="gradient")
+    by_pos = healthy_model.cell_attributions(tumor, [1, 3], n_genes=5, method="gradient")
+    pd.testing.assert_frame_equal(by_mask, by_pos)
 
 
 def test_marker_genes_of_a_query_follow_the_predictions(healthy_model, tumor):

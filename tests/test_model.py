@@ -90,6 +90,35 @@ def test_history_records_validation_metrics(trained):
     assert hist["validation_loss"].iloc[-1, 0] == pytest.approx(-np.log(p_true).mean(), rel=1e-3)
 
 
+def test_indices_keep_the_callers_order(trained, query):
+    """``indices`` as scvi-tools takes them: positions in any order (repeats kept) or a
+    boolean mask; each output row is the cell asked for, and a bad index is refused."""
+    full = trained.predict(query, soft=True)
+    latent = trained.get_latent_representation(query)
+    conf = trained.predict_confidence(query)
+    pos = [5, 1, 3, 1, -1]
+    want = [5, 1, 3, 1, query.n_obs - 1]
+    got = trained.predict(query, indices=pos, soft=True)
+    assert list(got.index) == list(query.obs_names[want])
+    np.testing.assert_allclose(got.to_numpy(), full.to_numpy()[want], atol=1e-6)
+    np.testing.assert_allclose(
+        trained.get_latent_representation(query, indices=pos), latent[want], atol=1e-5
+    )
+    labels = trained.predict(query, indices=pos)
+    assert list(labels) == list(trained.predict(query)[want])
+    mask = np.zeros(query.n_obs, dtype=bool)
+    mask[[7, 2]] = True
+    by_mask = trained.predict_confidence(query, indices=mask)
+    assert list(by_mask.index) == list(query.obs_names[[2, 7]])
+    np.testing.assert_allclose(
+        by_mask["probability"].to_numpy(), conf["probability"].to_numpy()[[2, 7]], atol=1e-6
+    )
+    with pytest.raises(IndexError, match=r"must be positions in 0\.\."):
+        trained.predict(query, indices=[query.n_obs])
+    with pytest.raises(ValueError, match="boolean `indices` mask must have one entry per cell"):
+        trained.predict(query, indices=mask[:-1])
+
+
 def test_soft_predictions_are_probabilities(trained, query):
     probs = trained.predict(query, soft=True)
     assert list(probs.columns) == trained.classes_
@@ -138,8 +167,19 @@ def test_load_with_adata_can_train_further(trained, ref, tmp_path):
     with transformer_alone(loaded):
         before = loaded.predict(ref)
     encoder = next(loaded.module.backbone.parameters()).detach().clone()
-    loaded.train(max_epochs=1, enable_progress_bar=False)
+    assert not loaded.module.training  # as `load` and the predictions leave it
+    modes = []
+    hook = loaded.module.backbone.register_forward_hook(
+        lambda mod, args, out: modes.append(mod.training and torch.is_grad_enabled())
+    )
+    try:
+        loaded.train(max_epochs=1, enable_progress_bar=False)
+    finally:
+        hook.remove()
     assert not torch.equal(encoder, next(loaded.module.backbone.parameters()))  # it trained
+    # the training steps ran in train mode (dropout on), the validation passes in eval mode
+    assert any(modes) and modes.count(True) >= len(modes) // 2, modes
+    assert not loaded.module.training
     # ... from the loaded weights: the Transformer (alone; the wide path is refitted either
     # way) keeps what it had learned, where one epoch from a fresh start leaves it near chance
     with transformer_alone(loaded):

@@ -451,6 +451,10 @@ def string_labels(labels: pd.Series) -> pd.Series:
     return labels.map(lambda v: v if pd.isna(v) else _label_string(v)).astype(object)
 
 
+#: Labels that are a missing value written as text (``.astype(str)`` turns NaN into
+#: ``"nan"``, R into ``"NA"``) or no name at all, compared stripped and lower-cased.
+MISSING_LABEL_TEXTS = frozenset({"", "nan", "none", "na", "<na>", "null", "n/a"})
+
 #: Fewer labelled cells than this in a type: it is trained on, with a warning naming it.
 MIN_CELLS_PER_TYPE = 3
 
@@ -511,6 +515,20 @@ def check_labels(
             "drop those cells."
         )
         raise ValueError(msg)
+    blank = sorted(
+        v for v in values if v != unlabeled_category and v.strip().lower() in MISSING_LABEL_TEXTS
+    )
+    if blank:
+        n = int(labels.astype(str).isin(blank).sum())
+        shown = ", ".join(repr(v) for v in blank)
+        msg = (
+            f"{col} labels {n} cells {shown}: a missing value written as text (as "
+            "`.astype(str)` writes NaN) or an empty name, which would be trained on as a cell "
+            f"type. Mark them as unlabeled, e.g. {col} = {col}.replace("
+            f"{{{blank[0]!r}: {unlabeled_category!r}}}) (unlabeled_category={unlabeled_category!r}), "
+            "or drop those cells."
+        )
+        raise ValueError(msg)
     counts = labels.value_counts()  # strings (checked above); no per-cell conversion
     counts = counts[(counts.index != unlabeled_category) & (counts > 0)]
     tiny = counts[counts < MIN_CELLS_PER_TYPE]
@@ -562,6 +580,19 @@ def check_batches(
             f"{what}.obs[{batch_key!r}].astype(str)) or pass batch_key=None."
         )
         raise ValueError(msg)
+    sizes = adata.obs[batch_key].value_counts()
+    tiny = sizes[(sizes > 0) & (sizes < MIN_CELLS_PER_TYPE)]
+    if len(tiny):
+        shown = ", ".join(f"{b!r} ({n})" for b, n in tiny.head(5).items())
+        more = f" and {len(tiny) - 5} more" if len(tiny) > 5 else ""
+        warnings.warn(
+            f"{len(tiny)} batch(es) of {what}.obs[{batch_key!r}] have fewer than "
+            f"{MIN_CELLS_PER_TYPE} cells (cells: {shown}{more}). What is judged per batch "
+            "(the input scale, the depth) rests on these few cells: merge them into the batch "
+            "they were measured with if that is known.",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def check_matrix(adata: AnnData, layer: str | None, input_scale: InputScale) -> str:

@@ -33,6 +33,7 @@ from ._attribution import (
     attribute,
     model_logits,
 )
+from .base._outputs import cell_positions
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -207,7 +208,8 @@ class MarkersMixin:
         adata
             AnnData holding the cells; the registered one when ``None``.
         indices
-            Positions of the cells to explain (a few, usually); all cells when ``None``.
+            Positions of the cells to explain (a few, usually), or a boolean mask; all cells
+            when ``None``.
         n_genes
             Genes per cell, highest contribution first; ``None``: every gene with a non-zero
             contribution.
@@ -228,16 +230,9 @@ class MarkersMixin:
         _check_method(method)
         data, gene_names = self._markers_data(adata)
         n_obs = data.adata.n_obs
+        indices = cell_positions(indices, n_obs)
         if indices is None:
             indices = np.arange(n_obs)
-        indices = np.asarray(indices).reshape(-1)
-        if indices.dtype == bool or not np.issubdtype(indices.dtype, np.integer):
-            msg = f"indices must be integer positions of cells, got dtype {indices.dtype}."
-            raise TypeError(msg)
-        if indices.size and (indices.min() < -n_obs or indices.max() >= n_obs):
-            msg = f"indices must be positions in 0..{n_obs - 1} (adata has {n_obs} cells)."
-            raise ValueError(msg)
-        indices = np.where(indices < 0, indices + n_obs, indices)
         cells = np.unique(indices)
         targets = None
         if target is not None:

@@ -55,6 +55,7 @@ from .base import (
     SaveLoadMixin,
     TrainingMixin,
     assign_labels,
+    cell_positions,
 )
 
 logger = logging.getLogger(__name__)
@@ -285,8 +286,9 @@ class TransAnno(
         ]
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
         with warnings.catch_warnings():
-            # check_labels warned by the types' names; scvi-tools' twin names its codes
-            warnings.filterwarnings("ignore", message=".*_scvi_labels.*fewer than")
+            # check_labels and check_batches warned by the user's names; scvi-tools' twin
+            # names its internal codes
+            warnings.filterwarnings("ignore", message=".*_scvi_(labels|batch).*fewer than")
             adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
 
@@ -361,8 +363,12 @@ class TransAnno(
         else:
             scale = resolve_input_scale(X, input_scale, where)
         match = self._match(adata, "adata")
-        if indices is not None:
-            indices = np.sort(np.asarray(indices, dtype=np.int64).reshape(-1))
+        positions = cell_positions(indices, adata.n_obs)
+        # the cells are read once each, in file order (a backed matrix needs it); the outputs
+        # are put back in the caller's order at the end
+        indices, order = (
+            (None, None) if positions is None else np.unique(positions, return_inverse=True)
+        )
         n = adata.n_obs if indices is None else indices.size
         batch_size = batch_size or settings.batch_size
         device = self.device
@@ -413,7 +419,8 @@ class TransAnno(
         distance_t = torch.from_numpy(distance).to(device)
         shift = self.module.shift_factor(distance_t[torch.from_numpy(n_expressed > 0)])
         pvalue = self.module.novelty_pvalue(distance_t / shift).cpu().numpy()
-        return ForwardOutputs(probs, latent, distance, pvalue, n_expressed, overlap, float(shift))
+        out = ForwardOutputs(probs, latent, distance, pvalue, n_expressed, overlap, float(shift))
+        return out if order is None else out.take(order)
 
     def predict(
         self,
@@ -435,7 +442,8 @@ class TransAnno(
         adata
             AnnData to annotate; the registered one when ``None``.
         indices
-            Positions of the cells to predict; all when ``None``.
+            Positions of the cells to predict (or a boolean mask), in the order wanted; all
+            when ``None``.
         soft
             Return the (calibrated) class probabilities instead of labels.
         unassigned_threshold
@@ -459,7 +467,8 @@ class TransAnno(
 
     def _obs_names(self, adata: AnnData | None, indices) -> pd.Index:
         adata = self.adata if adata is None else adata
-        return adata.obs_names if indices is None else adata.obs_names[np.sort(indices)]
+        positions = cell_positions(indices, adata.n_obs)
+        return adata.obs_names if positions is None else adata.obs_names[positions]
 
     def get_latent_representation(
         self,
@@ -474,7 +483,8 @@ class TransAnno(
         adata
             AnnData to embed; the registered one when ``None``.
         indices
-            Positions of the cells to embed; all when ``None``.
+            Positions of the cells to embed (or a boolean mask), in the order wanted; all
+            when ``None``.
         batch_size
             Cells per forward pass.
         """

@@ -149,7 +149,8 @@ def transanno_annotate(
     key_added
         Prefix of the keys written to ``adata``.
     copy
-        Return an annotated copy instead of writing to ``adata``.
+        Return an annotated copy instead of writing to ``adata`` (an in-memory copy where
+        ``adata`` is backed).
     save_model
         Folder to save the model trained inside this call to.
     model_kwargs
@@ -306,7 +307,9 @@ def transanno_annotate(
     if per_cell is not None:
         out.overlap["input_scale_per_cell"] = per_cell
     if copy:
-        adata = adata.copy()
+        # a backed AnnData cannot be copied without a new file: its copy is an in-memory one
+        backed = isinstance(adata, AnnData) and adata.isbacked
+        adata = adata.to_memory() if backed else adata.copy()
         rna = get_rna(adata, "adata")
     params = {
         "unassigned_threshold": -1.0 if unassigned_threshold is None else unassigned_threshold,

@@ -55,7 +55,9 @@ def _private_reference(
         )
         raise KeyError(msg)
     obs = reference.obs[cols].copy()
-    if non_string_labels(obs[labels_key]):
+    numbers = non_string_labels(obs[labels_key])
+    if numbers:
+        _refuse_measurement(numbers, obs[labels_key], labels_key)
         # cluster numbers as labels: named by their strings here (the user's column is kept)
         obs[labels_key] = string_labels(obs[labels_key])
     if isinstance(obs[labels_key].dtype, pd.CategoricalDtype):
@@ -67,6 +69,30 @@ def _private_reference(
     # the warning points at the user's transanno_annotate call
     check_labels(private, labels_key, unlabeled_category, "reference", stacklevel=4)
     return private
+
+
+def _refuse_measurement(numbers: list, labels: pd.Series, labels_key: str) -> None:
+    """Refuse a ``labels_key`` column of measurements (fractions, library sizes) rather than
+    of cell types or cluster numbers: numbers with a fractional part, or more distinct
+    numbers than :data:`MAX_NUMBER_LABELS` and than a quarter of the labelled cells."""
+    numeric = [v for v in numbers if isinstance(v, (int, float, np.integer, np.floating))]
+    fractional = [v for v in numeric if not float(v).is_integer()]
+    many = len(numeric) > max(MAX_NUMBER_LABELS, labels.notna().sum() / 4)
+    if fractional or many:
+        example = fractional[0] if fractional else numeric[0]
+        what = (
+            "numbers with a fractional part" if fractional else f"{len(numeric)} distinct numbers"
+        )
+        msg = (
+            f"reference.obs[{labels_key!r}] holds {what} (e.g. {example}): a measurement, not "
+            "cell-type names or cluster numbers. Pass the column of cell types as labels_key."
+        )
+        raise ValueError(msg)
+
+
+#: More distinct numeric labels than this (and than a quarter of the cells) read as a
+#: measurement, not as cluster numbers.
+MAX_NUMBER_LABELS = 100
 
 
 #: Names (lower case, letters and digits only) of ``obs`` columns that usually hold the batch
@@ -710,8 +736,9 @@ def train_on_reference(
                 private, query, layer, labels_key, unlabeled_category, input_scale
             )
         with warnings.catch_warnings():
-            # the reference's labels were checked (and warned about) by name above
+            # the reference's labels and batches were checked (and warned about) by name above
             warnings.filterwarnings("ignore", message=".*fewer than .* labelled cells")
+            warnings.filterwarnings("ignore", message=r".*batch\(es\) of adata.obs.*fewer than")
             TransAnno.setup_anndata(
                 private,
                 labels_key=labels_key,

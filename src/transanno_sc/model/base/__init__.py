@@ -3,7 +3,7 @@
 loading. Each mixin names what it needs from the model class."""
 
 from ._confidence_mixin import ConfidenceMixin, assign_labels, confidence_score
-from ._outputs import ForwardOutputs
+from ._outputs import ForwardOutputs, cell_positions
 from ._pretraining_mixin import PretrainingMixin
 from ._save_load import SaveLoadMixin
 from ._training_mixin import TrainingMixin
@@ -15,5 +15,6 @@ __all__ = [
     "SaveLoadMixin",
     "TrainingMixin",
     "assign_labels",
+    "cell_positions",
     "confidence_score",
 ]

@@ -253,7 +253,8 @@ class ConfidenceMixin:
         adata
             AnnData to score; the registered one when ``None``.
         indices
-            Positions of the cells to score; all when ``None``.
+            Positions of the cells to score (or a boolean mask), in the order wanted; all
+            when ``None``.
         batch_size
             Cells per forward pass.
         novelty

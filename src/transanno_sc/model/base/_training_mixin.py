@@ -404,6 +404,11 @@ class TrainingMixin:
         params = [p for part in frozen for p in part.parameters() if p.requires_grad]
         for p in params:
             p.requires_grad_(False)
+        # a prediction, `load` or an earlier fit leave the module in eval mode, and Lightning
+        # keeps each submodule's mode: without this, dropout would be off in every step
+        self.module.train()
+        for part in frozen:
+            part.eval()
         try:
             runner()
         finally:
