@@ -4,6 +4,7 @@ scales, another study with a cell type the reference lacks, reproducibility."""
 from __future__ import annotations
 
 import os
+import warnings
 
 import anndata as ad
 import numpy as np
@@ -56,9 +57,12 @@ def test_query_on_a_300_gene_panel(healthy_tumor):
     ref, tumor = healthy_tumor
     genes = np.random.default_rng(0).choice(ref.var_names, 300, replace=False)
     query = tumor[:, genes].copy()
-    ta.tl.transanno_annotate(
-        query, reference=ref, labels_key="cell_type", model_kwargs=_FAST, **FAST_TRAIN
-    )
+    with warnings.catch_warnings():
+        # a panel inside the reference is no sign of a cut
+        warnings.filterwarnings("error", message=".*share .* genes: ")
+        ta.tl.transanno_annotate(
+            query, reference=ref, labels_key="cell_type", model_kwargs=_FAST, **FAST_TRAIN
+        )
     overlap = query.uns["transanno"]["gene_overlap"]
     assert overlap["n_shared_genes"] == 300
     assert overlap["n_model_genes"] == 300
@@ -69,6 +73,23 @@ def test_query_on_a_300_gene_panel(healthy_tumor):
     chance = query.obs["cell_type"].value_counts(normalize=True).max()
     assert acc >= chance + 0.3, (acc, chance)
     assert acc >= baseline - 0.05, (acc, baseline)
+
+
+def test_datasets_each_cut_to_their_own_genes_are_warned_about(healthy_tumor):
+    """Each dataset cut to its own gene selection shares a small part of either's genes:
+    the call says so and how to give all genes (before training, which then runs)."""
+    ref, tumor = healthy_tumor
+    order = np.random.default_rng(0).permutation(ref.n_vars)
+    a, b = int(0.6 * ref.n_vars), int(0.4 * ref.n_vars)
+    ref_cut = ref[:, np.sort(order[:a])].copy()  # 60 % of the genes each, a third shared
+    query = tumor[:, np.sort(order[b:])].copy()
+    with pytest.warns(
+        UserWarning, match=r"share \d+ genes: 33% of the reference's .*all its genes"
+    ):
+        ta.tl.transanno_annotate(
+            query, reference=ref_cut, labels_key="cell_type", model_kwargs=_FAST, max_epochs=1
+        )
+    assert query.uns["transanno"]["gene_overlap"]["n_shared_genes"] == a - b
 
 
 def _thinned(X, share, seed=0):

@@ -159,6 +159,10 @@ def test_save_load_round_trip(trained, query, tmp_path):
     np.testing.assert_array_equal(before.to_numpy(), after.to_numpy())
     np.testing.assert_array_equal(z_before, loaded.get_latent_representation(query))
     assert list(loaded.history) == list(trained.history)
+    unlabeled = query.copy()
+    del unlabeled.obs["cell_type"]
+    with pytest.raises(KeyError, match=r"load without it .*and call `predict\(adata\)`"):
+        TransAnno.load(tmp_path / "m", adata=unlabeled)
 
 
 def test_load_with_adata_can_train_further(trained, ref, tmp_path):

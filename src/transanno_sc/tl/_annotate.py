@@ -152,7 +152,8 @@ def transanno_annotate(
         Return an annotated copy instead of writing to ``adata`` (an in-memory copy where
         ``adata`` is backed).
     save_model
-        Folder to save the model trained inside this call to.
+        Folder to save the model trained inside this call to. A model saved there before is
+        replaced (so a notebook can be re-run); other files in the folder are left alone.
     model_kwargs
         Passed to :class:`~transanno_sc.model.TransAnno` when a model is trained here.
     pretrain

@@ -200,6 +200,11 @@ _UNLABELED = "__transanno_query__"
 MIN_SHARED_GENES = 50
 
 
+#: Fewer shared genes than this share of the smaller dataset's: warned about (see
+#: :func:`_shared_genes`).
+SUBSET_SHARE = 0.5
+
+
 def _shared_genes(private: AnnData, query: AnnData) -> tuple[AnnData, AnnData, dict]:
     """The reference and the query on the genes both have (matched by name as the model
     matches them: exact, case-insensitive, version-less Ensembl), checked before training.
@@ -243,6 +248,20 @@ def _shared_genes(private: AnnData, query: AnnData) -> tuple[AnnData, AnnData, d
         query.n_vars,
         match.names,
     )
+    if ref_cols.size < SUBSET_SHARE * min(private.n_vars, query.n_vars):
+        # a panel inside the reference shares most of its genes; two datasets that each
+        # share under half of theirs were usually cut to their own variable genes
+        warnings.warn(
+            f"The reference and adata share {ref_cols.size} genes: "
+            f"{ref_cols.size / private.n_vars:.0%} of the reference's {private.n_vars} and "
+            f"{ref_cols.size / query.n_vars:.0%} of adata's {query.n_vars}. The model can only "
+            "use these. If either was cut to its own highly variable genes, pass it with all "
+            "its genes (e.g. `adata.raw.to_adata()`, or the object before "
+            "`adata[:, adata.var.highly_variable]`); otherwise check that both are of one "
+            "species and name genes alike.",
+            UserWarning,
+            stacklevel=4,
+        )
     if ref_cols.size < private.n_vars:
         private = private[:, np.sort(ref_cols)].copy()
     info["query_columns"] = np.sort(query_cols)

@@ -315,6 +315,16 @@ class SaveLoadMixin:
         model.module.eval()
         if adata is not None:
             if cls._get_most_recent_anndata_manager(adata) is None:
+                labels_key = config["setup_args"].get("labels_key")
+                if labels_key is not None and labels_key not in adata.obs:
+                    msg = (
+                        f"The model was trained with labels_key={labels_key!r}, which is not a "
+                        "column of `adata.obs`: `adata=` attaches data to train further on. To "
+                        f"annotate an unlabeled AnnData, load without it "
+                        f"(`{cls.__name__}.load(dir_path)`) and call `predict(adata)`, or "
+                        "`tl.transanno_annotate(adata, model=model)`."
+                    )
+                    raise KeyError(msg)
                 cls.setup_anndata(adata, **config["setup_args"])
             model._adata = adata
             model._adata_manager = cls._get_most_recent_anndata_manager(adata, required=True)
