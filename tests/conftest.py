@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import warnings
 
 import numpy as np
@@ -115,3 +116,13 @@ def transformer_alone(model):
         yield model
     finally:
         model.module.wide = wide
+
+
+def shared_data(name: str) -> str:
+    """A file of the project's shared data folder (next to the repository in CI)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for root in (os.path.join(here, "..", "..", "shared", "data"), "/work/shared/data"):
+        path = os.path.join(root, name)
+        if os.path.exists(path):
+            return path
+    pytest.skip(f"{name} not found in the shared data folder")

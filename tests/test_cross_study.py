@@ -3,29 +3,18 @@ scales, another study with a cell type the reference lacks, reproducibility."""
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from conftest import FAST_MODEL, FAST_TRAIN
+from conftest import FAST_MODEL, FAST_TRAIN, shared_data
 from sklearn.linear_model import LogisticRegression
 
 import transanno_sc as ta
 
 _FAST = {k: v for k, v in FAST_MODEL.items() if k != "n_top_genes"}
-
-
-def _shared_data(name: str) -> str:
-    """A file of the project's shared data folder (next to the repository in CI)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    for root in (os.path.join(here, "..", "..", "shared", "data"), "/work/shared/data"):
-        path = os.path.join(root, name)
-        if os.path.exists(path):
-            return path
-    pytest.skip(f"{name} not found in the shared data folder")
 
 
 def _lognorm(X) -> np.ndarray:
@@ -389,7 +378,7 @@ def test_cell_type_missing_from_the_reference_is_unassigned_across_studies(lung)
     maximum probability of a logistic regression fitted on the same genes."""
     from sklearn.metrics import roc_auc_score
 
-    query = ad.read_h5ad(_shared_data("tabula_muris_immune.h5ad"))
+    query = ad.read_h5ad(shared_data("tabula_muris_immune.h5ad"))
     truth = query.obs["cell_type"].astype(str).to_numpy()
     # the reference's four animals as batches, as benchmarks/cross_study.py runs it
     ta.tl.transanno_annotate(query, reference=lung, labels_key="cell_type", batch_key="batch")
@@ -452,7 +441,7 @@ def test_known_type_in_another_tissue_is_not_unassigned(lung):
     "Unassigned" counted wrong beat a logistic regression's."""
     from sklearn.metrics import f1_score
 
-    ref = ad.read_h5ad(_shared_data("tabula_muris_immune.h5ad"))
+    ref = ad.read_h5ad(shared_data("tabula_muris_immune.h5ad"))
     names = {"B cell": "B cells", "T cell": "T cells", "NK cell": "NK cells"}
     names["Granulocyte"] = "Neutrophils"
     ref.obs["cell_type"] = ref.obs["cell_type"].astype(str).replace(names)
@@ -486,7 +475,7 @@ def test_whole_tissue_against_an_immune_reference(lung):
     put the 6 lymphocytes into a cluster of endocrine cells whose markers are foreign to
     every immune type, and all 6 were "Unassigned" before flagged clusters were cut in two
     (``benchmarks/README.md``, "A whole tissue against an immune reference")."""
-    query = ad.read_h5ad(_shared_data("baron_mouse_pancreas.h5ad"))
+    query = ad.read_h5ad(shared_data("baron_mouse_pancreas.h5ad"))
     query = query[query.obs["cell_type"] != "immune_other"].copy()  # type unknown
     truth = query.obs["cell_type"].astype(str).replace({"B_cell": "B cells", "T_cell": "T cells"})
     truth = truth.to_numpy()

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 from anndata import AnnData
+from conftest import shared_data
 
 import transanno_sc as ta
 from transanno_sc.data import detect_input_scale
@@ -338,6 +339,30 @@ def test_loaded_model_on_anndata_of_another_shape(trained, query, tmp_path):
     bad.var_names = ["geneA", "geneB", "geneC"]
     with pytest.raises(ValueError, match=r"overlap|genes"):
         model.predict(bad)
+
+
+def test_gene_names_written_by_r_are_matched():
+    """R's ``make.names`` writes ``H2-Ab1`` as ``H2.Ab1`` (the Baron pancreas data holds its
+    MHC class II genes so); Seurat writes ``_`` as ``-``. Matched after the exact, the
+    case-insensitive and the version-less names, and only where unambiguous."""
+    m = ta.data.match_genes(
+        ["H2.Ab1", "HLA.DRA", "Cd74", "MT.CO1", "Gm_1"], ["H2-AB1", "CD74", "HLA-DRA", "GM-1"]
+    )
+    assert m.n_matched == 4 and m.n_separators == 3 and m.n_case_insensitive == 1
+    assert dict(zip(m.target.tolist(), m.source.tolist())) == {0: 0, 1: 2, 2: 1, 3: 4}
+    assert m.to_dict()["n_separators"] == 3
+    # an exact or case-insensitive name wins over a separator match, and two candidates
+    # are ambiguous: neither is taken
+    m = ta.data.match_genes(["H2.Ab1", "H2-Ab1"], ["H2-Ab1"])
+    assert (m.n_exact, m.n_separators, m.source.tolist()) == (1, 0, [1])
+    assert ta.data.match_genes(["A.1", "A_1"], ["A-1"]).n_matched == 0
+    # the shared Baron (R-written names) and Tabula Muris files
+    baron = ad.read_h5ad(shared_data("baron_mouse_pancreas.h5ad"), backed="r")
+    tabula = ad.read_h5ad(shared_data("tabula_muris_immune.h5ad"), backed="r")
+    m = ta.data.match_genes(baron.var_names, tabula.var_names)
+    matched = {tabula.var_names[t]: baron.var_names[s] for s, t in zip(m.source, m.target)}
+    assert matched["H2-Ab1"] == "H2.Ab1" and matched["H2-Aa"] == "H2.Aa"
+    assert m.n_separators >= 40
 
 
 def test_ensembl_version_suffixes_are_matched(trained, query):

@@ -31,6 +31,10 @@ class GeneMatch:
     n_unversioned
         Further genes matched only after dropping Ensembl version suffixes
         (``ENSG00000141510.17`` ~ ``ENSG00000141510``).
+    n_separators
+        Further genes matched only after reading ``.``, ``_`` and ``-`` alike (R's
+        ``make.names`` writes ``HLA-DRA`` and ``H2-Ab1`` as ``HLA.DRA`` and ``H2.Ab1``;
+        Seurat writes ``_`` as ``-``).
     names
         Where the dataset's gene names came from: ``"var_names"``, or a column of ``var``
         such as ``"var['feature_name']"`` (see :func:`~transanno_sc.data.match_adata_genes`).
@@ -42,6 +46,7 @@ class GeneMatch:
     n_exact: int
     n_case_insensitive: int
     n_unversioned: int = 0
+    n_separators: int = 0
     names: str = "var_names"
 
     @property
@@ -62,6 +67,7 @@ class GeneMatch:
             "n_exact": int(self.n_exact),
             "n_case_insensitive": int(self.n_case_insensitive),
             "n_unversioned": int(self.n_unversioned),
+            "n_separators": int(self.n_separators),
             "fraction": float(self.fraction),
             "gene_names": self.names,
         }
@@ -82,6 +88,15 @@ def gene_key(gene: str, *, case_insensitive: bool = True, drop_versions: bool = 
     return key.upper() if case_insensitive else key
 
 
+_SEPARATORS = re.compile(r"[._-]")
+
+
+def separator_key(gene: str) -> str:
+    """:func:`gene_key` with ``.``, ``_`` and ``-`` read alike, the last resort of
+    :func:`match_genes` (``HLA.DRA`` ~ ``HLA-DRA``)."""
+    return _SEPARATORS.sub("-", gene_key(gene))
+
+
 def match_genes(
     dataset_genes: Sequence[str], vocab: Sequence[str], names: str = "var_names"
 ) -> GeneMatch:
@@ -90,7 +105,8 @@ def match_genes(
     Exact names first; the remaining genes are matched when that is unambiguous after
     upper-casing both names (mouse ``Gnai3`` against an upper-case ``GNAI3`` panel) and
     dropping Ensembl version suffixes (``ENSG00000141510.17`` against ``ENSG00000141510``,
-    GENCODE against Ensembl annotations). ``names`` says where ``dataset_genes`` came from
+    GENCODE against Ensembl annotations), then after reading ``.``, ``_`` and ``-`` alike
+    (``HLA.DRA`` against ``HLA-DRA``: R's ``make.names``). ``names`` says where ``dataset_genes`` came from
     (kept in the result).
     """
     dataset_genes = [str(g) for g in dataset_genes]
@@ -106,22 +122,32 @@ def match_genes(
             source.append(i)
             target.append(j)
     n_exact = len(source)
-    n_ci = n_unversioned = 0
-    if unmatched:
-        used = set(source)
+    n_ci = n_unversioned = n_separators = 0
+    used = set(source)
+    # looser keys one after the other, each for the genes the earlier ones left unmatched
+    for key in (gene_key, separator_key):
+        if not unmatched:
+            break
         loose: dict[str, list[int]] = {}
         for i, g in enumerate(dataset_genes):
-            loose.setdefault(gene_key(g), []).append(i)
+            if i not in used:
+                loose.setdefault(key(g), []).append(i)
+        left = []
         for j in unmatched:
-            cand = [i for i in loose.get(gene_key(vocab[j]), []) if i not in used]
-            if len(cand) == 1:
-                source.append(cand[0])
-                target.append(j)
-                used.add(cand[0])
-                if dataset_genes[cand[0]].upper() == vocab[j].upper():
-                    n_ci += 1
-                else:
-                    n_unversioned += 1
+            cand = [i for i in loose.get(key(vocab[j]), []) if i not in used]
+            if len(cand) != 1:
+                left.append(j)
+                continue
+            source.append(cand[0])
+            target.append(j)
+            used.add(cand[0])
+            if dataset_genes[cand[0]].upper() == vocab[j].upper():
+                n_ci += 1
+            elif gene_key(dataset_genes[cand[0]]) == gene_key(vocab[j]):
+                n_unversioned += 1
+            else:
+                n_separators += 1
+        unmatched = left
     order = np.argsort(np.asarray(target, dtype=np.int64), kind="stable")
     return GeneMatch(
         source=np.asarray(source, dtype=np.int64)[order],
@@ -130,5 +156,6 @@ def match_genes(
         n_exact=n_exact,
         n_case_insensitive=n_ci,
         n_unversioned=n_unversioned,
+        n_separators=n_separators,
         names=names,
     )

@@ -383,11 +383,12 @@ def checked_match(
         )
     logger.info(
         "Gene overlap: %d of %d model genes found (%d by case-insensitive name, %d without "
-        "Ensembl version suffix).",
+        "Ensembl version suffix, %d reading '.', '_' and '-' alike).",
         match.n_matched,
         match.n_vocab,
         match.n_case_insensitive,
         match.n_unversioned,
+        match.n_separators,
     )
     return match
 

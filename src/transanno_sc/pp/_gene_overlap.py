@@ -29,7 +29,8 @@ def gene_overlap(adata: AnnData, model: TransAnno) -> dict:
     Returns
     -------
     A dict with ``n_model_genes``, ``n_matched``, ``n_exact``, ``n_case_insensitive``,
-    ``n_unversioned`` (matched without Ensembl version suffixes), ``fraction``, ``gene_names``
+    ``n_unversioned`` (matched without Ensembl version suffixes), ``n_separators`` (matched
+    reading ``.``, ``_`` and ``-`` alike), ``fraction``, ``gene_names``
     (``"var_names"`` or the ``var`` column the genes were matched by) and ``missing``
     (the model genes absent from ``adata``).
 
