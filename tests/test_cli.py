@@ -144,8 +144,43 @@ def test_evaluate_prints_and_writes_reports(annotated, files, split, tmp_path, c
     assert table["support"].sum() == n
     confusion = pd.read_csv(cm_csv, index_col=0)
     assert confusion.to_numpy().sum() == n
-    assert main([*argv, "--confusion", str(cm_png)]) == 0
+    assert main([*argv, "--confusion", str(cm_png)]) == 2  # --out exists now
+    _assert_one_line_error(capsys, "the file exists; pass --overwrite")
+    assert main([*argv, "--confusion", str(cm_png), "--overwrite"]) == 0
     assert cm_png.stat().st_size > 5_000
+    mask = os.umask(0)
+    os.umask(mask)
+    assert report.stat().st_mode & 0o777 == 0o666 & ~mask  # not owner-only
+
+
+def test_output_paths_of_the_wrong_kind_are_refused_up_front(annotated, files, tmp_path, capsys):
+    """Before any file is read or model trained: an output that is a folder where a file is
+    written (or the converse, even with --overwrite), a format the command does not write,
+    an accelerator this machine lacks."""
+    folder, file = tmp_path / "folder", tmp_path / "file.h5ad"
+    folder.mkdir()
+    file.write_text("x")
+    ref = ["--reference", str(files / "ref.h5ad"), "--labels-key", "cell_type"]
+    query = ["--query", str(files / "query.h5ad")]
+    cases = [
+        (["annotate", *ref, *query, "--out", str(folder), "--overwrite"], "is an existing folder"),
+        (["annotate", *ref, *query, "--out", str(tmp_path / "o.csv")], "ending in .h5ad or .h5mu"),
+        (["annotate", *ref, *query, "--out", str(tmp_path / "o.h5ad"), "--save-model", str(file), "--overwrite"], "is an existing file; --save-model names a folder"),
+        (["train", *ref, "--out", str(file), "--overwrite"], "is an existing file; --out names a folder"),
+        (["pretrain", "--adata", str(files / "ref.h5ad"), "--out", str(file), "--overwrite"], "names a folder"),
+        (["evaluate", "--adata", str(annotated[1]), "--true-key", "cell_type", "--out", str(folder)], "is an existing folder; --out names a file"),
+        (["evaluate", "--adata", str(annotated[1]), "--true-key", "cell_type", "--confusion", str(tmp_path / "cm")], "ending in .csv or .png or .pdf or .svg"),
+        (["annotate", *ref, *query, "--out", str(tmp_path / "o.h5ad"), "--accelerator", "tpu"], "expected 'cpu', 'gpu'"),
+    ]  # fmt: skip
+    for argv, fragment in cases:
+        try:
+            rc = main(argv)
+        except SystemExit as e:  # argparse's own checks exit
+            rc = e.code
+        assert rc == 2, argv
+        _assert_one_line_error(capsys, fragment)
+        assert "[transanno] read" not in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.h5ad", "folder"]
 
 
 def _assert_one_line_error(capsys, *fragments):
@@ -250,8 +285,13 @@ def test_help_and_bad_command():
 def test_pretrain_then_train_with_backbone_then_annotate(files, split, tmp_path, capsys):
     backbone, model = tmp_path / "backbone", tmp_path / "model"
     device = ["--accelerator", "cpu", "--model-kwargs", json.dumps(FAST_MODEL)]
-    argv = ["pretrain", "--adata", str(files / "ref.h5ad"), str(files / "query.h5ad")]
+    # two files of one name in two folders: both are read (named by their paths)
+    (tmp_path / "other").mkdir()
+    shutil.copy(files / "query.h5ad", tmp_path / "other" / "ref.h5ad")
+    argv = ["pretrain", "--adata", str(files / "ref.h5ad"), str(tmp_path / "other" / "ref.h5ad")]
     assert main([*argv, "--out", str(backbone), "--max-epochs", "1", *device]) == 0
+    n_cells = split[0].n_obs + split[1].n_obs
+    assert f"merged 2 files: {n_cells:,} cells" in capsys.readouterr().out
     assert (backbone / "vocabulary.json").exists() and (backbone / "model.safetensors").exists()
     argv = ["train", "--reference", str(files / "ref.h5ad"), "--labels-key", "cell_type"]
     argv += ["--backbone", str(backbone), "--finetune", "partial", "--out", str(model)]

@@ -27,6 +27,23 @@ def test_perfect_and_imperfect(lung):
     assert res["unassigned_fraction"] == pytest.approx(100 / a.n_obs)
 
 
+def test_cells_of_unknown_truth_are_not_scored(lung):
+    """NaN truth was scored as a type named "nan" (every such cell an error)."""
+    a = lung.copy()
+    a.obs["transanno_label"] = a.obs["cell_type"]
+    truth = a.obs["cell_type"].astype(object)
+    truth.iloc[:50] = np.nan
+    a.obs["truth"] = truth
+    for known_only in (True, False):
+        res = ta.tl.evaluate(a, "truth", known_only=known_only)
+        assert res["accuracy"] == 1.0 and res["n_cells"] == a.n_obs - 50
+        assert "nan" not in res["confusion"].index
+    a.obs["transanno_label"] = "Unassigned"
+    with pytest.raises(ValueError, match="Pass known_only=False"):
+        ta.tl.evaluate(a, "truth")
+    assert ta.tl.evaluate(a, "truth", known_only=False)["accuracy"] == 0.0
+
+
 def test_missing_key(lung):
     with pytest.raises(KeyError, match="transanno_label"):
         ta.tl.evaluate(lung, "cell_type")

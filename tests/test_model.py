@@ -159,6 +159,15 @@ def test_save_load_round_trip(trained, query, tmp_path):
     np.testing.assert_array_equal(before.to_numpy(), after.to_numpy())
     np.testing.assert_array_equal(z_before, loaded.get_latent_representation(query))
     assert list(loaded.history) == list(trained.history)
+    # readable by others as a plain mkdir/open would make it (the staging folder of the
+    # atomic save is owner-only)
+    mask = os.umask(0o022)
+    try:
+        trained.save(tmp_path / "shared")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "shared").stat().st_mode & 0o777 == 0o755
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "shared").iterdir()} == {0o644}
     unlabeled = query.copy()
     del unlabeled.obs["cell_type"]
     with pytest.raises(KeyError, match=r"load without it .*and call `predict\(adata\)`"):

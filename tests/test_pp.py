@@ -72,6 +72,30 @@ def test_merge_errors(lung):
         ta.pp.merge({})
     with pytest.raises(TypeError, match="not an AnnData"):
         ta.pp.merge([lung, "x"])
+    a, b = lung[:20].copy(), lung[20:40].copy()
+    b.layers["counts"] = b.X.copy()
+    with pytest.raises(
+        KeyError, match=r"layer='counts' is not a layer of source '0' \(its layers: \[\]\)"
+    ):
+        ta.pp.merge([a, b], layer="counts")
+    a.obs["source"] = "lab A"
+    with pytest.raises(
+        ValueError, match=r"Source '0' already has obs\['source'\].*another source_key="
+    ):
+        ta.pp.merge([a, b])
+    assert "source" not in lung.obs
+
+
+def test_merge_keeps_the_obs_columns_every_source_has(lung):
+    """As documented: a column only one source has is left out (an outer join filled it with
+    NaN and turned its integers into floats); shared ones keep their dtype."""
+    a, b = lung[:20].copy(), lung[20:40].copy()
+    a.obs["n"] = np.arange(20)
+    b.obs["n"] = np.arange(20)
+    a.obs["only_a"] = 1
+    merged = ta.pp.merge({"a": a, "b": b})
+    assert "only_a" not in merged.obs and merged.obs["n"].dtype == np.int64
+    assert list(merged.obs.columns) == [*lung.obs.columns, "n", "source"]
 
 
 def test_preprocess_recipe_keeps_counts(lung):
@@ -84,3 +108,28 @@ def test_preprocess_recipe_keeps_counts(lung):
     np.testing.assert_allclose(np.expm1(out.X[:5].toarray()).sum(1), 1e4, rtol=1e-3)
     with pytest.raises(ValueError, match="raw counts"):
         ta.pp.preprocess(out)
+
+
+def test_preprocess_of_dense_counts_matches_sparse_and_keeps_the_users_columns(lung):
+    """Dense float or integer counts give what sparse counts give; a ``var['mt']`` of the
+    user's own survives (the recipe uses the name for its QC and removed it)."""
+    sparse = lung[:300].copy()
+    sparse.var["mt"] = "mine"
+    want = ta.pp.preprocess(sparse, min_genes=300, copy=True)
+    assert (want.var["mt"] == "mine").all() and (sparse.var["mt"] == "mine").all()
+    for dtype in (np.float32, np.int64):
+        dense = lung[:300].copy()
+        dense.X = dense.X.toarray().astype(dtype)
+        got = ta.pp.preprocess(dense, min_genes=300, copy=True)
+        assert "mt" not in got.var
+        assert list(got.obs_names) == list(want.obs_names)
+        assert list(got.var_names) == list(want.var_names)
+        np.testing.assert_allclose(np.asarray(got.X), want.X.toarray(), rtol=1e-5, atol=1e-6)
+        assert (got.var["highly_variable"] == want.var["highly_variable"]).all()
+
+
+def test_preprocess_errors_name_the_filter(lung):
+    with pytest.raises(ValueError, match="adata is empty"):
+        ta.pp.preprocess(lung[:0].copy())
+    with pytest.raises(ValueError, match=r"No cell passes the quality filters: min_genes=100000"):
+        ta.pp.preprocess(lung[:50].copy(), min_genes=100_000)

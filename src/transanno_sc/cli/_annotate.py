@@ -145,11 +145,11 @@ def _check_args(args: argparse.Namespace) -> dict:
             msg = f"--model {args.model!r} is not a folder written by `TransAnno.save` (no transanno.json)."
             raise CLIError(msg)
     model_kwargs = _parse_json_dict(args.model_kwargs, "--model-kwargs")
-    _check_out_path(args.out, "--out", overwrite=args.overwrite)
+    _check_out_path(args.out, "--out", overwrite=args.overwrite, suffixes=(".h5ad", ".h5mu"))
     if args.markers is not None:
-        _check_out_path(args.markers, "--markers", overwrite=args.overwrite)
+        _check_out_path(args.markers, "--markers", overwrite=args.overwrite, suffixes=(".csv",))
     if args.save_model is not None:
-        _check_out_path(args.save_model, "--save-model", overwrite=args.overwrite)
+        _check_out_path(args.save_model, "--save-model", overwrite=args.overwrite, kind="folder")
     _check_input_file(args.query, "query")
     if (Path(args.query).suffix.lower() == ".h5mu") != (Path(args.out).suffix.lower() == ".h5mu"):
         msg = (

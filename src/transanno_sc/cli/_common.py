@@ -176,16 +176,41 @@ def _check_layer(adata, layer: str | None, what: str) -> None:
         raise CLIError(msg)
 
 
-def _check_out_path(path: str, option: str, *, overwrite: bool = True) -> None:
-    """Refuse an output path in a missing folder, or one that exists unless ``overwrite``."""
-    parent = Path(path).resolve().parent
+def _check_out_path(
+    path: str,
+    option: str,
+    *,
+    overwrite: bool,
+    kind: str = "file",
+    suffixes: tuple[str, ...] = (),
+) -> None:
+    """Refuse, before any work, an output path in a missing folder, one of another ``kind``
+    (a folder where a file is written, or the converse), one without one of ``suffixes`` (the
+    formats written), or one that exists unless ``overwrite``."""
+    target = Path(path)
+    parent = target.resolve().parent
     if not parent.is_dir():
         msg = f"{option} {path!r}: folder {str(parent)!r} does not exist."
         raise CLIError(msg)
-    if not overwrite and os.path.lexists(path):
-        kind = "folder" if Path(path).is_dir() else "file"
-        msg = f"{option} {path!r}: the {kind} exists; pass --overwrite to replace it."
+    exists = os.path.lexists(path)
+    found = "folder" if target.is_dir() else "file"
+    if exists and found != kind:
+        msg = f"{option} {path!r} is an existing {found}; {option} names a {kind}."
         raise CLIError(msg)
+    if suffixes and target.suffix.lower() not in suffixes:
+        msg = f"{option} {path!r}: expected a file name ending in {' or '.join(suffixes)}."
+        raise CLIError(msg)
+    if exists and not overwrite:
+        msg = f"{option} {path!r}: the {found} exists; pass --overwrite to replace it."
+        raise CLIError(msg)
+
+
+def _readable_by_umask(path: str | Path, *, folder: bool = False) -> None:
+    """Give ``path`` the mode a plain ``open`` or ``mkdir`` would (``0o666`` or ``0o777``
+    less the umask): temporary files and folders are created owner-only."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, (0o777 if folder else 0o666) & ~mask)
 
 
 def _add_overwrite_option(p: argparse.ArgumentParser) -> None:
@@ -207,6 +232,7 @@ def _atomic_path(path: str):
     os.close(fd)
     try:
         yield tmp
+        _readable_by_umask(tmp)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -253,6 +279,23 @@ def _threshold(text: str) -> float | None:
     return value
 
 
+def _accelerator(text: str) -> str:
+    """``--accelerator``: a name Lightning takes, for a device this machine has."""
+    name = text.strip().lower()
+    if name not in {"auto", "cpu", "gpu", "cuda", "mps"}:
+        msg = f"expected 'cpu', 'gpu', 'cuda', 'mps' or 'auto', got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    import torch
+
+    if name in {"gpu", "cuda"} and not torch.cuda.is_available():
+        msg = f"{text!r}: no CUDA GPU is available here (use 'cpu' or 'auto')"
+        raise argparse.ArgumentTypeError(msg)
+    if name == "mps" and not torch.backends.mps.is_available():
+        msg = f"{text!r}: no Apple MPS device is available here (use 'cpu' or 'auto')"
+        raise argparse.ArgumentTypeError(msg)
+    return name
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -286,7 +329,11 @@ def _is_secondary_rank(model=None) -> bool:
 
 def _add_device_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--accelerator", default="auto", metavar="NAME", help="'cpu', 'gpu', 'mps' or 'auto'"
+        "--accelerator",
+        default="auto",
+        type=_accelerator,
+        metavar="NAME",
+        help="'cpu', 'gpu' (or 'cuda'), 'mps' or 'auto'",
     )
     p.add_argument(
         "--devices",

@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 
 from ._common import (
+    _add_overwrite_option,
+    _atomic_path,
     _check_obs_key,
     _check_out_path,
     _HelpFormatter,
@@ -64,6 +66,7 @@ def add_evaluate_parser(sub) -> None:
         action="store_true",
         help="also score cells whose true type the model does not know",
     )
+    _add_overwrite_option(p)
     p.set_defaults(func=evaluate)
 
 
@@ -151,13 +154,20 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+#: What ``--confusion`` writes: a table, or a plot in one of these formats.
+CONFUSION_SUFFIXES = (".csv", ".png", ".pdf", ".svg")
+
+
 def evaluate(args: argparse.Namespace) -> int:
     """``transanno evaluate``: score predictions against known labels."""
     import transanno_sc as ta
 
-    for path, option in ((args.out, "--out"), (args.confusion, "--confusion")):
+    for path, option, suffixes in (
+        (args.out, "--out", (".csv",)),
+        (args.confusion, "--confusion", CONFUSION_SUFFIXES),
+    ):
         if path is not None:
-            _check_out_path(path, option)
+            _check_out_path(path, option, overwrite=args.overwrite, suffixes=suffixes)
     adata = _read_h5ad(args.adata, "adata")
     _check_obs_key(adata, args.true_key, "adata", "--true-key")
     _check_obs_key(adata, args.pred_key, "adata", "--pred-key")
@@ -172,7 +182,8 @@ def evaluate(args: argparse.Namespace) -> int:
     report.index.name = args.true_key
     print(report.round(3).to_string())
     if args.out is not None:
-        report.to_csv(args.out)
+        with _atomic_path(args.out) as tmp:
+            report.to_csv(tmp)
         _progress(f"wrote the per-type report to {args.out}")
     if args.confusion is not None:
         _write_confusion(adata, args, metrics["confusion"])
@@ -182,12 +193,17 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def _write_confusion(adata, args: argparse.Namespace, confusion) -> None:
     """The confusion matrix as a table (``.csv``) or a plot (any other suffix)."""
-    if args.confusion.endswith(".csv"):
-        confusion.to_csv(args.confusion)
+    if args.confusion.lower().endswith(".csv"):
+        with _atomic_path(args.confusion) as tmp:
+            confusion.to_csv(tmp)
         return
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     import transanno_sc as ta
 
-    ta.pl.confusion_matrix(adata, args.true_key, args.pred_key, save=args.confusion, show=False)
+    with _atomic_path(args.confusion) as tmp:
+        ta.pl.confusion_matrix(adata, args.true_key, args.pred_key, save=tmp, show=False)
+    plt.close("all")

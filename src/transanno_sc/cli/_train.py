@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -84,10 +85,19 @@ def pretrain(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     scvi.settings.seed = args.seed
     model_kwargs = _parse_json_dict(args.model_kwargs, "--model-kwargs")
-    _check_out_path(args.out, "--out", overwrite=args.overwrite)
+    _check_out_path(args.out, "--out", overwrite=args.overwrite, kind="folder")
     for path in args.adata:
         _check_input_file(path, "corpus")
-    sources = {Path(p).stem: _read_h5ad(p, "corpus") for p in args.adata}
+    names = [Path(p).stem for p in args.adata]
+    if len(set(names)) < len(names):  # d1/data.h5ad and d2/data.h5ad: named by their paths
+        names = [os.path.normpath(p) for p in args.adata]
+    if len(set(names)) < len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        msg = f"--adata names {twice!r} twice."
+        raise CLIError(msg)
+    sources = {name: _read_h5ad(p, "corpus") for name, p in zip(names, args.adata)}
+    for name, source in sources.items():
+        _check_layer(source, args.layer, f"corpus {name!r}")
     if len(sources) > 1:
         corpus = ta.pp.merge(sources, layer=args.layer)
         layer = None
@@ -119,7 +129,7 @@ def train(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     scvi.settings.seed = args.seed
     model_kwargs = _parse_json_dict(args.model_kwargs, "--model-kwargs")
-    _check_out_path(args.out, "--out", overwrite=args.overwrite)
+    _check_out_path(args.out, "--out", overwrite=args.overwrite, kind="folder")
     _check_input_file(args.reference, "reference")
     if args.backbone is not None and not (Path(args.backbone) / "vocabulary.json").exists():
         msg = f"--backbone {args.backbone!r} is not a folder written by `transanno pretrain`."

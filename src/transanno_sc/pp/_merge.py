@@ -81,7 +81,23 @@ def merge(
         if not a.var_names.is_unique:
             msg = f"Source {name!r} has duplicate gene names: run `var_names_make_unique()` first."
             raise ValueError(msg)
+        if layer is not None and layer not in a.layers:
+            msg = (
+                f"layer={layer!r} is not a layer of source {name!r} "
+                f"(its layers: {list(a.layers)}). Pass a layer every source has, or "
+                "layer=None for X."
+            )
+            raise KeyError(msg)
+        if source_key in a.obs:
+            msg = (
+                f"Source {name!r} already has obs[{source_key!r}], which merge writes each "
+                "cell's source to: pass another source_key=."
+            )
+            raise ValueError(msg)
         X = a.X if layer is None else a.layers[layer]
+        if X is None:
+            msg = f"Source {name!r} has no X: pass layer= with its expression."
+            raise ValueError(msg)
         X = sp.csr_matrix(X, dtype=np.float32)
         genes = [str(g) for g in a.var_names]
         if case_insensitive or drop_ensembl_versions:
@@ -103,14 +119,22 @@ def merge(
                 scales[name] = detect_input_scale(X, f"source {name!r}")
             except ValueError:  # negative or NaN values: refused where they are read
                 pass
-    merged = ad.concat(
-        parts,
-        join="outer",
-        label=source_key,
-        keys=[n for n, _ in items],
-        index_unique=None,
-        fill_value=0,
-    )
+    # obs columns: those every source has (anndata's outer join would keep the others,
+    # filled with NaN, and turn integer columns into floats)
+    shared = [c for c in parts[0].obs.columns if all(c in p.obs.columns for p in parts)]
+    for part in parts:
+        part.obs = part.obs[shared]
+    with warnings.catch_warnings():
+        # clashing cell names are made unique just below
+        warnings.filterwarnings("ignore", message=".*names are not unique")
+        merged = ad.concat(
+            parts,
+            join="outer",
+            label=source_key,
+            keys=[n for n, _ in items],
+            index_unique=None,
+            fill_value=0,
+        )
     if not merged.obs_names.is_unique:
         merged.obs_names = [
             f"{cell}-{src}" for cell, src in zip(merged.obs_names, merged.obs[source_key])

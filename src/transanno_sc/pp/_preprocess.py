@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 import scanpy as sc
+import scipy.sparse as sp
 from anndata import AnnData
 
 logger = logging.getLogger(__name__)
@@ -75,8 +76,11 @@ def preprocess(
     >>> "counts" in adata.layers
     True
     """
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        msg = f"adata is empty ({adata.n_obs} cells x {adata.n_vars} genes)."
+        raise ValueError(msg)
     X = adata.X
-    values = X.data if hasattr(X, "data") else np.asarray(X).ravel()
+    values = X.data if sp.issparse(X) else np.asarray(X).ravel()
     sample = values[:100_000]
     if sample.size and (sample.min() < 0 or not np.allclose(sample, np.round(sample))):
         msg = (
@@ -85,19 +89,36 @@ def preprocess(
         )
         raise ValueError(msg)
     adata = adata.copy() if copy else adata
+    if np.issubdtype(adata.X.dtype, np.integer):  # normalized values are fractions
+        adata.X = adata.X.astype(np.float32)
     mito = adata.var_names.str.upper().str.startswith("MT-")
+    users_mt = adata.var["mt"].copy() if "mt" in adata.var else None  # restored below
     adata.var["mt"] = mito
     sc.pp.calculate_qc_metrics(adata, qc_vars=["mt"], inplace=True, percent_top=None)
-    keep = adata.obs["n_genes_by_counts"].to_numpy() >= min_genes
+    n_genes = adata.obs["n_genes_by_counts"].to_numpy()
+    keep = n_genes >= min_genes
     if max_pct_mito is not None and mito.any():
         keep &= adata.obs["pct_counts_mt"].to_numpy() <= max_pct_mito
+    if not keep.any():
+        msg = (
+            f"No cell passes the quality filters: min_genes={min_genes} (cells express "
+            f"{int(n_genes.max())} genes at most) and max_pct_mito={max_pct_mito}. Lower them "
+            "(max_pct_mito=None skips the mitochondrial filter)."
+        )
+        raise ValueError(msg)
     n_before = adata.n_obs
     if not keep.all():
         adata._inplace_subset_obs(np.flatnonzero(keep))
     genes = np.asarray((adata.X > 0).sum(0)).ravel() >= min_cells
+    if not genes.any():
+        msg = f"No gene is expressed in min_cells={min_cells} of the kept cells: lower it."
+        raise ValueError(msg)
     if not genes.all():
         adata._inplace_subset_var(np.flatnonzero(genes))
-    del adata.var["mt"]
+    if users_mt is None:
+        del adata.var["mt"]
+    else:
+        adata.var["mt"] = users_mt.reindex(adata.var_names).to_numpy()
     adata.layers[counts_layer] = adata.X.copy()
     sc.pp.normalize_total(adata, target_sum=target_sum)
     sc.pp.log1p(adata)

@@ -25,7 +25,8 @@ def evaluate(
     adata
         Annotated AnnData (or MuData, RNA modality).
     true_key
-        Column of ``obs`` with the true cell types.
+        Column of ``obs`` with the true cell types; cells where it is missing (NaN) are not
+        scored.
     pred_key
         Column of ``obs`` with the predictions.
     known_only
@@ -53,8 +54,9 @@ def evaluate(
         if key not in rna.obs:
             msg = f"{key!r} is not a column of adata.obs (columns: {list(rna.obs.columns)})."
             raise KeyError(msg)
-    true = rna.obs[true_key].astype(str).to_numpy()
-    pred = rna.obs[pred_key].astype(str).to_numpy()
+    labelled = rna.obs[true_key].notna().to_numpy()  # cells of unknown truth are not scored
+    true = rna.obs[true_key].astype(str).to_numpy()[labelled]
+    pred = rna.obs[pred_key].astype(str).to_numpy()[labelled]
     if known_only:
         prefix = pred_key.removesuffix("_label")
         probs = rna.obsm.get(f"{prefix}_probabilities")
@@ -69,7 +71,16 @@ def evaluate(
         keep = np.isin(true, list(known))
         true, pred = true[keep], pred[keep]
     if true.size == 0:
-        msg = "No cell left to evaluate: no true label is among the predicted cell types."
+        if not labelled.any():
+            msg = f"No cell left to evaluate: adata.obs[{true_key!r}] has no value."
+        elif known_only and classes is None and not isinstance(probs, pd.DataFrame):
+            msg = (
+                "No cell left to evaluate: no true label is among the predicted cell types, "
+                "and adata has no record of the types the model knows (uns or obsm of "
+                f"{prefix!r}). Pass known_only=False to score every cell."
+            )
+        else:
+            msg = "No cell left to evaluate: no true label is among the model's cell types."
         raise ValueError(msg)
     labels = sorted(set(true))
     cols = sorted(set(true) | set(pred))

@@ -63,6 +63,7 @@ def staged_folder(dir_path: str, keep=lambda name: True):
     tmp = tempfile.mkdtemp(prefix=f".{name}.saving-", dir=parent)
     try:
         yield tmp
+        _modes_by_umask(tmp)
         if os.path.isdir(dir_path):
             for entry in os.listdir(dir_path):
                 src = os.path.join(dir_path, entry)
@@ -84,6 +85,17 @@ def staged_folder(dir_path: str, keep=lambda name: True):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _modes_by_umask(folder: str) -> None:
+    """Give ``folder`` and the files written into it the modes ``mkdir`` and ``open`` would
+    (``mkdtemp`` makes an owner-only folder, and a model is often shared on a cluster)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(folder, 0o777 & ~mask)
+    for entry in os.scandir(folder):
+        if entry.is_file(follow_symlinks=False):
+            os.chmod(entry.path, 0o666 & ~mask)
 
 
 def read_vocabulary(backbone_dir: str) -> list[str]:
