@@ -259,6 +259,49 @@ def test_counts_layer_workflow(ref, query):
     assert on_layer.uns["transanno"]["gene_overlap"]["input_scale"] == "counts"
 
 
+def _tutorial_state(adata: ad.AnnData) -> ad.AnnData:
+    """Where the scanpy tutorial leaves an object: log1p in ``.raw``, ``X`` subset to highly
+    variable genes and scaled, a PCA."""
+    a = adata.copy()
+    sc.pp.normalize_total(a, target_sum=1e4)
+    sc.pp.log1p(a)
+    a.raw = a
+    sc.pp.highly_variable_genes(a, n_top_genes=500, subset=True)
+    sc.pp.scale(a, max_value=10)
+    sc.tl.pca(a, n_comps=10)
+    return a
+
+
+def test_objects_in_the_scanpy_tutorial_state_are_read_from_raw(ref, query):
+    """Scaled, HVG-subset ``X`` with the log1p values of every gene in ``.raw``, as scanpy
+    users hold their data: read from ``.raw`` by default (scaled values are refused), with
+    the results of the same call on ``raw.to_adata()``, written to the object itself."""
+    kwargs = {"labels_key": "cell_type", "unassigned_threshold": None, **TINY}
+    q, r = _tutorial_state(query), _tutorial_state(ref)
+    pca = q.obsm["X_pca"].copy()
+    want = ta.tl.transanno_annotate(
+        q.raw.to_adata(), reference=r.raw.to_adata(), copy=True, **kwargs
+    )
+    ta.tl.transanno_annotate(q, reference=r, **kwargs)
+    np.testing.assert_allclose(
+        q.obsm["transanno_probabilities"].to_numpy(),
+        want.obsm["transanno_probabilities"].to_numpy(),
+        atol=1e-6,
+    )
+    assert (
+        q.uns["transanno"]["params"]["use_raw"] and not want.uns["transanno"]["params"]["use_raw"]
+    )
+    assert q.uns["transanno"]["gene_overlap"]["n_query_genes"] == query.n_vars
+    np.testing.assert_array_equal(q.obsm["X_pca"], pca)  # the user's keys are kept
+    assert q.raw is not None and q.n_vars == 500
+    with pytest.raises(ValueError, match="negative values"):
+        ta.tl.transanno_annotate(q, reference=r, use_raw=False, **kwargs)
+    with pytest.raises(ValueError, match="not both"):
+        ta.tl.transanno_annotate(q, reference=r, use_raw=True, layer="counts", **kwargs)
+    with pytest.raises(ValueError, match=r"use_raw=True, but adata\.raw is None"):
+        ta.tl.transanno_annotate(query.copy(), reference=ref, use_raw=True, **kwargs)
+
+
 #: cell types whose names contain "/" (they become column names of the probabilities)
 SLASHED = {"NK cells": "NK/ILC cells", "T cells": "T cells/CD3+"}
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from anndata import AnnData
 
 from transanno_sc._constants import NOVELTY_ALPHA, UNASSIGNED
@@ -63,6 +64,7 @@ def transanno_annotate(
     unlabeled_category: str = "Unknown",
     batch_key: str | None = None,
     layer: str | None = None,
+    use_raw: bool | None = None,
     unassigned_threshold: float | None = 0.5,
     novelty: bool = True,
     query_context: bool = True,
@@ -119,6 +121,14 @@ def transanno_annotate(
     layer
         Layer holding the expression in both ``reference`` and ``adata``; ``adata.X`` if
         ``None``.
+    use_raw
+        Read the expression of ``adata`` and ``reference`` from their ``.raw`` (as scanpy's
+        functions take it). ``None`` (default): for each of the two that has a ``.raw`` and no
+        ``layer`` is given, where its ``X`` holds scaled values (negative ones, after
+        :func:`scanpy.pp.scale`) or fewer genes than ``.raw`` (subset to highly variable
+        genes), the state the scanpy tutorial leaves an object in. The annotation is written
+        to ``adata`` itself either way; ``uns[key_added]['params']['use_raw']`` records
+        whether ``adata.raw`` was read.
     unassigned_threshold
         Cells whose confidence is below this are labeled ``"Unassigned"``; ``None`` turns this
         off. The default 0.5 is TransAnno-Net's.
@@ -263,10 +273,18 @@ def transanno_annotate(
         )
         raise ValueError(msg)
     _refuse_backed_view(rna)
+    # where the expression is read from: X (or the layer), or .raw (the annotation is still
+    # written to rna)
+    source = _expression_source(rna, layer, use_raw=use_raw, what="adata")
+    used_raw = source is not rna
+    if reference is not None:
+        reference = _expression_source(
+            get_rna(reference, "reference"), layer, use_raw=use_raw, what="reference"
+        )
     if model is None:
         # what the prediction would refuse, refused before training (a trained model's
         # prediction checks the same before computing)
-        _check_query(rna, layer, input_scale)
+        _check_query(source, layer, input_scale)
         check_train_kwargs(train_kwargs)
         if save_model is not None:
             _check_save_path(save_model)
@@ -277,7 +295,7 @@ def transanno_annotate(
     shared = None
     # a query merged from cells of counts and cells of log values is read from a copy in
     # which the log cells are counts again; the annotation is written to rna all the same
-    read, read_layer, per_cell = query_read_as_counts(rna, layer, input_scale)
+    read, read_layer, per_cell = query_read_as_counts(source, layer, input_scale)
     query = read
     if model is None:
         model, query, shared = train_on_reference(
@@ -315,6 +333,7 @@ def transanno_annotate(
     params = {
         "unassigned_threshold": -1.0 if unassigned_threshold is None else unassigned_threshold,
         "layer": "X" if layer is None else layer,
+        "use_raw": used_raw,
         "labels_key": labels_key if labels_key is not None else "",
         "novelty": novelty,
         "novelty_alpha": NOVELTY_ALPHA,
@@ -345,6 +364,39 @@ def transanno_annotate(
         keys.uns,
     )
     return adata if copy else None
+
+
+def _expression_source(
+    rna: AnnData, layer: str | None, *, use_raw: bool | None, what: str
+) -> AnnData:
+    """``rna``, or an AnnData of ``rna.raw``'s expression and genes with ``rna``'s cells (and
+    ``obs``, which the reference's labels and batches are read from): see ``use_raw``."""
+    if use_raw is None:
+        use_raw = layer is None and rna.raw is not None and _raw_is_wanted(rna)
+    if not use_raw:
+        return rna
+    if layer is not None:
+        msg = f"Pass either use_raw=True or layer={layer!r}, not both."
+        raise ValueError(msg)
+    if rna.raw is None:
+        msg = f"use_raw=True, but {what}.raw is None."
+        raise ValueError(msg)
+    logger.info(
+        "    reading %s.raw (%d genes; %s.X has %d)", what, rna.raw.n_vars, what, rna.n_vars
+    )
+    return AnnData(X=rna.raw.X, obs=rna.obs, var=rna.raw.var.copy())
+
+
+def _raw_is_wanted(rna: AnnData) -> bool:
+    """``X`` holds scaled values or fewer genes than ``.raw`` (in memory; a backed ``X`` is
+    read as it is)."""
+    if rna.raw.n_vars > rna.n_vars or rna.X is None:
+        return True
+    if rna.isbacked:
+        return False
+    X = rna.X
+    values = X.data if sp.issparse(X) else np.asarray(X)
+    return bool(values.size) and float(values.min()) < 0
 
 
 def _refuse_backed_view(rna: AnnData) -> None:
