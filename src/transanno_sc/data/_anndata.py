@@ -533,16 +533,21 @@ def check_labels(
     counts = counts[(counts.index != unlabeled_category) & (counts > 0)]
     tiny = counts[counts < MIN_CELLS_PER_TYPE]
     if len(tiny):
-        shown = ", ".join(f"{t!r} ({n})" for t, n in tiny.head(5).items())
-        more = f" and {len(tiny) - 5} more" if len(tiny) > 5 else ""
         warnings.warn(
             f"{len(tiny)} cell type(s) of {col} have fewer than {MIN_CELLS_PER_TYPE} labelled "
-            f"cells (cells: {shown}{more}). They are trained on and can be predicted, but "
+            f"cells (cells: {_listed(tiny)}). They are trained on and can be predicted, but "
             "their calls and confidences rest on these few cells: merge them into a broader "
             f"type or set them to {unlabeled_category!r} if they matter.",
             UserWarning,
             stacklevel=stacklevel + 1,
         )
+
+
+def _listed(counts: pd.Series, n: int = 5) -> str:
+    """``"'a' (1), 'b' (2) and 3 more"``: the first ``n`` groups of ``counts`` with their
+    cell counts."""
+    shown = ", ".join(f"{k!r} ({v})" for k, v in counts.head(n).items())
+    return shown + (f" and {len(counts) - n} more" if len(counts) > n else "")
 
 
 def check_key(key, name: str) -> None:
@@ -583,11 +588,9 @@ def check_batches(
     sizes = adata.obs[batch_key].value_counts()
     tiny = sizes[(sizes > 0) & (sizes < MIN_CELLS_PER_TYPE)]
     if len(tiny):
-        shown = ", ".join(f"{b!r} ({n})" for b, n in tiny.head(5).items())
-        more = f" and {len(tiny) - 5} more" if len(tiny) > 5 else ""
         warnings.warn(
             f"{len(tiny)} batch(es) of {what}.obs[{batch_key!r}] have fewer than "
-            f"{MIN_CELLS_PER_TYPE} cells (cells: {shown}{more}). What is judged per batch "
+            f"{MIN_CELLS_PER_TYPE} cells (cells: {_listed(tiny)}). What is judged per batch "
             "(the input scale, the depth) rests on these few cells: merge them into the batch "
             "they were measured with if that is known.",
             UserWarning,
