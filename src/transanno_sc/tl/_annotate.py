@@ -372,9 +372,12 @@ def _expression_source(
     """``rna``, or an AnnData of ``rna.raw``'s expression and genes with ``rna``'s cells (and
     ``obs``, which the reference's labels and batches are read from): see ``use_raw``."""
     if use_raw is None:
-        use_raw = layer is None and rna.raw is not None and _raw_is_wanted(rna)
+        use_raw = layer is None and rna.raw is not None and not rna.isbacked and _raw_is_wanted(rna)
     if not use_raw:
         return rna
+    if rna.isbacked:
+        msg = f"use_raw=True with a backed {what}: load it into memory (`.to_memory()`) first."
+        raise ValueError(msg)
     if layer is not None:
         msg = f"Pass either use_raw=True or layer={layer!r}, not both."
         raise ValueError(msg)
@@ -388,12 +391,9 @@ def _expression_source(
 
 
 def _raw_is_wanted(rna: AnnData) -> bool:
-    """``X`` holds scaled values or fewer genes than ``.raw`` (in memory; a backed ``X`` is
-    read as it is)."""
+    """``X`` (in memory) holds scaled values or fewer genes than ``.raw``."""
     if rna.raw.n_vars > rna.n_vars or rna.X is None:
         return True
-    if rna.isbacked:
-        return False
     X = rna.X
     values = X.data if sp.issparse(X) else np.asarray(X)
     return bool(values.size) and float(values.min()) < 0
