@@ -12,9 +12,8 @@ def savefig_or_show(fig: Figure, *, show: bool | None, save: str | None, own_fig
     """Save ``fig`` to ``save`` and show it when asked; return whether it was shown.
 
     As in scanpy, ``show=None`` shows the figure only when the function drew its own figure,
-    nothing is saved, and matplotlib is interactive; a figure of its own that was saved and
-    not shown is closed (it stays usable through the returned axes, ``fig.savefig`` included),
-    so that saving plots in a loop does not pile up open figures.
+    nothing is saved, and matplotlib is interactive. A saved figure stays open (a notebook's
+    inline backend shows it at the end of the cell; close it with ``plt.close()`` in a loop).
     """
     import matplotlib.pyplot as plt
 
@@ -24,8 +23,6 @@ def savefig_or_show(fig: Figure, *, show: bool | None, save: str | None, own_fig
         show = own_figure and not save and plt.isinteractive()
     if show:
         plt.show()
-    elif save and own_figure:
-        plt.close(fig)
     return bool(show)
 
 
