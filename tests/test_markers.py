@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
+import scipy.sparse as sp
 import scvi
 import torch
 from conftest import FAST_MODEL, FAST_TRAIN
@@ -193,6 +194,24 @@ def test_tl_markers_and_dotplot(healthy_model, tumor, tmp_path):
     axes = ta.pl.marker_genes(query, n_genes=3, show=False)
     labels = [t.get_text() for t in axes["mainplot_ax"].get_xticklabels()]
     assert set(labels) == {g for t in called for g in direct[t][:3]}
+    # the user's order of the groups is kept, and cells without a group are not drawn
+    order = ["T cells", "Neutrophils", "NK cells", "B cells"]
+    query.obs["ordered"] = pd.Categorical(query.obs["cell_type"].astype(str), categories=order)
+    query.obs.loc[query.obs_names[:5], "ordered"] = np.nan
+    axes = ta.pl.marker_genes(query, n_genes=3, groupby="ordered", show=False)
+    rows = [t.get_text() for t in axes["mainplot_ax"].get_yticklabels()]
+    assert rows == order
+    # a dendrogram cannot place a group that expresses none of the plotted genes: left out,
+    # with a warning (scipy raised "Distance matrix 'X' must be symmetric")
+    silent = query.copy()
+    silent.obs["grp"] = silent.obs["cell_type"].astype(str).to_numpy()
+    empty = silent.obs_names[:3]
+    silent.obs.loc[empty, "grp"] = "empty"
+    X = sp.lil_matrix(silent.X)
+    X[:3] = 0
+    silent.X = sp.csr_matrix(X)
+    with pytest.warns(UserWarning, match=r"Groups \['empty'\] of 'grp' express none"):
+        ta.pl.marker_genes(silent, n_genes=3, groupby="grp", dendrogram=True, show=False)
     # written to .h5ad and read back
     path = tmp_path / "q.h5ad"
     query.write_h5ad(path)
@@ -220,6 +239,8 @@ def test_tl_markers_errors(healthy_model, tumor):
     assert "transanno_markers" in copy.uns and "transanno_markers" not in tumor.uns
     with pytest.raises(KeyError, match="groupby 'nope' is not a column"):
         ta.pl.marker_genes(copy, groupby="nope")
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        healthy_model.marker_genes(tumor, groupby="cell_type", batch_size=0)
 
 
 def test_markers_of_a_loaded_model(healthy_model, tumor, tmp_path):

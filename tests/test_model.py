@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import anndata as ad
 import numpy as np
@@ -146,7 +147,7 @@ def test_latent_shape_and_dtype(trained, query):
     assert np.isfinite(z).all()
 
 
-def test_save_load_round_trip(trained, query, tmp_path):
+def test_save_load_round_trip(trained, query, tmp_path, capsys):
     before = trained.predict(query, soft=True)
     z_before = trained.get_latent_representation(query)
     trained.save(tmp_path / "m")
@@ -154,6 +155,8 @@ def test_save_load_round_trip(trained, query, tmp_path):
     with pytest.raises(ValueError, match="overwrite"):
         trained.save(tmp_path / "m")
     loaded = TransAnno.load(tmp_path / "m")  # no AnnData needed
+    TransAnno.view_setup_args(tmp_path / "m")  # scvi-tools' looked for its own model.pt
+    assert re.search(r"labels_key +'cell_type'", capsys.readouterr().out)
     assert loaded.adata is None
     after = loaded.predict(query, soft=True)
     np.testing.assert_array_equal(before.to_numpy(), after.to_numpy())
@@ -474,3 +477,43 @@ def _validation_nll_by_deep_weight(model, weights) -> dict:
     finally:
         _with_buffers(model, **old)
     return nll
+
+
+def test_fit_arguments_are_checked_and_a_failed_fit_changes_nothing(ref, capsys):
+    """Bad sizes and rates are refused before any work (they failed deep in Lightning,
+    torch or scikit-learn, or trained: a negative backbone rate ascended); a fit that fails
+    half way (here a misspelled plan argument, after the wide path was refitted) leaves the
+    trained model predicting as before; a second ``setup_anndata`` with other arguments is
+    refused rather than trained on under the old label names."""
+    ref = ref.copy()
+    TransAnno.setup_anndata(ref, labels_key="cell_type")
+    model = TransAnno(ref, **FAST_MODEL)
+    TransAnno.setup_anndata(ref, labels_key="cell_type")  # the same again: fine
+    model.train(max_epochs=1, enable_progress_bar=False)
+    before = model.predict(ref, soft=True).to_numpy()
+    for kwargs, match in [
+        ({"max_epochs": -1}, "max_epochs must be a positive integer or None"),
+        ({"max_epochs": 1.5}, "max_epochs must be a positive integer"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"backbone_lr": -1e-3}, "backbone_lr must be a positive number"),
+        ({"plan_kwargs": {"label_map": None}}, r"plan_kwargs \['label_map'\] are set by train"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            model.train(**kwargs)
+    with pytest.raises(ValueError, match="mask_prob= itself"):
+        model.pretrain(plan_kwargs={"mask_prob": 0.2})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'lrr'"):
+        model.train(max_epochs=1, plan_kwargs={"lrr": 1}, enable_progress_bar=False)
+    np.testing.assert_array_equal(model.predict(ref, soft=True).to_numpy(), before)
+    model.train(max_epochs=1, deep_weight=np.float32(0.5), enable_progress_bar=False)
+    assert model.calibration_["deep_weight"] == 0.5
+    TransAnno.setup_anndata(ref, labels_key="cell_subtype")
+    with pytest.raises(ValueError, match=r"labels_key='cell_subtype'; the model was built with"):
+        model.train(max_epochs=1)
+    for kwargs in ({"n_layers": 0}, {"n_heads": 0}, {"max_tokens": 0}, {"value_encoding": "x"}):
+        with pytest.raises(ValueError, match="must be"):
+            TransAnno(ref, **{**FAST_MODEL, **kwargs})
+    with pytest.raises(TypeError, match="got the string 'CD3E'"):
+        TransAnno(ref, gene_vocabulary="CD3E")
+    model.view_anndata_setup()  # scvi-tools' own; needed rich.pretty imported
+    assert "labels_key" in capsys.readouterr().out

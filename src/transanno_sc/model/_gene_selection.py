@@ -320,6 +320,9 @@ def choose_vocabulary(
 
 
 def check_vocabulary(genes: Sequence[str]) -> list[str]:
+    if isinstance(genes, str):
+        msg = f"gene_vocabulary must be a list of gene names, got the string {genes!r}."
+        raise TypeError(msg)
     genes = [str(g) for g in genes]
     if not genes:
         msg = "gene_vocabulary is empty."

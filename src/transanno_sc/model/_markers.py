@@ -125,6 +125,7 @@ class MarkersMixin:
         if max_cells_per_type is not None:
             _check_count(max_cells_per_type, "max_cells_per_type")
         _check_count(n_steps, "n_steps")
+        _check_count(batch_size, "batch_size")
         _check_method(method)
         data, gene_names = self._markers_data(adata)
         groups = self._marker_groups(data, adata is None, groupby, batch_size)
@@ -227,6 +228,7 @@ class MarkersMixin:
         if n_genes is not None:
             _check_count(n_genes, "n_genes")
         _check_count(n_steps, "n_steps")
+        _check_count(batch_size, "batch_size")
         _check_method(method)
         data, gene_names = self._markers_data(adata)
         n_obs = data.adata.n_obs

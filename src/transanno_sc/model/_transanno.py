@@ -10,6 +10,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import rich.pretty  # noqa: F401  (scvi-tools' view_anndata_setup uses it without importing it)
 import scipy.sparse as sp
 import torch
 from anndata import AnnData

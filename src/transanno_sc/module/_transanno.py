@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
@@ -10,6 +12,9 @@ from torch import nn
 from transanno_sc._constants import MODULE_KEYS, REGISTRY_KEYS, TARGET_SUM
 from transanno_sc.data import normalize_log1p, tokenize
 from transanno_sc.nn import TransAnnoBackbone, TransAnnoConfig
+
+#: The ways token values are encoded (:func:`~transanno_sc.data.tokenize`).
+VALUE_ENCODINGS = ("bins", "quantile")
 
 #: Quantiles of the held-out reference distances kept for novelty p-values.
 N_DISTANCE_QUANTILES = 201
@@ -78,8 +83,28 @@ class TransAnnoModule(BaseModuleClass):
         wide_dropout: float = 0.2,
     ):
         super().__init__()
+        sizes = {
+            "n_hidden": n_hidden,
+            "n_layers": n_layers,
+            "n_heads": n_heads,
+            "n_latent": n_latent,
+            "max_tokens": max_tokens,
+            "n_bins": n_bins,
+        }
+        for name, value in sizes.items():
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                msg = f"{name} must be a positive integer, got {value!r}."
+                raise ValueError(msg)
         if n_hidden % n_heads:
             msg = f"n_hidden ({n_hidden}) must be a multiple of n_heads ({n_heads})."
+            raise ValueError(msg)
+        if value_encoding not in VALUE_ENCODINGS:
+            msg = f"value_encoding must be one of {VALUE_ENCODINGS}, got {value_encoding!r}."
+            raise ValueError(msg)
+        if not 0.0 <= dropout < 1.0 or not 0.0 <= wide_dropout < 1.0:
+            msg = (
+                f"dropout and wide_dropout must be in [0, 1), got {dropout!r} and {wide_dropout!r}."
+            )
             raise ValueError(msg)
         self.n_genes = n_genes
         self.n_classes = n_classes

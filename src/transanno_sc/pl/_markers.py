@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -102,10 +103,18 @@ def marker_genes(
         msg = f"Marker genes {missing[:5]} are not in adata.var_names: was uns[{key!r}] written "
         msg += "for another AnnData?"
         raise KeyError(msg)
+    groups = rna.obs[groupby]
+    if isinstance(groups.dtype, pd.CategoricalDtype):  # the user's order of the groups
+        groups = groups.cat.remove_unused_categories()
+    else:
+        groups = groups.map(lambda v: v if pd.isna(v) else str(v)).astype("category")
+    keep = groups.notna().to_numpy()  # cells without a group are not drawn
     plot_data = _log_expression_of(rna, genes, layer)
-    plot_data.obs[groupby] = rna.obs[groupby].to_numpy()
-    if not isinstance(plot_data.obs[groupby].dtype, pd.CategoricalDtype):
-        plot_data.obs[groupby] = plot_data.obs[groupby].astype(str).astype("category")
+    if not keep.all():
+        plot_data = plot_data[keep].copy()
+    plot_data.obs[groupby] = pd.Categorical(groups[keep]).remove_unused_categories()
+    if kwds.get("dendrogram"):
+        plot_data = _without_silent_groups(plot_data, groupby)
     own_figure = ax is None
     dp = sc.pl.dotplot(
         plot_data,
@@ -122,6 +131,25 @@ def marker_genes(
     fig = axes["mainplot_ax"].figure
     shown = savefig_or_show(fig, show=show, save=save, own_figure=own_figure)
     return None if shown else axes
+
+
+def _without_silent_groups(plot_data: AnnData, groupby: str) -> AnnData:
+    """``plot_data`` without the groups that express none of the plotted genes (a dendrogram
+    cannot place them: their correlations are undefined), with a warning naming them."""
+    expressed = np.asarray((plot_data.X != 0).sum(1)).ravel() > 0
+    groups = plot_data.obs[groupby]
+    silent = [g for g in groups.cat.categories if not expressed[(groups == g).to_numpy()].any()]
+    if not silent:
+        return plot_data
+    warnings.warn(
+        f"Groups {silent} of {groupby!r} express none of the plotted genes: left out of the "
+        "plot, which a dendrogram cannot order with them.",
+        UserWarning,
+        stacklevel=3,
+    )
+    out = plot_data[~groups.isin(silent).to_numpy()].copy()
+    out.obs[groupby] = out.obs[groupby].cat.remove_unused_categories()
+    return out
 
 
 def _log_expression_of(rna: AnnData, genes: list[str], layer: str | None) -> AnnData:

@@ -22,7 +22,12 @@ from transanno_sc.train import (
 )
 
 from ._save_load import FORMAT_VERSION, VOCAB_FILE, package_version, read_vocabulary, staged_folder
-from ._training_mixin import MAX_MONITOR_CELLS, default_budget
+from ._training_mixin import (
+    MAX_MONITOR_CELLS,
+    check_fit_arguments,
+    default_budget,
+    restores_module_on_failure,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +44,7 @@ class PretrainingMixin:
     :meth:`~transanno_sc.module.TransAnnoModule.frozen_parts`.
     """
 
+    @restores_module_on_failure
     @devices_dsp.dedent
     def pretrain(
         self,
@@ -103,6 +109,11 @@ class PretrainingMixin:
         >>> model.pretrain(max_epochs=2)
         >>> model.save_backbone("lung_backbone")  # doctest: +SKIP
         """
+        check_fit_arguments(max_epochs, batch_size, lr=lr)
+        self._check_setup_is_current()
+        if "mask_prob" in (plan_kwargs or {}):
+            msg = "Pass mask_prob= itself, not in plan_kwargs."
+            raise ValueError(msg)
         if not 0.0 < train_size <= 1.0:
             msg = f"train_size must be in (0, 1], got {train_size}."
             raise ValueError(msg)

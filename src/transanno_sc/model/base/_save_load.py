@@ -169,6 +169,17 @@ class SaveLoadMixin:
     ``_set_training_genes``.
     """
 
+    @classmethod
+    def view_setup_args(cls, dir_path: str, prefix: str | None = None) -> None:
+        """Print the ``setup_anndata`` arguments a saved model was trained with (scvi-tools'
+        method reads its own file format, not this one)."""
+        config = read_config(os.path.join(dir_path, f"{prefix or ''}{CONFIG_FILE}"))
+        args = config.get("setup_args", {})
+        width = max((len(k) for k in args), default=0)
+        print(f"setup_anndata arguments of {dir_path}:")
+        for key, value in args.items():
+            print(f"  {key.ljust(width)}  {value!r}")
+
     def save(
         self,
         dir_path: str,

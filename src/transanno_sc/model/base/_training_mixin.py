@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import numbers
 import time
 import warnings
 from typing import Literal
@@ -30,6 +32,51 @@ from transanno_sc.train import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def restores_module_on_failure(method):
+    """Decorate a fitting method so that, when it raises, a trained model's module gets back
+    the weights and calibration it had: the fit sets the calibration aside and refits the
+    wide path before Lightning runs, and a failure half way (a bad ``plan_kwargs``, an
+    interrupt) would leave a model that predicts otherwise while it reads as trained."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        backup = None
+        if getattr(self, "is_trained_", False) or getattr(self, "is_pretrained_", False):
+            backup = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+        try:
+            return method(self, *args, **kwargs)
+        except BaseException:
+            if backup is not None:
+                self.module.load_state_dict(backup)
+                self.module.eval()
+            raise
+
+    return wrapper
+
+
+def check_fit_arguments(max_epochs, batch_size, **rates) -> None:
+    """Refuse, before any work, a ``max_epochs`` that is not a positive integer (or
+    ``None``), a ``batch_size`` that is not one, and learning rates (``rates``) that are not
+    positive numbers (``None`` allowed)."""
+    for name, value, optional in (
+        ("max_epochs", max_epochs, True),
+        ("batch_size", batch_size, False),
+    ):
+        if value is None and optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            msg = (
+                f"{name} must be a positive integer{' or None' if optional else ''}, got {value!r}."
+            )
+            raise ValueError(msg)
+    for name, value in rates.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+            msg = f"{name} must be a positive number, got {value!r}."
+            raise ValueError(msg)
 
 
 #: Cell presentations of a default training run (``benchmarks/README.md``: halving the
@@ -89,6 +136,7 @@ class TrainingMixin:
     (``_data_splitter_cls``, ``_train_runner_cls``, ``_training_plan_cls``).
     """
 
+    @restores_module_on_failure
     @devices_dsp.dedent
     def train(
         self,
@@ -212,6 +260,15 @@ class TrainingMixin:
         the address of rank 0 from the environment and starts no processes itself. See
         ``benchmarks/SCALE.md`` for complete examples.
         """
+        check_fit_arguments(max_epochs, batch_size, lr=lr, backbone_lr=backbone_lr)
+        self._check_setup_is_current()
+        reserved = sorted({"class_weights", "label_map"} & set(plan_kwargs or {}))
+        if reserved:
+            msg = (
+                f"plan_kwargs {reserved} are set by train() (from the labels and "
+                "class_weighting=); pass class_weighting= instead."
+            )
+            raise ValueError(msg)
         codes, labeled = self._labeled_cells(train_size)
         tr, va = stratified_split(codes[labeled], train_size, settings.seed)
         train_idx, val_idx = labeled[tr], labeled[va]
@@ -271,6 +328,26 @@ class TrainingMixin:
         )
         self._merge_pretrain_history()
         self._fit_confidence(codes, train_idx, val_idx, batch_size, deep_weight)
+
+    def _check_setup_is_current(self) -> None:
+        """Refuse to fit when ``setup_anndata`` was called again on the model's AnnData with
+        other arguments after the model was built: scvi-tools' fields (the label codes) are
+        then the new setup's, and the model would train on them under its old names."""
+        latest = self._get_most_recent_anndata_manager(self.adata)
+        if latest is None or latest is self.adata_manager:
+            return
+        ours = self.adata_manager.registry["setup_args"]
+        theirs = latest.registry["setup_args"]
+        if ours != theirs:
+            changed = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+            msg = (
+                f"setup_anndata was called again on this model's AnnData with other arguments "
+                f"({', '.join(f'{k}={theirs.get(k)!r}' for k in changed)}; the model was built "
+                f"with {', '.join(f'{k}={ours.get(k)!r}' for k in changed)}). Build a new model "
+                "for the new setup (`TransAnno(adata)`), or set the AnnData up again with the "
+                "model's arguments."
+            )
+            raise ValueError(msg)
 
     def _labeled_cells(self, train_size: float) -> tuple[np.ndarray, np.ndarray]:
         """Label codes of the registered cells (``len(classes_)``: unlabeled) and the
@@ -410,7 +487,12 @@ class TrainingMixin:
         for part in frozen:
             part.eval()
         try:
-            runner()
+            with warnings.catch_warnings():
+                # the frozen parts are in eval mode on purpose (see above)
+                warnings.filterwarnings(
+                    "ignore", message=r".*module\(s\) in eval mode at the start"
+                )
+                runner()
         finally:
             for p in params:
                 p.requires_grad_(True)
@@ -428,14 +510,16 @@ def _checked_deep_weight(deep_weight, wide_fit: str) -> float | str:
     if deep_weight is None:
         deep_weight = DEFAULT_DEEP_WEIGHT if wide_fit == "logistic" else 1.0
     if deep_weight != "auto" and not (
-        isinstance(deep_weight, int | float) and 0.0 <= deep_weight <= 1.0
+        isinstance(deep_weight, numbers.Real)
+        and not isinstance(deep_weight, bool)
+        and 0.0 <= deep_weight <= 1.0
     ):
         msg = f"deep_weight must be 'auto' or a number in [0, 1], got {deep_weight!r}."
         raise ValueError(msg)
     if wide_fit not in ("logistic", "joint"):
         msg = f"wide_fit must be 'logistic' or 'joint', got {wide_fit!r}."
         raise ValueError(msg)
-    return deep_weight
+    return deep_weight if deep_weight == "auto" else float(deep_weight)
 
 
 def _label_map(n_classes: int) -> torch.Tensor:
