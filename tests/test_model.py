@@ -155,6 +155,14 @@ def test_save_load_round_trip(trained, query, tmp_path, capsys):
     with pytest.raises(ValueError, match="overwrite"):
         trained.save(tmp_path / "m")
     loaded = TransAnno.load(tmp_path / "m")  # no AnnData needed
+    # saved with its AnnData: loaded with it, as scvi-tools' load does
+    trained.save(tmp_path / "with_data", save_anndata=True)
+    with_data = TransAnno.load(tmp_path / "with_data")
+    assert with_data.adata is not None and with_data.adata.n_obs == trained.adata.n_obs
+    np.testing.assert_array_equal(
+        with_data.predict(soft=True).to_numpy(),
+        trained.predict(trained.adata, soft=True).to_numpy(),
+    )
     TransAnno.view_setup_args(tmp_path / "m")  # scvi-tools' looked for its own model.pt
     assert re.search(r"labels_key +'cell_type'", capsys.readouterr().out)
     assert loaded.adata is None

@@ -258,8 +258,9 @@ class SaveLoadMixin:
         """Load a model saved with :meth:`~transanno_sc.model.TransAnno.save`.
 
         Only JSON and safetensors are read: loading never executes code from the folder.
-        Without ``adata`` the model can predict on any AnnData; with ``adata`` (set up with the
-        saved arguments when it is not yet) it can also be trained further.
+        Without ``adata`` the model can predict on any AnnData (and holds the AnnData saved
+        with it by ``save(save_anndata=True)``, as scvi-tools' ``load`` does); with ``adata``
+        (set up with the saved arguments when it is not yet) it can also be trained further.
 
         Parameters
         ----------
@@ -336,6 +337,15 @@ class SaveLoadMixin:
         model.gene_overlap_ = None
         model.history_ = history_from_json(config.get("history", {}))
         model.module.eval()
+        saved = os.path.join(dir_path, f"{prefix}adata.h5ad")
+        if adata is None and os.path.exists(saved):
+            import anndata
+
+            adata = anndata.read_h5ad(saved)
+            # set up afresh with the saved arguments (its scvi-tools ids name the managers of
+            # the AnnData it was written from, which may live in this process)
+            for key in ("_scvi_uuid", "_scvi_manager_uuid"):
+                adata.uns.pop(key, None)
         if adata is not None:
             if cls._get_most_recent_anndata_manager(adata) is None:
                 labels_key = config["setup_args"].get("labels_key")
