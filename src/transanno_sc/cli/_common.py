@@ -205,14 +205,6 @@ def _check_out_path(
         raise CLIError(msg)
 
 
-def _readable_by_umask(path: str | Path, *, folder: bool = False) -> None:
-    """Give ``path`` the mode a plain ``open`` or ``mkdir`` would (``0o666`` or ``0o777``
-    less the umask): temporary files and folders are created owner-only."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, (0o777 if folder else 0o666) & ~mask)
-
-
 def _add_overwrite_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--overwrite",
@@ -232,7 +224,9 @@ def _atomic_path(path: str):
     os.close(fd)
     try:
         yield tmp
-        _readable_by_umask(tmp)
+        from transanno_sc.model.base import apply_umask
+
+        apply_umask(tmp)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

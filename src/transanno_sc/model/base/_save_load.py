@@ -87,15 +87,21 @@ def staged_folder(dir_path: str, keep=lambda name: True):
         raise
 
 
-def _modes_by_umask(folder: str) -> None:
-    """Give ``folder`` and the files written into it the modes ``mkdir`` and ``open`` would
-    (``mkdtemp`` makes an owner-only folder, and a model is often shared on a cluster)."""
+def apply_umask(path: str, *, folder: bool = False) -> None:
+    """Give ``path`` the mode a plain ``open`` (``folder``: ``mkdir``) would, ``0o666``
+    (``0o777``) less the umask: ``mkstemp`` and ``mkdtemp``, through which outputs are
+    written atomically, make them owner-only, and models and results are often shared."""
     mask = os.umask(0)
     os.umask(mask)
-    os.chmod(folder, 0o777 & ~mask)
+    os.chmod(path, (0o777 if folder else 0o666) & ~mask)
+
+
+def _modes_by_umask(folder: str) -> None:
+    """:func:`apply_umask` on ``folder`` and the files written into it."""
+    apply_umask(folder, folder=True)
     for entry in os.scandir(folder):
         if entry.is_file(follow_symlinks=False):
-            os.chmod(entry.path, 0o666 & ~mask)
+            apply_umask(entry.path)
 
 
 def read_vocabulary(backbone_dir: str) -> list[str]:
