@@ -504,6 +504,11 @@ def test_reference_arguments_are_refused_up_front(
 def test_misspelled_training_argument_is_refused_with_a_suggestion(ref, query):
     with pytest.raises(TypeError, match="did you mean 'max_epochs'"):
         ta.tl.transanno_annotate(query, reference=ref, labels_key="cell_type", max_epoch=3)
+    # model_kwargs too, before the reference is set up (it failed in TransAnno(...) after)
+    with pytest.raises(TypeError, match=r"Unknown model_kwargs \['n_layerz'\].*'n_layers'"):
+        ta.tl.transanno_annotate(
+            query, reference=ref, labels_key="cell_type", model_kwargs={"n_layerz": 2}
+        )
 
 
 def test_model_and_reference_together_are_refused(trained, ref, query):

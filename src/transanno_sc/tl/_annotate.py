@@ -18,7 +18,12 @@ from transanno_sc.data import get_rna
 from transanno_sc.model.base import confidence_score
 
 from . import _query_context as qc
-from ._reference import check_train_kwargs, query_read_as_counts, train_on_reference
+from ._reference import (
+    check_model_kwargs,
+    check_train_kwargs,
+    query_read_as_counts,
+    train_on_reference,
+)
 from ._utils import versions
 
 if TYPE_CHECKING:
@@ -286,6 +291,7 @@ def transanno_annotate(
         # prediction checks the same before computing)
         _check_query(source, layer, input_scale)
         check_train_kwargs(train_kwargs)
+        check_model_kwargs(model_kwargs)
         if save_model is not None:
             _check_save_path(save_model)
     if unassigned_threshold is not None and not 0.0 <= unassigned_threshold <= 1.0:

@@ -623,32 +623,52 @@ def check_train_kwargs(train_kwargs: dict) -> None:
     """Refuse a training argument that neither :meth:`TransAnno.train` nor scvi-tools' and
     Lightning's ``Trainer`` take (a misspelling would otherwise fail once the data is set up,
     from inside Lightning), naming the closest valid ones."""
-    import difflib
-    import inspect
-
     import lightning.pytorch as pl
     from scvi.train import Trainer
 
     from transanno_sc.model import TransAnno
 
+    _refuse_unknown(
+        train_kwargs,
+        (TransAnno.train, Trainer.__init__, pl.Trainer.__init__),
+        "Unknown training arguments {unknown} (extra keyword arguments of transanno_annotate go "
+        "to TransAnno.train and Lightning's Trainer)",
+    )
+
+
+def check_model_kwargs(model_kwargs: dict | None) -> None:
+    """Refuse a ``model_kwargs`` key that :class:`TransAnno` does not take (it failed once the
+    reference was set up), naming the closest valid ones."""
+    from transanno_sc.model import TransAnno
+
+    _refuse_unknown(
+        model_kwargs or {},
+        (TransAnno.__init__,),
+        "Unknown model_kwargs {unknown} (they go to TransAnno(...))",
+        exclude={"adata"},
+    )
+
+
+def _refuse_unknown(kwargs: dict, fns, message: str, exclude: frozenset = frozenset()) -> None:
+    """A ``TypeError`` (``message`` with ``{unknown}``) for the keys of ``kwargs`` that none of
+    ``fns`` names as a parameter, with "did you mean" hints."""
+    import difflib
+    import inspect
+
     known = set()
-    for fn in (TransAnno.train, Trainer.__init__, pl.Trainer.__init__):
+    for fn in fns:
         known |= {
             name
             for name, p in inspect.signature(fn).parameters.items()
-            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name != "self"
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name not in {"self", *exclude}
         }
-    unknown = sorted(set(train_kwargs) - known)
+    unknown = sorted(set(kwargs) - known)
     if unknown:
         close = {u: difflib.get_close_matches(u, sorted(known), n=2) for u in unknown}
         hints = "; ".join(
             f"{u!r}: did you mean {' or '.join(map(repr, c))}?" for u, c in close.items() if c
         )
-        msg = (
-            f"Unknown training arguments {unknown} (extra keyword arguments of "
-            "transanno_annotate go to TransAnno.train and Lightning's Trainer)"
-            + (f". {hints}" if hints else ".")
-        )
+        msg = message.format(unknown=unknown) + (f". {hints}" if hints else ".")
         raise TypeError(msg)
 
 
