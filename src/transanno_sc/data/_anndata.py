@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import warnings
 from typing import Literal
 
@@ -548,6 +549,17 @@ def _listed(counts: pd.Series, n: int = 5) -> str:
     cell counts."""
     shown = ", ".join(f"{k!r} ({v})" for k, v in counts.head(n).items())
     return shown + (f" and {len(counts) - n} more" if len(counts) > n else "")
+
+
+def check_positive_int(value, name: str, *, optional: bool = False) -> int | None:
+    """``value`` as an ``int``, refused unless it is a positive integer (numpy's too; not a
+    bool), or ``None`` where ``optional``."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        msg = f"{name} must be a positive integer{' or None' if optional else ''}, got {value!r}."
+        raise ValueError(msg)
+    return int(value)
 
 
 def check_key(key, name: str) -> None:

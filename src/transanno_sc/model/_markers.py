@@ -17,6 +17,7 @@ import torch
 
 from transanno_sc._constants import REGISTRY_KEYS
 from transanno_sc.data import (
+    check_positive_int,
     check_shape_and_names,
     check_values,
     get_matrix,
@@ -121,11 +122,11 @@ class MarkersMixin:
         ``mean_log_expression`` and ``fraction_expressed`` (among the type's cells averaged)
         and ``n_cells``.
         """
-        _check_count(n_genes, "n_genes")
+        check_positive_int(n_genes, "n_genes")
         if max_cells_per_type is not None:
-            _check_count(max_cells_per_type, "max_cells_per_type")
-        _check_count(n_steps, "n_steps")
-        _check_count(batch_size, "batch_size")
+            check_positive_int(max_cells_per_type, "max_cells_per_type")
+        check_positive_int(n_steps, "n_steps")
+        check_positive_int(batch_size, "batch_size")
         _check_method(method)
         data, gene_names = self._markers_data(adata)
         groups = self._marker_groups(data, adata is None, groupby, batch_size)
@@ -226,9 +227,9 @@ class MarkersMixin:
         ``transformer`` and ``log_expression``, cells in the order of ``indices``.
         """
         if n_genes is not None:
-            _check_count(n_genes, "n_genes")
-        _check_count(n_steps, "n_steps")
-        _check_count(batch_size, "batch_size")
+            check_positive_int(n_genes, "n_genes")
+        check_positive_int(n_steps, "n_steps")
+        check_positive_int(batch_size, "batch_size")
         _check_method(method)
         data, gene_names = self._markers_data(adata)
         n_obs = data.adata.n_obs
@@ -382,10 +383,3 @@ class _MarkersData(NamedTuple):
     scale: str
     match: object
     in_data: np.ndarray
-
-
-def _check_count(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        msg = f"{name} must be a positive integer, got {value!r}."
-        raise ValueError(msg)
-    return int(value)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 import torch.nn.functional as F
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
 from transanno_sc._constants import MODULE_KEYS, REGISTRY_KEYS, TARGET_SUM
-from transanno_sc.data import normalize_log1p, tokenize
+from transanno_sc.data import check_positive_int, normalize_log1p, tokenize
 from transanno_sc.nn import TransAnnoBackbone, TransAnnoConfig
 
 #: The ways token values are encoded (:func:`~transanno_sc.data.tokenize`).
@@ -92,9 +90,7 @@ class TransAnnoModule(BaseModuleClass):
             "n_bins": n_bins,
         }
         for name, value in sizes.items():
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                msg = f"{name} must be a positive integer, got {value!r}."
-                raise ValueError(msg)
+            check_positive_int(value, name)
         if n_hidden % n_heads:
             msg = f"n_hidden ({n_hidden}) must be a multiple of n_heads ({n_heads})."
             raise ValueError(msg)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from transanno_sc.data import get_rna
+from transanno_sc.data import check_positive_int, get_rna
 from transanno_sc.tl._markers import markers_var_names
 
 from ._utils import missing_obs_key, savefig_or_show
@@ -87,16 +87,14 @@ def marker_genes(
             "`ta.tl.transanno_markers(adata, model)` first, or pass its key as `key=`."
         )
         raise KeyError(msg)
-    if isinstance(n_genes, bool) or not isinstance(n_genes, (int, np.integer)) or n_genes < 1:
-        msg = f"n_genes must be a positive integer, got {n_genes!r}."
-        raise ValueError(msg)
+    n_genes = check_positive_int(n_genes, "n_genes")
     if groupby is None:
         groupby = str(rna.uns[key].get("params", {}).get("groupby", "transanno_label"))
     if groupby not in rna.obs:
         raise missing_obs_key(
             rna, groupby, "groupby", "Pass the column with each cell's type as `groupby=`."
         )
-    var_names = markers_var_names(rna, key, int(n_genes))
+    var_names = markers_var_names(rna, key, n_genes)
     genes = list(dict.fromkeys(g for gs in var_names.values() for g in gs))
     missing = [g for g in genes if g not in rna.var_names]
     if missing:

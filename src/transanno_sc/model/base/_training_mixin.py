@@ -19,6 +19,7 @@ from transanno_sc._constants import (
     REGISTRY_KEYS,
 )
 from transanno_sc.data import (
+    check_positive_int,
     empty_rows,
     get_matrix,
     stratified_split,
@@ -60,17 +61,8 @@ def check_fit_arguments(max_epochs, batch_size, **rates) -> None:
     """Refuse, before any work, a ``max_epochs`` that is not a positive integer (or
     ``None``), a ``batch_size`` that is not one, and learning rates (``rates``) that are not
     positive numbers (``None`` allowed)."""
-    for name, value, optional in (
-        ("max_epochs", max_epochs, True),
-        ("batch_size", batch_size, False),
-    ):
-        if value is None and optional:
-            continue
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            msg = (
-                f"{name} must be a positive integer{' or None' if optional else ''}, got {value!r}."
-            )
-            raise ValueError(msg)
+    check_positive_int(max_epochs, "max_epochs", optional=True)
+    check_positive_int(batch_size, "batch_size")
     for name, value in rates.items():
         if value is None:
             continue
