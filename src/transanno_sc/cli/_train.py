@@ -104,7 +104,6 @@ def pretrain(args: argparse.Namespace) -> int:
         _progress(f"merged {len(sources)} files: {corpus.n_obs:,} cells x {corpus.n_vars:,} genes")
     else:
         corpus, layer = next(iter(sources.values())), args.layer
-        _check_layer(corpus, layer, "corpus")
     corpus.obs = corpus.obs[[]]
     ta.model.TransAnno.setup_anndata(corpus, layer=layer, input_scale=args.input_scale)
     model = ta.model.TransAnno(corpus, **model_kwargs)
