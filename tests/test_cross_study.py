@@ -119,6 +119,40 @@ def test_shallow_query_is_annotated_from_a_reference_thinned_to_its_depth(health
     assert (ref.X != before).nnz == 0
 
 
+def _with_ambient(X, share=0.2, seed=0):
+    """Counts of droplets that also caught ambient RNA: ``share`` of each cell's UMIs drawn
+    from the pooled profile of all the cells (the "soup" of lysed cells)."""
+    X = sp.csr_matrix(X, dtype=np.float32)
+    soup = np.asarray(X.sum(0), dtype=np.float64).ravel()
+    extra = np.rint(np.asarray(X.sum(1)).ravel() * share / (1 - share)).astype(np.int64)
+    rows = np.repeat(np.arange(X.shape[0]), extra)
+    cols = np.random.default_rng(seed).choice(X.shape[1], size=extra.sum(), p=soup / soup.sum())
+    return (
+        X + sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=X.shape)
+    ).tocsr()
+
+
+def test_query_with_ambient_rna_keeps_its_labels(healthy_tumor):
+    """A fifth of every query cell's UMIs from the ambient pool (a droplet run with much free
+    RNA, where every cell shows every abundant type's transcripts a little): the known cells
+    are not "Unassigned" for it (the background is in every cluster, so it marks none as
+    foreign), and the labels stay near a logistic regression over all genes."""
+    ref, tumor = healthy_tumor
+    query = tumor.copy()
+    query.X = _with_ambient(query.X)
+    ta.tl.transanno_annotate(
+        query, reference=ref, labels_key="cell_type", model_kwargs=_FAST, **FAST_TRAIN
+    )
+    truth = query.obs["cell_type"].to_numpy()
+    labels = query.obs["transanno_label"].astype(str).to_numpy()
+    unassigned = float(np.mean(labels == "Unassigned"))
+    assert unassigned <= 0.05, unassigned
+    accuracy = float(np.mean(labels == truth))
+    baseline = _logreg_accuracy(ref, query)
+    chance = query.obs["cell_type"].value_counts(normalize=True).max()
+    assert accuracy >= max(chance + 0.4, baseline - 0.08), (accuracy, baseline, chance)
+
+
 def _read_counts(X, seed=0):
     """Integer read counts of a full-length, non-UMI protocol (Smart-seq2-like): each molecule
     of a gene gives a negative binomial number of reads around that gene's amplification
