@@ -161,9 +161,9 @@ def transanno_annotate(
         that type with under 8 : 1 odds are capped under one half. The cell-level confidence of
         :meth:`~transanno_sc.model.TransAnno.predict_confidence` does none of this. ``False``:
         cell by cell. A query of one population (over 90 % of its cells called one type: a
-        sorted or pre-gated sample) has no other types to take markers against, and parts of
-        a known type can then look foreign: where cells of that type are capped so, a
-        ``UserWarning`` says how many and suggests comparing with ``False``.
+        sorted or pre-gated sample) has no other types to take markers against: a type the
+        reference lacks is then seldom caught, and parts of a known type can look foreign. A
+        ``UserWarning`` says so (with the count of cells capped as foreign).
     key_added
         Prefix of the keys written to ``adata``.
     copy
@@ -484,37 +484,37 @@ ONE_POPULATION_SHARE = 0.9
 
 
 def _warn_one_population(context: qc.QueryContext, forced: np.ndarray, classes: list) -> None:
-    """Warn where the query is one population and the query context capped cells of it.
+    """Warn where the query is one population (a sorted or pre-gated sample).
 
-    The foreign-marker check takes a cluster's markers against the rest of the query. In a
-    query of one cell type (sorted T cells, a B-cell sample) the rest is the same type, so the
-    markers are weak differences between its parts, often genes the reference's technology
-    detects less: a part of a known type can then look foreign (``benchmarks/README.md``,
-    "sorted populations": 21.5 % of a B-cell-only query "Unassigned", 0 % of the same cells
-    in the whole query).
+    The query context takes a cluster's markers against the rest of the query. In a query of
+    one cell type the rest is the same type, so the markers are weak differences between its
+    parts, often genes the reference's technology detects less. Both ways the "Unassigned"
+    call loses its contrast (``benchmarks/README.md``, "sorted populations"): Zilionis' B
+    cells alone, against a reference without B cells, are all called T cells and none
+    "Unassigned" (96 % in the whole query); against Tabula Muris, 21.5 % of them are
+    "Unassigned" (0 % in the whole query).
     """
     counts = np.bincount(forced, minlength=len(classes))
     top = int(counts.argmax())
     share = counts[top] / max(forced.size, 1)
     if share < ONE_POPULATION_SHARE:
         return
-    capped = [
-        r
+    called = classes[top]
+    n_capped = sum(
+        r["n_cells"] - r.get("n_cells_kept", 0)
         for r in context.summary["foreign_clusters"]
-        if r["type"] == classes[top] and r["n_cells"] > r.get("n_cells_kept", 0)
-    ]
-    if not capped:
-        return
-    n = sum(r["n_cells"] - r.get("n_cells_kept", 0) for r in capped)
+        if r["type"] == called
+    )
+    capped = f" Here {n_capped} cells called {called!r} were capped as foreign." if n_capped else ""
     warnings.warn(
-        f"{share:.0%} of adata's cells are called {classes[top]!r}: the query looks like one "
-        "population (a sorted or pre-gated sample). The query context compares its parts with "
-        f"each other, and capped the confidence of {n} cells called {classes[top]!r} whose "
-        "markers the reference's cells of that type lack; in a query of one population those "
-        "markers are often a technical difference between the datasets, so known cells may be "
-        "'Unassigned'. Compare with query_context=False, which judges each cell alone (it "
-        "catches fewer cells of types the reference lacks), or annotate the population together "
-        "with cells of other types.",
+        f"{share:.0%} of adata's cells are called {called!r}: the query looks like one "
+        "population (a sorted or pre-gated sample). The query context then has no other cell "
+        "types to contrast its clusters with, so the 'Unassigned' call is less reliable both "
+        "ways: a population of a type the reference lacks, called one known type throughout, "
+        "is seldom caught, and parts of a known type can look foreign (their markers against "
+        f"each other are often technical differences between the datasets).{capped} Check the "
+        "population's marker genes before trusting its label; query_context=False judges each "
+        "cell alone.",
         UserWarning,
         stacklevel=3,  # transanno_annotate's caller
     )
