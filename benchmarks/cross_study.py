@@ -117,6 +117,7 @@ import time
 import traceback
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,20 @@ from run import (
     scanvi,
 )
 
+
+def _load_simulators():
+    """``transanno_sc.datasets``' simulators, read from this checkout's source file, so that
+    the cases stay the same when another commit's package is measured (``PYTHONPATH``)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "src/transanno_sc/datasets/_simulate.py"
+    spec = importlib.util.spec_from_file_location("_cross_study_simulate", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sim = _load_simulators()
 warnings.filterwarnings("ignore")
 UNASSIGNED = "Unassigned"
 PAIRS = [
@@ -209,60 +224,6 @@ def _held(case: str) -> str:
     return case.removesuffix(" held out")
 
 
-def _tpm(counts, rng) -> np.ndarray:
-    """TPM-like values of a count matrix: counts / gene length, scaled to 1e6 per cell; gene
-    lengths log-normal around 2 kb."""
-    import scipy.sparse as sp
-
-    X = counts.toarray() if sp.issparse(counts) else np.asarray(counts, dtype=np.float64)
-    length = np.exp(rng.normal(np.log(2000.0), 0.5, size=X.shape[1]))
-    rate = X / length
-    return rate / np.maximum(rate.sum(1, keepdims=True), 1e-12) * 1e6
-
-
-def _reads(counts, rng):
-    """Integer read counts of a full-length, non-UMI protocol from UMI counts: each molecule
-    of gene g gives a negative binomial number of reads (shape 1, mean ``a_g``, ``a_g``
-    log-normal around 20 with a log-sd of 0.7: gene length and amplification efficiency)."""
-    import scipy.sparse as sp
-
-    X = sp.csr_matrix(counts, dtype=np.float32, copy=True)
-    amp = np.exp(rng.normal(np.log(20.0), 0.7, size=X.shape[1]))
-    c = X.data.astype(np.int64)
-    mean = c * amp[X.indices]
-    X.data = rng.negative_binomial(c, c / (c + mean)).astype(np.float32)
-    X.eliminate_zeros()
-    return X
-
-
-def _thinned(counts, rng):
-    """Binomial thinning of integer counts: each UMI kept with probability :data:`DEPTH` (a
-    shallower technology or sequencing run)."""
-    import scipy.sparse as sp
-
-    X = sp.csr_matrix(counts, dtype=np.float32, copy=True)
-    X.data = rng.binomial(X.data.astype(np.int64), DEPTH).astype(np.float32)
-    X.eliminate_zeros()
-    return X
-
-
-def _ambient(counts, rng):
-    """Counts of droplets that also caught ambient RNA: each cell gets
-    ``AMBIENT / (1 - AMBIENT)`` times its UMIs more, drawn from the pooled profile of all the
-    cells (the "soup" of a droplet run, where lysed cells' transcripts float free), so that
-    :data:`AMBIENT` of its UMIs are ambient."""
-    import scipy.sparse as sp
-
-    X = sp.csr_matrix(counts, dtype=np.float32)
-    soup = np.asarray(X.sum(0), dtype=np.float64).ravel()
-    soup /= soup.sum()
-    extra = np.rint(np.asarray(X.sum(1)).ravel() * AMBIENT / (1 - AMBIENT)).astype(np.int64)
-    rows = np.repeat(np.arange(X.shape[0]), extra)
-    cols = rng.choice(X.shape[1], size=int(extra.sum()), p=soup)
-    add = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=X.shape)
-    return (X + add).tocsr()  # duplicates summed
-
-
 def _baron_query(known: dict):
     """Baron's pancreas cells (``immune_other`` left out) as a query, its truth named as the
     immune references name their types (:data:`BARON_IMMUNE` and ``known``)."""
@@ -331,11 +292,14 @@ def build(pair: str, case: str, seed: int) -> Case:
         ref, query = a[h].copy(), a[~h].copy()
         changed = query if case.startswith("query") else ref
         make, note = {
-            "zilionis_depth": (_thinned, "shallow_median_umis"),
-            "zilionis_reads": (_reads, "median_reads"),
-            "zilionis_ambient": (_ambient, "median_umis_with_ambient"),
+            "zilionis_depth": (partial(sim.simulate_depth, fraction=DEPTH), "shallow_median_umis"),
+            "zilionis_reads": (sim.simulate_read_counts, "median_reads"),
+            "zilionis_ambient": (
+                partial(sim.simulate_ambient_rna, fraction=AMBIENT),
+                "median_umis_with_ambient",
+            ),
         }[pair]
-        changed.X = make(changed.X, np.random.default_rng(seed))
+        changed.X = make(changed, random_state=np.random.default_rng(seed)).X
         depth = float(np.median(np.asarray(changed.X.sum(1)).ravel()))
         return Case(ref, query, "cell_type", "batch", notes={note: depth})
     if pair == "zilionis_mixed_scale":
@@ -344,9 +308,10 @@ def build(pair: str, case: str, seed: int) -> Case:
         r = a.obs.batch.isin(["h_1", "t_1"]).to_numpy()
         ref, query = a[r].copy(), a[~r].copy()
         h1 = (ref.obs.batch == "h_1").to_numpy()
-        X = ref.X.toarray().astype(np.float64)
-        X[h1] = _tpm(X[h1], np.random.default_rng(seed))
-        ref.X = sp.csr_matrix(X.astype(np.float32))
+        X = ref.X.toarray()
+        tpm = sim.simulate_tpm(ref[h1], random_state=np.random.default_rng(seed))
+        X[h1] = tpm.X.toarray()
+        ref.X = sp.csr_matrix(X)
         return Case(ref, query, "cell_type", "batch", notes={"tpm_cells": int(h1.sum())})
     if pair == "baron_heldout":
         a = ad.read_h5ad(DATA / "baron_mouse_pancreas.h5ad")

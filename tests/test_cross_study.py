@@ -81,22 +81,13 @@ def test_datasets_each_cut_to_their_own_genes_are_warned_about(healthy_tumor):
     assert query.uns["transanno"]["gene_overlap"]["n_shared_genes"] == a - b
 
 
-def _thinned(X, share, seed=0):
-    """Binomial thinning of counts: each kept with probability ``share``."""
-    X = sp.csr_matrix(X, copy=True)
-    X.data = np.random.default_rng(seed).binomial(X.data.astype(np.int64), share)
-    X.data = X.data.astype(np.float32)
-    return X
-
-
 def test_shallow_query_is_annotated_from_a_reference_thinned_to_its_depth(healthy_tumor):
     """A query with a tenth of the reference's counts per cell (a shallower technology):
     trained on the reference thinned to that depth, its labels beat training on the deep
     counts as they are, and the reference the user passed keeps its counts."""
     ref, tumor = healthy_tumor
     before = ref.X.copy()
-    query = tumor.copy()
-    query.X = _thinned(query.X, 0.1)
+    query = ta.datasets.simulate_depth(tumor, 0.1)
     accuracy = {}
     for match in (True, False):
         q = query.copy()
@@ -119,27 +110,13 @@ def test_shallow_query_is_annotated_from_a_reference_thinned_to_its_depth(health
     assert (ref.X != before).nnz == 0
 
 
-def _with_ambient(X, share=0.2, seed=0):
-    """Counts of droplets that also caught ambient RNA: ``share`` of each cell's UMIs drawn
-    from the pooled profile of all the cells (the "soup" of lysed cells)."""
-    X = sp.csr_matrix(X, dtype=np.float32)
-    soup = np.asarray(X.sum(0), dtype=np.float64).ravel()
-    extra = np.rint(np.asarray(X.sum(1)).ravel() * share / (1 - share)).astype(np.int64)
-    rows = np.repeat(np.arange(X.shape[0]), extra)
-    cols = np.random.default_rng(seed).choice(X.shape[1], size=extra.sum(), p=soup / soup.sum())
-    return (
-        X + sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=X.shape)
-    ).tocsr()
-
-
 def test_query_with_ambient_rna_keeps_its_labels(healthy_tumor):
     """A fifth of every query cell's UMIs from the ambient pool (a droplet run with much free
     RNA, where every cell shows every abundant type's transcripts a little): the known cells
     are not "Unassigned" for it (the background is in every cluster, so it marks none as
     foreign), and the labels stay near a logistic regression over all genes."""
     ref, tumor = healthy_tumor
-    query = tumor.copy()
-    query.X = _with_ambient(query.X)
+    query = ta.datasets.simulate_ambient_rna(tumor, 0.2)
     ta.tl.transanno_annotate(
         query, reference=ref, labels_key="cell_type", model_kwargs=_FAST, **FAST_TRAIN
     )
@@ -153,27 +130,13 @@ def test_query_with_ambient_rna_keeps_its_labels(healthy_tumor):
     assert accuracy >= max(chance + 0.4, baseline - 0.08), (accuracy, baseline, chance)
 
 
-def _read_counts(X, seed=0):
-    """Integer read counts of a full-length, non-UMI protocol (Smart-seq2-like): each molecule
-    of a gene gives a negative binomial number of reads around that gene's amplification
-    (log-normal, median 20)."""
-    rng = np.random.default_rng(seed)
-    X = sp.csr_matrix(X, dtype=np.float32, copy=True)
-    amp = np.exp(rng.normal(np.log(20.0), 0.7, size=X.shape[1]))
-    c = X.data.astype(np.int64)
-    X.data = rng.negative_binomial(c, c / (c + c * amp[X.indices])).astype(np.float32)
-    X.eliminate_zeros()
-    return X
-
-
 def test_reference_of_read_counts_is_thinned_to_a_umi_query(healthy_tumor):
     """A reference of integer read counts (about 20 reads per molecule, a full-length protocol)
     and a UMI query, the default call: the reads are thinned to the query's depth, and the
     labels are within 0.03 of a logistic regression on all genes (without ``batch_key``, on
     2,000 genes, they fell to 0.86 against its 0.95)."""
     ref, tumor = healthy_tumor
-    ref = ref.copy()
-    ref.X = _read_counts(ref.X)
+    ref = ta.datasets.simulate_read_counts(ref)
     query = tumor.copy()
     ta.tl.transanno_annotate(
         query, reference=ref, labels_key="cell_type", batch_key="batch", enable_progress_bar=False
@@ -210,7 +173,7 @@ def test_reference_without_batches_chooses_its_gene_count_with_the_query(lung, t
     (whatever their per-cell total) gives the choice its counts give."""
     healthy = lung[lung.obs["condition"] == "healthy"].copy()
     tumor = lung[lung.obs["condition"] == "tumor"].copy()
-    healthy.X = _read_counts(healthy.X)
+    healthy = ta.datasets.simulate_read_counts(healthy)
     sel = _gene_count_choice(healthy, tumor, "cell_type", tmp_path)
     assert sel["validation"] == "query round trip", sel
     assert set(sel["scores"]) == {2000, 4000, 8000}
@@ -242,10 +205,9 @@ def test_depth_is_matched_batch_by_batch(healthy_tumor):
     ref = ref.copy()
     shallow = (ref.obs["batch"] == "h_2").to_numpy()
     X = sp.csr_matrix(ref.X, copy=True).tolil()
-    X[np.flatnonzero(shallow)] = _thinned(ref.X[shallow], 0.1)
+    X[np.flatnonzero(shallow)] = ta.datasets.simulate_depth(ref[shallow], 0.1).X
     ref.X = X.tocsr()
-    query = tumor.copy()
-    query.X = _thinned(query.X, 0.1, seed=1)
+    query = ta.datasets.simulate_depth(tumor, 0.1, random_state=1)
     ta.tl.transanno_annotate(
         query,
         reference=ref,
