@@ -342,3 +342,36 @@ def test_unassigned_is_exactly_the_confidence_below_the_threshold(trained, query
         q.obs["transanno_label"].astype(str).to_numpy() == "Unassigned",
         q.obs["transanno_confidence"].to_numpy() < threshold,
     )
+
+
+def _two_cluster_sums(rest_detection: float):
+    """Sums of two 50-cell clusters over 100 genes: 88 shared genes detected alike in both
+    and in the reference type (0.1-0.9), and 12 genes cluster 0 detects in 0.8 of its cells,
+    the other cluster in ``rest_detection``, the reference type in 0.05."""
+    shared = np.linspace(0.1, 0.9, 88)
+    det = np.stack([np.r_[shared, np.full(12, 0.8)], np.r_[shared, np.full(12, rest_detection)]])
+    size = np.array([50, 50])
+    n_detected = det * 50
+    sums = n_detected * np.r_[np.ones(88), np.full(12, 2.0)]
+    detection = np.r_[shared, np.full(12, 0.05)][None, :]
+    clusters = np.repeat([0, 1], 50)
+    return size, sums, n_detected, clusters, np.zeros(100, dtype=np.int64), detection
+
+
+def test_markers_of_one_population_count_in_their_excess_over_the_rest():
+    """In a query of one population, a cluster's markers that the rest of the query detects
+    nearly as often are differences between parts of one type: with ``excess`` they are not
+    foreign, without it (a query of several types) they are. Markers the rest lacks stay
+    foreign either way."""
+    shares, _ = qc._shares_of_sums(*_two_cluster_sums(0.6), excess=False)
+    assert shares[0] == pytest.approx(12 / qc.N_MARKERS) and shares[0] > qc.FOREIGN_SHARE
+    shares, _ = qc._shares_of_sums(*_two_cluster_sums(0.6), excess=True)
+    assert shares[0] == 0.0
+    shares, _ = qc._shares_of_sums(*_two_cluster_sums(0.0), excess=True)
+    assert shares[0] > qc.FOREIGN_SHARE
+
+
+def test_one_population_is_over_ninety_percent_called_one_type():
+    assert qc.one_population(np.r_[np.zeros(91), np.ones(9)].astype(np.int64))
+    assert not qc.one_population(np.r_[np.zeros(81), np.ones(19)].astype(np.int64))
+    assert not qc.one_population(np.zeros(0, dtype=np.int64))

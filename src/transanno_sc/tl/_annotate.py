@@ -478,26 +478,23 @@ def _h5_safe_names(classes: list[str]) -> list[str]:
     return names
 
 
-#: Share of the query's cells called one type above which the query is taken for one
-#: population (a sorted or pre-gated sample), see :func:`_warn_one_population`.
-ONE_POPULATION_SHARE = 0.9
-
-
 def _warn_one_population(context: qc.QueryContext, forced: np.ndarray, classes: list) -> None:
-    """Warn where the query is one population (a sorted or pre-gated sample).
+    """Warn where the query is one population (a sorted or pre-gated sample,
+    :func:`~transanno_sc.tl._query_context.one_population`).
 
     The query context takes a cluster's markers against the rest of the query. In a query of
     one cell type the rest is the same type, so the markers are weak differences between its
-    parts, often genes the reference's technology detects less. Both ways the "Unassigned"
-    call loses its contrast (``benchmarks/README.md``, "sorted populations"): Zilionis' B
-    cells alone, against a reference without B cells, are all called T cells and none
-    "Unassigned" (96 % in the whole query); against Tabula Muris, 21.5 % of them are
-    "Unassigned" (0 % in the whole query).
+    parts, often genes the reference's technology detects less; they then count only in
+    their excess over the rest's detection, which keeps a known type's parts from looking
+    foreign. A type the reference lacks, called one known type throughout, still has no
+    contrast (``benchmarks/README.md``, "sorted populations"): Zilionis' B cells alone,
+    against a reference without B cells, are all called T cells and none "Unassigned" (96 %
+    in the whole query).
     """
     counts = np.bincount(forced, minlength=len(classes))
     top = int(counts.argmax())
     share = counts[top] / max(forced.size, 1)
-    if share < ONE_POPULATION_SHARE:
+    if share < qc.ONE_POPULATION_SHARE:
         return
     called = classes[top]
     n_capped = sum(
@@ -509,12 +506,11 @@ def _warn_one_population(context: qc.QueryContext, forced: np.ndarray, classes: 
     warnings.warn(
         f"{share:.0%} of adata's cells are called {called!r}: the query looks like one "
         "population (a sorted or pre-gated sample). The query context then has no other cell "
-        "types to contrast its clusters with, so the 'Unassigned' call is less reliable both "
-        "ways: a population of a type the reference lacks, called one known type throughout, "
-        "is seldom caught, and parts of a known type can look foreign (their markers against "
-        f"each other are often technical differences between the datasets).{capped} Check the "
-        "population's marker genes before trusting its label; query_context=False judges each "
-        "cell alone.",
+        "types to contrast its clusters with, so a population of a type the reference lacks, "
+        "called one known type throughout, is seldom caught as 'Unassigned'; its clusters' "
+        "markers count only in their excess over the rest of the query, so that parts of a "
+        f"known type do not look foreign.{capped} Check the population's marker genes "
+        "(tl.transanno_markers) before trusting its label.",
         UserWarning,
         stacklevel=3,  # transanno_annotate's caller
     )
@@ -615,6 +611,8 @@ def _uns_context(context: qc.QueryContext | None) -> dict:
         # parts the neighbours were searched within; all cells and one part otherwise
         "sampled_cells": int(context.summary.get("sampled_cells", context.neighbourhood.size)),
         "neighbour_parts": int(context.summary.get("neighbour_parts", 1)),
+        # over 90 % of the cells called one type: markers counted in their excess over the rest
+        "one_population": bool(context.summary.get("one_population", False)),
         "foreign_clusters": {
             "n_cells": np.asarray([r["n_cells"] for r in flagged], dtype=np.int64),
             "type": np.asarray([r["type"] for r in flagged], dtype=object),

@@ -19,7 +19,10 @@ Query-level steps refine the per-cell confidence (probability x novelty typicali
   :data:`FOREIGN_SHARE`, 0.5): one half where ``f = F``. A type the reference lacks is often
   called as its nearest known type with full confidence (B cells as T cells, where the
   reference's variable genes cannot tell them apart), yet its own markers, which the query
-  shows, are absent from the reference cells of the type it is called. Cell-cycle, histone, ribosomal and mitochondrial genes
+  shows, are absent from the reference cells of the type it is called. In a query of one
+  population (over :data:`ONE_POPULATION_SHARE` of it called one type: a sorted sample), the
+  rest of the query is the same type, and a marker's detection counts only in its excess
+  over the rest's (:func:`_shares_of_sums`). Cell-cycle, histone, ribosomal and mitochondrial genes
   are not markers here: they mark states (dividing cells), not types. A cluster over ``F``
   is cut in two (:func:`_split_flagged`): a part whose own markers are at most
   :data:`STATE_SHARE` foreign to its majority type keeps its cells uncapped
@@ -108,6 +111,10 @@ STATE_SHARE = 0.25
 #: times its odds (clusters of :data:`MIN_CLUSTER_CELLS` cells at least).
 UNDECIDED_ODDS = 2.0
 DECIDED_ODDS_RATIO = 8.0
+#: Share of the query's cells called one type above which the query is one population (a
+#: sorted or pre-gated sample): the markers' detection is then discounted by the rest's
+#: (:func:`_shares_of_sums`), and ``tl.transanno_annotate`` warns.
+ONE_POPULATION_SHARE = 0.9
 N_HVG = 2000
 N_PCS = 30
 N_PCS_CLUSTERS = 15
@@ -238,11 +245,14 @@ def _foreign_shares(
     forced: np.ndarray,
     detection: np.ndarray,
     n_clusters: int,
+    *,
+    excess: bool = False,
 ) -> tuple[np.ndarray, list[dict]]:
     """Per cluster, the share of its markers foreign to its majority type (``X`` and
-    ``detection`` on the same genes, state genes removed)."""
+    ``detection`` on the same genes, state genes removed; ``excess``: see
+    :func:`_shares_of_sums`)."""
     size, sums, n_detected = _cluster_sums(X, clusters, n_clusters)
-    return _shares_of_sums(size, sums, n_detected, clusters, forced, detection)
+    return _shares_of_sums(size, sums, n_detected, clusters, forced, detection, excess=excess)
 
 
 def _cluster_markers(
@@ -287,9 +297,22 @@ def _shares_of_sums(
     clusters: np.ndarray,
     forced: np.ndarray,
     detection: np.ndarray,
+    *,
+    excess: bool = False,
 ) -> tuple[np.ndarray, list[dict]]:
-    """:func:`_foreign_shares` from the clusters' sums (:func:`_cluster_sums`)."""
+    """:func:`_foreign_shares` from the clusters' sums (:func:`_cluster_sums`).
+
+    With ``excess`` (a query of one population, :func:`one_population`), a marker's detection
+    in the cluster counts only in its excess over the rest of the query's: the cluster's
+    markers are then differences between parts of one type, which the rest also detects,
+    not a type's own genes. A sorted population's known cells are otherwise capped as
+    foreign for subtle genes the reference's technology detects less (Zilionis' B cells alone
+    against Tabula Muris: 21.5 % "Unassigned"). In a query of several types the rest holds
+    other types, and the plain detection is kept: there the discount loses a type the
+    reference lacks that shares genes with the query's bulk (a beta-cell subcluster in a
+    mostly-beta pancreas, ``benchmarks/novelty_design/excess_markers.patch``)."""
     detected = n_detected / np.maximum(size, 1)[:, None]
+    all_detected = n_detected.sum(0)
     shares = np.zeros(size.size)
     records = []
     for k, markers in _cluster_markers(size, sums, detected, clusters.size):
@@ -297,6 +320,9 @@ def _shares_of_sums(
         seen = np.minimum(
             detected[k, markers], _on_type_scale(detected[k], detection[label], markers)
         )
+        if excess:
+            rest = (all_detected[markers] - n_detected[k, markers]) / (clusters.size - size[k])
+            seen = seen * np.clip(1.0 - rest / np.maximum(detected[k, markers], 1e-12), 0.0, 1.0)
         foreign = detection[label, markers] < seen / FOREIGN_RATIO
         # over N_MARKERS at least: a cluster with few markers (a small gene panel) is weak
         # evidence, not a high share of a handful
@@ -353,7 +379,13 @@ def query_context(
     pcs = _pca(X, seed).pcs
     km = _kmeans(n, seed)
     clusters = km.fit_predict(pcs[:, :N_PCS_CLUSTERS]).astype(np.int64)
-    summary = {"n_neighbors": N_NEIGHBORS, "n_clusters": km.n_clusters, "foreign_clusters": []}
+    excess = one_population(forced)
+    summary = {
+        "n_neighbors": N_NEIGHBORS,
+        "n_clusters": km.n_clusters,
+        "foreign_clusters": [],
+        "one_population": excess,
+    }
     undecided = _undecided_cap(probability, forced, clusters, classes, summary)
     marker_genes = _marker_genes(query, detection, summary)
     if marker_genes is None:
@@ -362,7 +394,7 @@ def query_context(
         )
     cols, det = marker_genes
     Xm = X[:, cols]
-    shares, records = _foreign_shares(Xm, clusters, forced, det, km.n_clusters)
+    shares, records = _foreign_shares(Xm, clusters, forced, det, km.n_clusters, excess=excess)
     own = _rescored(confidence, rescore, records, clusters)
     parts = _split_flagged(pcs, clusters, records, seed)
     split = parts >= 0
@@ -371,11 +403,19 @@ def query_context(
         part_sums = _cluster_sums(Xm[split], parts[split], parts.max() + 1)
         query_sums = tuple(a[0] for a in _cluster_sums(Xm, np.zeros(n, dtype=np.int64), 1))
         foreign = _cleared_parts(
-            foreign, clusters, parts, part_sums, query_sums, forced, det, records
+            foreign, clusters, parts, part_sums, query_sums, forced, det, records, excess=excess
         )
     return QueryContext(
         _neighbourhood(pcs, own), foreign, _flagged(summary, records, classes), own, undecided
     )
+
+
+def one_population(forced: np.ndarray) -> bool:
+    """Whether over :data:`ONE_POPULATION_SHARE` of the cells are called one type (``forced``:
+    the codes of their predicted types)."""
+    if forced.size == 0:
+        return False
+    return bool(np.bincount(forced).max() >= ONE_POPULATION_SHARE * forced.size)
 
 
 def majority_calls(
@@ -484,6 +524,8 @@ def _cleared_parts(
     forced: np.ndarray,
     detection: np.ndarray,
     records: list[dict],
+    *,
+    excess: bool = False,
 ) -> np.ndarray:
     """The cells' foreign shares ``foreign``, where a part of a flagged cluster
     (:func:`_split_flagged`; ``part_sums``: the parts' :func:`_cluster_sums`, ``total``: the
@@ -509,6 +551,7 @@ def _cleared_parts(
             two,
             forced,
             detection,
+            excess=excess,
         )
         if any(r["cluster"] == 0 for r in recs) and share[0] <= STATE_SHARE:
             out[cells] = share[0]
@@ -674,6 +717,7 @@ def _streamed_context(
         "n_clusters": km.n_clusters,
         "sampled_cells": int(sample.size),
         "foreign_clusters": [],
+        "one_population": one_population(forced),
     }
     marker_genes = _marker_genes(query, detection, summary)
     pcs = np.empty((n, pca.pcs.shape[1]), dtype=pca.pcs.dtype)
@@ -699,7 +743,9 @@ def _streamed_context(
     if marker_genes is None:
         neighbourhood = _neighbourhood(pcs, confidence, parts)
         return QueryContext(neighbourhood, np.zeros(n), summary, confidence, undecided)
-    shares, records = _shares_of_sums(*totals, clusters, forced, marker_genes[1])
+    shares, records = _shares_of_sums(
+        *totals, clusters, forced, marker_genes[1], excess=summary["one_population"]
+    )
     own = _rescored(confidence, rescore, records, clusters)
     split = _split_flagged(pcs, clusters, records, seed)
     foreign = shares[clusters]
@@ -712,7 +758,15 @@ def _streamed_context(
                 part_sums = _added(part_sums, _cluster_sums(Xc, ids[ids >= 0], split.max() + 1))
         query_sums = tuple(t.sum(0) for t in totals)
         foreign = _cleared_parts(
-            foreign, clusters, split, part_sums, query_sums, forced, marker_genes[1], records
+            foreign,
+            clusters,
+            split,
+            part_sums,
+            query_sums,
+            forced,
+            marker_genes[1],
+            records,
+            excess=summary["one_population"],
         )
     return QueryContext(
         _neighbourhood(pcs, own, parts),

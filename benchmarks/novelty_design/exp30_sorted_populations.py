@@ -1,0 +1,90 @@
+"""Sorted populations, known and novel, through the default call (issue #17).
+
+Each case's query cells of one truth type alone as the query: the held-out types of the
+Zilionis and Baron loops and Tabula Muris' monocytes (types the reference lacks), and every
+known type of Tabula Muris <-> Zilionis. Prints "Unassigned" % and the top label, with the
+query context and, with ``--no-context``, without it too. Run it against another commit's
+package with ``PYTHONPATH=/tmp/src_X/src``.
+
+    python benchmarks/novelty_design/exp30_sorted_populations.py --seed 0 --no-context
+    python benchmarks/novelty_design/exp30_sorted_populations.py --seed 1 \\
+        "tabula_to_zilionis:B cells" "zilionis_to_tabula:Neutrophils"
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+import cross_study as cs
+
+#: (pair, case, type alone as the query; None: every known type)
+CASES = [
+    ("zilionis_heldout", "B cells held out", "B cells"),
+    ("zilionis_heldout", "NK cells held out", "NK cells"),
+    ("zilionis_heldout", "T cells held out", "T cells"),
+    ("zilionis_heldout", "Neutrophils held out", "Neutrophils"),
+    ("baron_heldout", "beta held out", "beta"),
+    ("baron_heldout", "ductal held out", "ductal"),
+    ("zilionis_to_tabula", "Monocyte novel", "Monocyte"),
+    ("tabula_to_zilionis", "nothing novel", None),
+    ("zilionis_to_tabula", "Monocyte novel", None),
+]
+
+
+def _call(c: cs.Case, cells: np.ndarray, seed: int, **kwargs):
+    import transanno_sc as ta
+
+    query = c.query[cells].copy()
+    query.obs = query.obs[[]]
+    kw = {"enable_progress_bar": False, "random_state": seed, **kwargs}
+    if c.batch_key:
+        kw["batch_key"] = c.batch_key
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ta.tl.transanno_annotate(query, reference=c.ref.copy(), labels_key=c.key, **kw)
+    return query.obs["transanno_label"].astype(str)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-context", action="store_true", help="also query_context=False")
+    parser.add_argument("only", nargs="*", help="PAIR:TYPE to run (default: all)")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    for name in ("transanno_sc", "lightning.pytorch", "lightning.fabric", "scvi"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for pair, case, alone in CASES:
+        if alone and args.only and f"{pair}:{alone}" not in args.only:
+            continue
+        c = cs.build(pair, case, args.seed)
+        truth = c.query.obs[c.key].astype(str).to_numpy()
+        known = set(c.ref.obs[c.key].astype(str))
+        for t in [alone] if alone else sorted(set(truth) & known):
+            if args.only and f"{pair}:{t}" not in args.only:
+                continue
+            cells = truth == t
+            line = [f"{pair} | {t} ({'known' if t in known else 'novel'}, {cells.sum()})"]
+            for context in (True, False) if args.no_context else (True,):
+                labels = _call(c, cells, args.seed, query_context=context)
+                top = labels[labels != "Unassigned"].value_counts()
+                line.append(
+                    f"context={context}: Unassigned {100 * np.mean(labels == 'Unassigned'):.1f} %"
+                    + (
+                        f", {top.index[0]} {100 * top.iloc[0] / labels.size:.0f} %"
+                        if top.size
+                        else ""
+                    )
+                )
+            print(" | ".join(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
