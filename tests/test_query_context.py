@@ -91,6 +91,16 @@ def test_cell_cycle_markers_are_not_foreign(rng):
     assert (ctx.foreign <= 0.5).all()
 
 
+def test_state_genes_under_old_and_current_symbols():
+    """Histones and renamed cell-cycle genes under the symbols of GENCODE 32 on (Cell Ranger's
+    2020 references) are state genes, as are their old symbols; mouse MHC genes are not."""
+    state = ["H4C3", "H2AC6", "H2BC12", "H3C2", "H1-2", "H2AZ1", "H2AX", "H3-3B", "H2ac18"]
+    state += ["HIST1H4C", "H2AFZ", "H3F3A", "Hist1h2ap", "CENPU", "Pimreg", "JPT1", "mt-Nd1"]
+    other = ["H2-Ab1", "H2-K1", "H2-D1", "HLA-DRA", "CD3E", "Mt1", "H19", "HAVCR2", "Hc"]
+    assert state_genes(state).all(), np.asarray(state)[~state_genes(state)]
+    assert not state_genes(other).any(), np.asarray(other)[state_genes(other)]
+
+
 def test_neighbourhood_lifts_a_lone_unsure_cell_but_not_an_unsure_group(rng):
     query, group = _planted(rng)
     conf = np.full(query.n_obs, 0.9)

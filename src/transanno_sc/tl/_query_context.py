@@ -127,10 +127,18 @@ CELL_CYCLE_GENES = frozenset(
     TPX2 TOP2A NDC80 CKS2 NUF2 CKS1B MKI67 TMPO CENPF TACC3 FAM64A SMC4 CCNB2 CKAP2L CKAP2
     AURKB BUB1 KIF11 ANP32E TUBB4B GTSE1 KIF20B HJURP CDCA3 HN1 CDC20 TTK CDC25C KIF2C RANGAP1
     NCAPD2 DLGAP5 CDCA2 CDCA8 ECT2 KIF23 HMMR AURKA PSRC1 ANLN LBR CKAP5 CENPE CTCF NEK2 G2E3
-    GAS2L3 CBX5 CENPA""".split()
+    GAS2L3 CBX5 CENPA
+    CENPU PIMREG JPT1""".split()  # the last line: MLF1IP, FAM64A, HN1 as renamed since 2016
 )
-#: Histone, ribosomal-protein and mitochondrial genes (symbols, any case).
-STATE_GENE_PATTERN = re.compile(r"^(HIST|H2AF|H1F|H3F|RPL|RPS|MT-|MRPL|MRPS)", re.IGNORECASE)
+#: Histone, ribosomal-protein and mitochondrial genes (symbols, any case). Histones under
+#: their old symbols (``HIST1H4C``, ``H2AFZ``, ``H3F3A``) and their current ones (HGNC / MGI
+#: since 2020, GENCODE 32 on, Cell Ranger's 2020 references: ``H4C3``, ``H2AZ1``, ``H3-3A``,
+#: ``H1-2``, mouse ``H2ac18``), not the mouse MHC genes (``H2-Ab1``, ``H2-K1``).
+STATE_GENE_PATTERN = re.compile(
+    r"^(HIST|H2AF|H1F|H3F|H1-\d|H2AC\d|H2BC\d|H3C\d|H4C\d|H2AZ\d|H2AX$|H2AJ$|H2AW$|H2BU\d|"
+    r"H3-3|H3-5|H4-16|RPL|RPS|MT-|MRPL|MRPS)",
+    re.IGNORECASE,
+)
 
 
 @dataclass
