@@ -161,9 +161,10 @@ def transanno_annotate(
         that type with under 8 : 1 odds are capped under one half. The cell-level confidence of
         :meth:`~transanno_sc.model.TransAnno.predict_confidence` does none of this. ``False``:
         cell by cell. A query of one population (over 90 % of its cells called one type: a
-        sorted or pre-gated sample) has no other types to take markers against: a type the
-        reference lacks is then seldom caught, and parts of a known type can look foreign. A
-        ``UserWarning`` says so (with the count of cells capped as foreign).
+        sorted or pre-gated sample) has no other types to take markers against: its clusters'
+        markers count only in their excess over the rest of the query's detection, so that
+        parts of a known type do not look foreign, and a type the reference lacks is seldom
+        caught. A ``UserWarning`` says so (with the count of cells capped as foreign).
     key_added
         Prefix of the keys written to ``adata``.
     copy
@@ -242,9 +243,10 @@ def transanno_annotate(
         to their predicted type, with ``n_cells_kept``, their cells in a part whose own
         markers are native to its type and left uncapped; in ``undecided_clusters`` the
         undecided clusters, their type, median and decided probabilities and their cells
-        capped under one half; in ``state_shift`` the types whose
-        cells were judged
-        against the query's cells of their type, with their numbers of cells) and
+        capped under one half; in ``state_shift`` the types whose cells were judged
+        against the query's cells of their type, with their numbers of cells;
+        ``one_population``: over 90 % of the query called one type, a sorted population, whose
+        clusters' markers then count only in their excess over the rest of the query) and
         ``versions``. ``params`` stores ``-1.0`` for an
         ``unassigned_threshold`` of ``None`` and ``""`` for no ``labels_key``, so that the
         AnnData can be written to ``.h5ad``.
