@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
+sys.path.insert(0, str(Path(__file__).parent))
 import cross_study as cs
+from exp29_single_type_query import _call
 
 #: (pair, case, type alone as the query; None: every known type)
 CASES = [
@@ -36,20 +38,6 @@ CASES = [
     ("tabula_to_zilionis", "nothing novel", None),
     ("zilionis_to_tabula", "Monocyte novel", None),
 ]
-
-
-def _call(c: cs.Case, cells: np.ndarray, seed: int, **kwargs):
-    import transanno_sc as ta
-
-    query = c.query[cells].copy()
-    query.obs = query.obs[[]]
-    kw = {"enable_progress_bar": False, "random_state": seed, **kwargs}
-    if c.batch_key:
-        kw["batch_key"] = c.batch_key
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ta.tl.transanno_annotate(query, reference=c.ref.copy(), labels_key=c.key, **kw)
-    return query.obs["transanno_label"].astype(str)
 
 
 def main(argv=None):
@@ -73,7 +61,8 @@ def main(argv=None):
             cells = truth == t
             line = [f"{pair} | {t} ({'known' if t in known else 'novel'}, {cells.sum()})"]
             for context in (True, False) if args.no_context else (True,):
-                labels = _call(c, cells, args.seed, query_context=context)
+                labels = _call(c, cells, args.seed, query_context=context)["transanno_label"]
+                labels = labels.astype(str)
                 top = labels[labels != "Unassigned"].value_counts()
                 line.append(
                     f"context={context}: Unassigned {100 * np.mean(labels == 'Unassigned'):.1f} %"
