@@ -449,6 +449,7 @@ def test_known_type_in_another_tissue_is_not_unassigned(lung):
         ta.tl.transanno_annotate(query, reference=ref, labels_key="cell_type")
     called = query.obs["transanno_label"].astype(str).to_numpy()
     assert np.mean(called == "Unassigned") <= 0.05
+    assert not query.uns["transanno"]["query_context"]["one_population"]
     shifted = query.uns["transanno"]["query_context"]["state_shift"]
     assert "Neutrophils" in list(shifted["type"])
     types = sorted(set(truth))

@@ -507,9 +507,10 @@ def _warn_one_population(context: qc.QueryContext, forced: np.ndarray, classes: 
     capped = f" Here {n_capped} cells called {called!r} were capped as foreign." if n_capped else ""
     warnings.warn(
         f"{share:.0%} of adata's cells are called {called!r}: the query looks like one "
-        "population (a sorted or pre-gated sample). The query context then has no other cell "
-        "types to contrast its clusters with, so a population of a type the reference lacks, "
-        "called one known type throughout, is seldom caught as 'Unassigned'; its clusters' "
+        "population (a sorted or pre-gated sample, or a tissue of mostly one type). The query "
+        "context then has few other cell types to contrast its clusters with, so a population "
+        "of a type the reference lacks, called one known type throughout, is seldom caught as "
+        "'Unassigned'; its clusters' "
         "markers count only in their excess over the rest of the query, so that parts of a "
         f"known type do not look foreign.{capped} Check the population's marker genes "
         "(tl.transanno_markers) before trusting its label.",
