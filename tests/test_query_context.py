@@ -385,3 +385,38 @@ def test_one_population_is_over_ninety_percent_called_one_type():
     assert qc.one_population(np.r_[np.zeros(91), np.ones(9)].astype(np.int64))
     assert not qc.one_population(np.r_[np.zeros(81), np.ones(19)].astype(np.int64))
     assert not qc.one_population(np.zeros(0, dtype=np.int64))
+
+
+def test_one_population_is_judged_alike_in_memory_and_streamed(rng, monkeypatch):
+    """A query called one type throughout takes its markers' excess over the rest in the
+    streamed path as in memory (every foreign-share computation, the split parts' too), and
+    says so in the summary."""
+    query, _ = _planted(rng, n_per_group=60)
+    ref, ref_group = _planted(np.random.default_rng(1))
+    keep = ref_group < 2
+    kwargs = {
+        "layer": None,
+        "scale": "counts",
+        "confidence": np.ones(query.n_obs),
+        "forced": np.zeros(query.n_obs, dtype=np.int64),
+        "detection": (list(ref.var_names), type_detection(ref.X[keep], ref_group[keep], 2)),
+        "classes": ["A", "B"],
+        "seed": 0,
+    }
+    calls = []
+    shares_of_sums = qc._shares_of_sums
+
+    def spy(*args, **kw):
+        calls.append(kw.get("excess", False))
+        return shares_of_sums(*args, **kw)
+
+    monkeypatch.setattr(qc, "_shares_of_sums", spy)
+    exact = query_context(query, **kwargs)
+    n_exact = len(calls)
+    monkeypatch.setattr(qc, "MAX_QUERY_CELLS", 100)
+    streamed = query_context(query, **kwargs)
+    assert exact.summary["one_population"] and streamed.summary["one_population"]
+    assert "sampled_cells" in streamed.summary
+    assert n_exact > 1 and len(calls) > n_exact  # the split parts were judged too
+    assert all(calls), calls
+    np.testing.assert_allclose(streamed.foreign, exact.foreign)
