@@ -493,11 +493,11 @@ def _warn_one_population(context: qc.QueryContext, forced: np.ndarray, classes: 
     against a reference without B cells, are all called T cells and none "Unassigned" (96 %
     in the whole query).
     """
+    if not context.summary["one_population"]:
+        return
     counts = np.bincount(forced, minlength=len(classes))
     top = int(counts.argmax())
-    share = counts[top] / max(forced.size, 1)
-    if share < qc.ONE_POPULATION_SHARE:
-        return
+    share = counts[top] / forced.size
     called = classes[top]
     n_capped = sum(
         r["n_cells"] - r.get("n_cells_kept", 0)
@@ -510,10 +510,9 @@ def _warn_one_population(context: qc.QueryContext, forced: np.ndarray, classes: 
         "population (a sorted or pre-gated sample, or a tissue of mostly one type). The query "
         "context then has few other cell types to contrast its clusters with, so a population "
         "of a type the reference lacks, called one known type throughout, is seldom caught as "
-        "'Unassigned'; its clusters' "
-        "markers count only in their excess over the rest of the query, so that parts of a "
-        f"known type do not look foreign.{capped} Check the population's marker genes "
-        "(tl.transanno_markers) before trusting its label.",
+        "'Unassigned'; its clusters' markers count only in their excess over the rest of the "
+        f"query, so that parts of a known type do not look foreign.{capped} Check the "
+        "population's marker genes (tl.transanno_markers) before trusting its label.",
         UserWarning,
         stacklevel=3,  # transanno_annotate's caller
     )

@@ -720,12 +720,13 @@ def _streamed_context(
     del rows
     km = _kmeans(n, seed)
     km.fit(pca.pcs[:, :N_PCS_CLUSTERS])
+    excess = one_population(forced)
     summary = {
         "n_neighbors": N_NEIGHBORS,
         "n_clusters": km.n_clusters,
         "sampled_cells": int(sample.size),
         "foreign_clusters": [],
-        "one_population": one_population(forced),
+        "one_population": excess,
     }
     marker_genes = _marker_genes(query, detection, summary)
     pcs = np.empty((n, pca.pcs.shape[1]), dtype=pca.pcs.dtype)
@@ -751,9 +752,7 @@ def _streamed_context(
     if marker_genes is None:
         neighbourhood = _neighbourhood(pcs, confidence, parts)
         return QueryContext(neighbourhood, np.zeros(n), summary, confidence, undecided)
-    shares, records = _shares_of_sums(
-        *totals, clusters, forced, marker_genes[1], excess=summary["one_population"]
-    )
+    shares, records = _shares_of_sums(*totals, clusters, forced, marker_genes[1], excess=excess)
     own = _rescored(confidence, rescore, records, clusters)
     split = _split_flagged(pcs, clusters, records, seed)
     foreign = shares[clusters]
@@ -774,7 +773,7 @@ def _streamed_context(
             forced,
             marker_genes[1],
             records,
-            excess=summary["one_population"],
+            excess=excess,
         )
     return QueryContext(
         _neighbourhood(pcs, own, parts),
