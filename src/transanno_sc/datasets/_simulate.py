@@ -13,10 +13,6 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 
-def _rng(random_state: int | np.random.Generator | None) -> np.random.Generator:
-    return np.random.default_rng(random_state)
-
-
 def _counts(adata: AnnData, what: str) -> sp.csr_matrix:
     """A float32 CSR copy of ``adata.X``, refused unless it holds non-negative whole numbers."""
     if not isinstance(adata, AnnData):
@@ -86,7 +82,11 @@ def simulate_depth(
     """
     fraction = _share(fraction, "fraction", high_inclusive=True)
     X = _counts(adata, "simulate_depth")
-    X.data = _rng(random_state).binomial(X.data.astype(np.int64), fraction).astype(np.float32)
+    X.data = (
+        np.random.default_rng(random_state)
+        .binomial(X.data.astype(np.int64), fraction)
+        .astype(np.float32)
+    )
     X.eliminate_zeros()
     return _with_x(adata, X)
 
@@ -133,7 +133,7 @@ def simulate_ambient_rna(
     soup /= soup.sum()
     extra = np.rint(np.asarray(X.sum(1)).ravel() * fraction / (1 - fraction)).astype(np.int64)
     rows = np.repeat(np.arange(X.shape[0]), extra)
-    cols = _rng(random_state).choice(X.shape[1], size=int(extra.sum()), p=soup)
+    cols = np.random.default_rng(random_state).choice(X.shape[1], size=int(extra.sum()), p=soup)
     add = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=X.shape)
     return _with_x(adata, (X + add).tocsr())  # duplicates summed
 
@@ -175,7 +175,7 @@ def simulate_read_counts(
         msg = f"reads_per_molecule must be positive, got {reads_per_molecule}."
         raise ValueError(msg)
     X = _counts(adata, "simulate_read_counts")
-    rng = _rng(random_state)
+    rng = np.random.default_rng(random_state)
     amp = np.exp(rng.normal(np.log(float(reads_per_molecule)), 0.7, size=X.shape[1]))
     c = X.data.astype(np.int64)
     X.data = rng.negative_binomial(c, c / (c + c * amp[X.indices])).astype(np.float32)
@@ -209,7 +209,9 @@ def simulate_tpm(adata: AnnData, *, random_state: int | np.random.Generator | No
     [1000000, 1000000, 1000000, 1000000, 1000000]
     """
     X = _counts(adata, "simulate_tpm")
-    length = np.exp(_rng(random_state).normal(np.log(2000.0), 0.5, size=X.shape[1]))
+    length = np.exp(
+        np.random.default_rng(random_state).normal(np.log(2000.0), 0.5, size=X.shape[1])
+    )
     rate = (X @ sp.diags(1.0 / length)).tocsr().astype(np.float64)
     total = np.asarray(rate.sum(1)).ravel()
     scale = np.divide(1e6, total, out=np.zeros_like(total), where=total > 0)
