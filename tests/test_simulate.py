@@ -88,3 +88,29 @@ def test_log_values_are_refused_with_the_way_to_the_counts(lung):
         kwargs = {"fraction": 0.5} if simulate is ta.datasets.simulate_depth else {}
         with pytest.raises(ValueError, match=r"raw \(integer\) counts.*layers\['counts'\]"):
             simulate(logged, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "simulate",
+    [
+        lambda a: ta.datasets.simulate_depth(a, 0.5),
+        ta.datasets.simulate_ambient_rna,
+        ta.datasets.simulate_read_counts,
+        ta.datasets.simulate_tpm,
+    ],
+)
+def test_only_obs_and_var_come_along_with_the_shifted_counts(lung, simulate):
+    """A 'counts' layer, .raw, embeddings and uns hold the unshifted data: they are left out."""
+    adata = lung[:50].copy()
+    adata.layers["counts"] = adata.X.copy()
+    adata.raw = adata
+    adata.obsm["X_pca"] = np.zeros((adata.n_obs, 2), dtype=np.float32)
+    adata.uns["log1p"] = {"base": None}
+    shifted = simulate(adata)
+    assert (shifted.X != adata.X).nnz > 0
+    assert not shifted.layers and shifted.raw is None
+    assert not shifted.obsm and not shifted.uns
+    assert shifted.obs.equals(adata.obs) and shifted.var.equals(adata.var)
+    shifted.obs["new"] = 1
+    assert "new" not in adata.obs
+    assert "counts" in adata.layers and adata.raw is not None

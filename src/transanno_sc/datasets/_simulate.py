@@ -2,7 +2,9 @@
 
 Each function takes an :class:`~anndata.AnnData` of raw counts and returns a new one whose
 ``X`` (CSR, float32) holds the same cells as another technology or run would have measured
-them; the input is left untouched. The test suite and ``benchmarks/cross_study.py`` build
+them; the input is left untouched. The new object carries copies of ``obs`` and ``var`` only:
+``layers``, ``raw``, ``obsm``, ``varm``, ``obsp``, ``varp`` and ``uns`` describe the unshifted
+counts (a ``'counts'`` layer would still hold them) and are left out. The test suite and ``benchmarks/cross_study.py`` build
 their shifted reference -> query cases with these functions.
 """
 
@@ -46,9 +48,8 @@ def _share(value: float, name: str, *, high_inclusive: bool) -> float:
 
 
 def _with_x(adata: AnnData, X: sp.csr_matrix) -> AnnData:
-    out = adata.copy()
-    out.X = X
-    return out
+    """The shifted ``X`` with copies of ``adata``'s ``obs`` and ``var``, and nothing else."""
+    return AnnData(X, obs=adata.obs.copy(), var=adata.var.copy())
 
 
 def simulate_depth(
@@ -70,7 +71,8 @@ def simulate_depth(
 
     Returns
     -------
-    A new :class:`~anndata.AnnData` with the thinned counts in ``X``.
+    A new :class:`~anndata.AnnData` with the thinned counts in ``X`` and copies of ``obs`` and
+    ``var`` (no layers, ``raw``, embeddings or ``uns``).
 
     Examples
     --------
@@ -115,7 +117,8 @@ def simulate_ambient_rna(
 
     Returns
     -------
-    A new :class:`~anndata.AnnData` with the contaminated counts in ``X``.
+    A new :class:`~anndata.AnnData` with the contaminated counts in ``X`` and copies of ``obs`` and
+    ``var`` (no layers, ``raw``, embeddings or ``uns``).
 
     Examples
     --------
@@ -161,7 +164,8 @@ def simulate_read_counts(
 
     Returns
     -------
-    A new :class:`~anndata.AnnData` with the read counts in ``X``.
+    A new :class:`~anndata.AnnData` with the read counts in ``X`` and copies of ``obs`` and
+    ``var`` (no layers, ``raw``, embeddings or ``uns``).
 
     Examples
     --------
@@ -198,7 +202,8 @@ def simulate_tpm(adata: AnnData, *, random_state: int | np.random.Generator | No
 
     Returns
     -------
-    A new :class:`~anndata.AnnData` with the TPM values in ``X``.
+    A new :class:`~anndata.AnnData` with the TPM values in ``X`` and copies of ``obs`` and
+    ``var`` (no layers, ``raw``, embeddings or ``uns``).
 
     Examples
     --------
