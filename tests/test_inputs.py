@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -402,7 +404,8 @@ def _fast_annotate(query, ref, **kwargs):
         ("negative", "negative values"),
         ("nan", "NaN or infinite"),
         ("duplicate genes", "not unique"),
-        ("all zero", "no non-zero value"),
+        ("all zero", r"holds no expression.*filter_cells"),
+        ("all zero, scale given", r"holds no expression"),
         ("log1p on counts", "look like counts"),
         ("missing layer", "layer"),
     ],
@@ -415,8 +418,10 @@ def test_query_problems_are_refused_before_training(ref, query, problem, match):
         X[3, 5] = -1.0
     elif problem == "nan":
         X[7, 2] = np.nan
-    elif problem == "all zero":
+    elif problem.startswith("all zero"):
         X[:] = 0.0
+        if problem == "all zero, scale given":
+            kwargs["input_scale"] = "counts"
     elif problem == "log1p on counts":
         kwargs["input_scale"] = "log1p"
     elif problem == "missing layer":
@@ -471,6 +476,14 @@ def test_backed_query_with_copy_returns_an_annotated_in_memory_copy(trained, que
         ("none", {"labels_key": ["cell_type"]}, TypeError, "a str"),
         ("none", {"key_added": "a/b"}, ValueError, "without '/'"),
         ("file", {}, ValueError, "existing file"),
+        ("duplicate genes", {}, ValueError, r"reference\.var_names are not unique"),
+        (
+            "layer in the query only",
+            {"layer": "counts"},
+            KeyError,
+            r"not found in reference\.layers.*both the query and the reference",
+        ),
+        ("nan label", {"unlabeled_category": np.nan}, ValueError, "must be a label text"),
     ],
 )
 def test_reference_arguments_are_refused_up_front(
@@ -496,9 +509,14 @@ def test_reference_arguments_are_refused_up_front(
     if change == "file":
         (tmp_path / "model").write_text("not a model")
         kwargs = {"save_model": str(tmp_path / "model")}
+    if change == "duplicate genes":
+        ref.var_names = [ref.var_names[0], *ref.var_names[1:-1], ref.var_names[0]]
+    q = query[:60].copy()
+    if change == "layer in the query only":
+        q.layers["counts"] = q.X.copy()
     kwargs = {"labels_key": "cell_type", "max_epochs": 1, "enable_progress_bar": False, **kwargs}
     with pytest.raises(error, match=match):
-        ta.tl.transanno_annotate(query[:60].copy(), reference=ref, **kwargs)
+        ta.tl.transanno_annotate(q, reference=ref, **kwargs)
 
 
 def test_misspelled_training_argument_is_refused_with_a_suggestion(ref, query):
@@ -627,6 +645,35 @@ def test_tiny_type_warning_of_annotate_points_at_the_users_call(ref, query):
     ):
         ta.tl.transanno_annotate(q, reference=ref, labels_key="cell_type")
     assert next(w for w in rec if "labelled cells" in str(w.message)).filename == __file__
+
+
+def test_a_cell_type_named_as_the_unlabeled_category_is_warned_about(ref, query):
+    """A real type called "Unknown" (the default unlabeled_category) would be left out of
+    training silently; over 5 % of the reference so labelled is warned about (checked on a
+    query refused right after, before any training), a few such cells are not."""
+    ref = ref.copy()
+    ref.obs["cell_type"] = ref.obs["cell_type"].astype(str)
+    nk = (ref.obs["cell_type"] == "NK cells").to_numpy()
+    ref.obs.loc[nk, "cell_type"] = "Unknown"
+    q = query[:60].copy()
+    q.var_names = [f"other_{i}" for i in range(q.n_vars)]
+    with (
+        pytest.warns(
+            UserWarning,
+            match=rf"{nk.sum()} of the reference's .* 'Unknown'.*another "
+            "unlabeled_category",
+        ) as rec,
+        pytest.raises(ValueError, match="share only 0 genes"),
+    ):
+        ta.tl.transanno_annotate(q, reference=ref, labels_key="cell_type")
+    assert next(w for w in rec if "unlabeled_category" in str(w.message)).filename == __file__
+    few = ref.copy()
+    few.obs["cell_type"] = np.where(nk, "NK cells", few.obs["cell_type"])
+    few.obs.iloc[:3, few.obs.columns.get_loc("cell_type")] = "Unknown"
+    with warnings.catch_warnings(record=True) as seen, pytest.raises(ValueError):
+        warnings.simplefilter("always")
+        ta.tl.transanno_annotate(q, reference=few, labels_key="cell_type")
+    assert not [w for w in seen if "unlabeled_category" in str(w.message)]
 
 
 def test_reference_cells_empty_on_the_shared_genes_are_named_once(ref, query, recwarn):

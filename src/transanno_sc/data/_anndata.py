@@ -144,17 +144,18 @@ def match_shared_genes(adata: AnnData, reference: AnnData) -> tuple[GeneMatch, s
     return matches[best], best
 
 
-def get_matrix(adata: AnnData, layer: str | None):
-    """Return ``adata.X`` or ``adata.layers[layer]`` with a clear error when it is missing."""
+def get_matrix(adata: AnnData, layer: str | None, what: str = "adata"):
+    """Return ``adata.X`` or ``adata.layers[layer]`` with a clear error when it is missing
+    (``what``: the object's name in the message)."""
     if layer is None:
         if adata.X is None:
-            msg = "adata.X is None: store the expression matrix in adata.X or pass `layer=`."
+            msg = f"{what}.X is None: store the expression matrix in {what}.X or pass `layer=`."
             raise ValueError(msg)
         return adata.X
     if layer not in adata.layers:
         msg = (
-            f"layer={layer!r} not found in adata.layers (available: {list(adata.layers)}). "
-            "Pass one of these or `layer=None` to use adata.X."
+            f"layer={layer!r} not found in {what}.layers (available: {list(adata.layers)}). "
+            f"Pass one of these or `layer=None` to use {what}.X."
         )
         raise KeyError(msg)
     return adata.layers[layer]
@@ -240,7 +241,10 @@ def scale_of_rows(rows, what: str = "adata.X") -> str:
     v = v[v != 0]
     if v.size == 0:
         msg = (
-            f"The {rows.shape[0]} cells of {what} read to detect its scale have no non-zero value."
+            f"{what} holds no expression: the {rows.shape[0]} cells read (spread evenly over "
+            "it) have no non-zero value. Check that the expression matrix is there (pass "
+            "`layer=` for another) and drop empty cells first, e.g. "
+            "`sc.pp.filter_cells(adata, min_counts=1)`."
         )
         raise ValueError(msg)
     if np.all(v == np.round(v)) or v.max() > MAX_LOG1P_VALUE:
@@ -510,11 +514,18 @@ def check_labels(
         )
         raise ValueError(msg)
     if labels.isna().any():
-        msg = (
-            f"{col} has {int(labels.isna().sum())} missing values. Set them to "
-            f"unlabeled_category={unlabeled_category!r} to mark those cells as unlabeled, or "
-            "drop those cells."
-        )
+        if pd.isna(unlabeled_category):
+            fill = (
+                f"unlabeled_category must be a label text, not {unlabeled_category!r}: fill "
+                f"them with one, e.g. {col} = {col}.astype(object).fillna('Unknown') "
+                "(unlabeled_category='Unknown', the default)"
+            )
+        else:
+            fill = (
+                f"Set them to unlabeled_category={unlabeled_category!r} to mark those cells as "
+                "unlabeled"
+            )
+        msg = f"{col} has {int(labels.isna().sum())} missing values. {fill}, or drop those cells."
         raise ValueError(msg)
     blank = sorted(
         v for v in values if v != unlabeled_category and v.strip().lower() in MISSING_LABEL_TEXTS

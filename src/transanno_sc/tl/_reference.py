@@ -37,12 +37,21 @@ def _private_reference(
         check_batches,
         check_key,
         check_labels,
+        check_shape_and_names,
         get_matrix,
         non_string_labels,
         string_labels,
     )
 
-    X = get_matrix(reference, layer)
+    check_shape_and_names(reference, "reference")
+    try:
+        X = get_matrix(reference, layer, "reference")
+    except KeyError as err:
+        msg = (
+            f"{err.args[0]} `layer=` names the layer of both the query and the reference: "
+            "store the reference's counts under the same name."
+        )
+        raise KeyError(msg) from None
     check_key(labels_key, "labels_key")
     if labels_key in reference.obs:
         check_batches(reference, batch_key, labels_key, "reference")
@@ -68,7 +77,30 @@ def _private_reference(
     private = AnnData(X=X, obs=obs, var=reference.var[names].copy())
     # the warning points at the user's transanno_annotate call
     check_labels(private, labels_key, unlabeled_category, "reference", stacklevel=4)
+    _warn_unlabeled(private.obs[labels_key], labels_key, unlabeled_category)
     return private
+
+
+#: Share of the reference's cells marked unlabeled above which ``transanno_annotate`` warns.
+UNLABELED_WARN_SHARE = 0.05
+
+
+def _warn_unlabeled(labels: pd.Series, labels_key: str, unlabeled_category: str) -> None:
+    """Warn where over :data:`UNLABELED_WARN_SHARE` of the reference's cells carry
+    ``unlabeled_category``: they are not trained on, and a real cell type of that name (the
+    default is ``"Unknown"``) would be silently left out."""
+    n = int((labels.astype(str) == str(unlabeled_category)).sum())
+    if n == 0 or n <= UNLABELED_WARN_SHARE * labels.size:
+        return
+    warnings.warn(
+        f"{n} of the reference's {labels.size} cells ({n / labels.size:.0%}) are labelled "
+        f"{unlabeled_category!r} in reference.obs[{labels_key!r}], the unlabeled_category: "
+        "they are not learned as a cell type and no query cell can be called that. If "
+        f"{unlabeled_category!r} is a cell type, pass another unlabeled_category (one that "
+        "no cell carries, e.g. unlabeled_category='unlabeled').",
+        UserWarning,
+        stacklevel=5,  # the user's transanno_annotate call
+    )
 
 
 def _refuse_measurement(numbers: list, labels: pd.Series, labels_key: str) -> None:
