@@ -43,9 +43,13 @@ zilionis_subtypes    a fine-grained label set: Zilionis' 11 ``cell_subtype`` lab
                      the reference). "healthy -> tumour": the tumour-only neutrophil states
                      N3-N6 (68 cells) are novel; continuous states, not types, so the hardest
                      novelty case here. Batches: the reference's animals.
-zilionis_panel300    Zilionis healthy -> tumour, the query keeping 300 random genes (per seed)
-                     of the reference's genes detected in at least one reference cell: a
-                     targeted / imaging panel. No novel type.
+zilionis_panel300    Zilionis healthy -> tumour, the query keeping 300 genes: "300-gene query",
+                     300 random genes (per seed) of the reference's genes detected in at least
+                     one reference cell; "300-gene marker panel", a panel designed on another
+                     study as targeted / imaging panels are (Xenium, MERFISH, CosMx): the top
+                     markers of each Tabula Muris immune type (scanpy's Wilcoxon test on log1p
+                     CP10k), taken in turn over the types until 300 genes of Zilionis' are in.
+                     No novel type.
 zilionis_mixed_scale Zilionis animals h_1,t_1 -> h_2,t_2 with the reference's h_1 cells turned
                      into TPM: counts / gene length (log-normal, median 2 kb, per seed),
                      scaled to 1e6 per cell; t_1 stays counts. No novel type.
@@ -192,7 +196,7 @@ CASES = {
     "zilionis_heldout": [f"{t} held out" for t in ZILIONIS_TYPES],
     "baron_heldout": [f"{t} held out" for t in BARON_HELD],
     "pbmc68k_heldout": [f"{t} held out" for t in PBMC_HELD],
-    "zilionis_panel300": [f"{PANEL_GENES}-gene query"],
+    "zilionis_panel300": [f"{PANEL_GENES}-gene query", f"{PANEL_GENES}-gene marker panel"],
     "zilionis_mixed_scale": ["h_1 as TPM"],
     "zilionis_depth": [f"query at {DEPTH:.0%} depth", f"reference at {DEPTH:.0%} depth"],
     "tabula_to_baron": ["pancreas query"],
@@ -236,6 +240,29 @@ def _baron_query(known: dict):
     return a
 
 
+def _marker_panel(var_names: pd.Index, n: int) -> np.ndarray:
+    """Positions in ``var_names`` of an ``n``-gene panel designed on another study: the top
+    Wilcoxon markers of each Tabula Muris immune type (log1p CP10k), taken in turn over the
+    types (rank 1 of every type, then rank 2, ...) among the genes ``var_names`` has (matched
+    case-insensitively)."""
+    import anndata as ad
+    import scanpy as sc
+
+    atlas = ad.read_h5ad(DATA / "tabula_muris_immune.h5ad")
+    sc.pp.normalize_total(atlas, target_sum=1e4)
+    sc.pp.log1p(atlas)
+    sc.tl.rank_genes_groups(atlas, "cell_type", method="wilcoxon", n_genes=2000)
+    names = pd.DataFrame(atlas.uns["rank_genes_groups"]["names"])
+    where = {g.upper(): i for i, g in enumerate(var_names)}
+    panel: list[int] = []
+    for row in names.itertuples(index=False):
+        for g in row:
+            i = where.get(str(g).upper())
+            if i is not None and i not in panel and len(panel) < n:
+                panel.append(i)
+    return np.asarray(panel)
+
+
 def build(pair: str, case: str, seed: int) -> Case:
     """The reference and query of ``case`` of ``pair`` for ``seed``."""
     import anndata as ad
@@ -269,9 +296,12 @@ def build(pair: str, case: str, seed: int) -> Case:
         if pair == "zilionis_heldout":
             ref = ref[ref.obs.cell_type.astype(str) != _held(case)].copy()
             return Case(ref, query, "cell_type", "batch")
-        detected = np.asarray((ref.X > 0).sum(0)).ravel() > 0
-        rng = np.random.default_rng(seed)
-        genes = rng.choice(np.flatnonzero(detected), PANEL_GENES, replace=False)
+        if case.endswith("marker panel"):
+            genes = _marker_panel(query.var_names, PANEL_GENES)
+        else:
+            detected = np.asarray((ref.X > 0).sum(0)).ravel() > 0
+            rng = np.random.default_rng(seed)
+            genes = rng.choice(np.flatnonzero(detected), PANEL_GENES, replace=False)
         query = query[:, np.sort(genes)].copy()
         return Case(ref, query, "cell_type", "batch", notes={"query_genes": int(query.n_vars)})
     if pair == "zilionis_subtypes":

@@ -41,3 +41,10 @@ NOVELTY_ALPHA = 0.03
 DEEP_WEIGHT_GRID = tuple(i / 20 for i in range(21))
 #: Default weight of the Transformer's logits next to the wide path's (see ``TransAnno.train``).
 DEFAULT_DEEP_WEIGHT = 0.3
+
+#: A query cluster's cells called one type need at least this many for a novelty shift of
+#: their own (:meth:`~transanno_sc.model.TransAnno._typewise_pvalue`) ...
+MIN_CELLS_GROUP_SHIFT = 20
+#: ... and median odds of at least this for the type (as the query context's undecided
+#: clusters: a cluster the classifier is unsure of is not taken for a known type's state).
+MIN_ODDS_GROUP_SHIFT = 2.0

@@ -450,13 +450,15 @@ class TransAnnoModule(BaseModuleClass):
         levels = torch.linspace(0, 1, N_DISTANCE_QUANTILES, device=device)
         self.distance_quantiles.copy_(torch.quantile(r, levels))
 
-    def shift_factor(self, distance: torch.Tensor) -> torch.Tensor:
+    def shift_factor(
+        self, distance: torch.Tensor, min_cells: int = MIN_CELLS_SHIFT
+    ) -> torch.Tensor:
         """How much farther a query as a whole lies from the reference than the reference's
         own held-out cells: the ratio of the ``SHIFT_QUANTILE`` quantiles of the two
-        distributions of novelty distances, at least 1 (1 for fewer than ``MIN_CELLS_SHIFT``
-        cells or a model without class-conditional distances)."""
+        distributions of novelty distances, at least 1 (1 for fewer than ``min_cells`` cells
+        or a model without class-conditional distances)."""
         one = torch.ones((), device=distance.device)
-        if distance.numel() < MIN_CELLS_SHIFT or not self.class_conditional_novelty:
+        if distance.numel() < min_cells or not self.class_conditional_novelty:
             return one
         levels = self.distance_quantiles.numel() - 1
         ref_q = self.distance_quantiles[round(SHIFT_QUANTILE * levels)].to(distance.device)

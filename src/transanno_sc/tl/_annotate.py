@@ -244,7 +244,8 @@ def transanno_annotate(
         markers are native to its type and left uncapped; in ``undecided_clusters`` the
         undecided clusters, their type, median and decided probabilities and their cells
         capped under one half; in ``state_shift`` the types whose cells were judged
-        against the query's cells of their type, with their numbers of cells;
+        against the query's cells of their type (or of their type in their cluster), with
+        the numbers of cells whose novelty p-value that raised;
         ``one_population``: over 90 % of the query called one type, a sorted population, whose
         clusters' markers then count only in their excess over the rest of the query) and
         ``versions``. ``params`` stores ``-1.0`` for an
@@ -527,15 +528,16 @@ def _context(
     random_state: int | None,
 ) -> qc.QueryContext | None:
     """The query-level refinement of ``confidence`` (:mod:`transanno_sc.tl._query_context`),
-    with the novelty of cells in clusters of their predicted type compared type by type
-    (:meth:`~transanno_sc.model.TransAnno._typewise_pvalue`); ``summary["state_shift"]``
+    with the novelty of cells in clusters of their predicted type compared type by type and
+    cluster by cluster (:meth:`~transanno_sc.model.TransAnno._typewise_pvalue`);
+    ``summary["state_shift"]``
     counts, per type, the cells whose p-value that raised."""
     shifted = {}
     forced = out.probs.argmax(1)
 
-    def rescore(typed: np.ndarray) -> np.ndarray:
-        pvalue = model._typewise_pvalue(out, typed)
-        raised = forced[typed & (pvalue > out.novelty_pvalue)]
+    def rescore(groups: np.ndarray) -> np.ndarray:
+        pvalue = model._typewise_pvalue(out, groups)
+        raised = forced[(groups >= 0) & (pvalue > out.novelty_pvalue)]
         for c, n in zip(*np.unique(raised, return_counts=True)):
             shifted[str(model.classes_[c])] = int(n)
         return confidence_score(out._replace(novelty_pvalue=pvalue), novelty=True)

@@ -32,10 +32,11 @@ Query-level steps refine the per-cell confidence (probability x novelty typicali
   markers foreign is its predicted type, though perhaps in a state or tissue the reference
   lacks (mature lung neutrophils against a reference's marrow granulocytes): its cells'
   novelty distances are compared after dividing by the shift of all the query cells called
-  that type, not only the query's overall shift (``rescore``, see
+  that type, or by that of the cluster's own cells called it where larger (a type of which
+  only part is in the new state, as tumour neutrophils beside healthy-like ones), not only
+  the query's overall shift (``rescore``, see
   :meth:`~transanno_sc.model.TransAnno._typewise_pvalue`). A type the reference lacks, called
-  a known type, keeps its distance where the query also holds real cells of that type (they
-  set the type's shift) or where its markers are foreign.
+  a known type, keeps its distance where its markers are foreign.
 
 * **Undecided clusters.** A cluster whose typical cell the classifier gives less than
   :data:`UNDECIDED_ODDS` (2 : 1) for its majority type, while another cluster called that type
@@ -364,8 +365,9 @@ def query_context(
     the predicted types; ``probability``: their calibrated probabilities, for the undecided
     clusters, which are skipped without it; ``detection``: the reference's genes and their
     :func:`~transanno_sc.data.type_detection`, or ``None`` for a model without them;
-    ``rescore``: the cell-level confidence given the mask of cells in clusters of at most
-    :data:`STATE_SHARE` foreign markers, in place of ``confidence``). ``None`` (cell by cell)
+    ``rescore``: the cell-level confidence given the clusters of the cells in clusters of
+    at most :data:`STATE_SHARE` foreign markers, ``-1`` for the others, in place of
+    ``confidence``). ``None`` (cell by cell)
     for a query of fewer than :data:`MIN_QUERY_CELLS` cells. Above :data:`MAX_QUERY_CELLS`
     cells, or backed, see :func:`_streamed_context`."""
     n = query.n_obs
@@ -575,11 +577,12 @@ def _rescored(
     clusters: np.ndarray,
 ) -> np.ndarray:
     """``rescore`` of the cells in clusters whose foreign-marker share was computed and is at
-    most :data:`STATE_SHARE`; ``confidence`` without ``rescore``."""
+    most :data:`STATE_SHARE` (given their clusters, ``-1`` for the other cells);
+    ``confidence`` without ``rescore``."""
     if rescore is None:
         return confidence
     typed = [r["cluster"] for r in records if r["foreign_share"] <= STATE_SHARE]
-    return rescore(np.isin(clusters, typed))
+    return rescore(np.where(np.isin(clusters, typed), clusters, -1))
 
 
 def _too_few_genes(X: sp.csr_matrix) -> bool:

@@ -15,6 +15,8 @@ from scvi import settings
 
 from transanno_sc._constants import (
     DEEP_WEIGHT_GRID,
+    MIN_CELLS_GROUP_SHIFT,
+    MIN_ODDS_GROUP_SHIFT,
     NOVELTY_ALPHA,
     UNASSIGNED,
 )
@@ -164,14 +166,22 @@ class ConfidenceMixin:
             self.calibration_["ece_calibrated"],
         )
 
-    def _typewise_pvalue(self, out: ForwardOutputs, eligible: np.ndarray) -> np.ndarray:
-        """Novelty p-values of ``out`` with each ``eligible`` cell's distance divided by the
-        shift of the query cells called its type instead of the query's (the larger of the
-        two; :meth:`~transanno_sc.module.TransAnnoModule.shift_factor` of those cells, 1 for
-        a type called for fewer than ``MIN_CELLS_SHIFT`` of them). A known type met in
-        another state or tissue lies farther from the reference's cells of that type as a
-        whole, not only some of its cells; other cells keep their p-values."""
+    def _typewise_pvalue(self, out: ForwardOutputs, groups: np.ndarray) -> np.ndarray:
+        """Novelty p-values of ``out`` with the distances of the cells of ``groups`` (a query
+        cluster per cell, ``-1`` for cells not judged so) divided by the shift of the query's
+        cells called their type, or by the shift of their cluster's cells called it, whichever
+        is larger (each the larger of it and the query's overall shift;
+        :meth:`~transanno_sc.module.TransAnnoModule.shift_factor`, 1 for fewer than
+        ``MIN_CELLS_SHIFT`` cells called the type; the cluster's only where at least
+        ``MIN_CELLS_GROUP_SHIFT`` of its cells are called the type, at median odds of
+        ``MIN_ODDS_GROUP_SHIFT`` or more). A known type met in another state or tissue lies
+        farther from the reference's cells of that type as a whole, not only some of its
+        cells; where only part of the type is in the new state (tumour neutrophils beside
+        healthy-like ones), its cluster holds the shifted cells, and the classifier is sure of
+        them. A type the reference lacks, forced into its least unlike known type, is often
+        not (held-out T cells called NK cells at 0.4-0.7). Other cells keep their p-values."""
         pvalue = out.novelty_pvalue.copy()
+        eligible = groups >= 0
         if not eligible.any():
             return pvalue
         device = self.module.distance_quantiles.device
@@ -179,10 +189,20 @@ class ConfidenceMixin:
         expressed = out.n_expressed > 0
         distance = torch.from_numpy(np.asarray(out.distance, dtype=np.float32)).to(device)
         shift = np.full(forced.size, out.novelty_shift, dtype=np.float32)
+        sure = MIN_ODDS_GROUP_SHIFT / (1.0 + MIN_ODDS_GROUP_SHIFT)
+        top = out.probs.max(1)
         for c in np.unique(forced[eligible]):
-            called = torch.from_numpy((forced == c) & expressed).to(device)
-            own = float(self.module.shift_factor(distance[called]))
+            called = (forced == c) & expressed
+            own = float(self.module.shift_factor(distance[torch.from_numpy(called).to(device)]))
             shift[eligible & (forced == c)] = max(out.novelty_shift, own)
+            for k in np.unique(groups[eligible & (forced == c)]):
+                mask = called & (groups == k)
+                if not mask.any() or np.median(top[mask]) < sure:
+                    continue
+                group = torch.from_numpy(mask).to(device)
+                part = self.module.shift_factor(distance[group], min_cells=MIN_CELLS_GROUP_SHIFT)
+                here = (groups == k) & (forced == c)
+                shift[here] = np.maximum(shift[here], float(part))
         shifted = self.module.novelty_pvalue(distance / torch.from_numpy(shift).to(device))
         pvalue[eligible] = shifted.cpu().numpy()[eligible]
         return pvalue
