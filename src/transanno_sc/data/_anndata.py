@@ -525,7 +525,8 @@ def check_labels(
                 f"Set them to unlabeled_category={unlabeled_category!r} to mark those cells as "
                 "unlabeled"
             )
-        msg = f"{col} has {int(labels.isna().sum())} missing values. {fill}, or drop those cells."
+        n_missing = int(labels.isna().sum())
+        msg = f"{col} has {n_missing} missing values. {fill}, or drop those cells."
         raise ValueError(msg)
     blank = sorted(
         v for v in values if v != unlabeled_category and v.strip().lower() in MISSING_LABEL_TEXTS

@@ -4,8 +4,9 @@ Each function takes an :class:`~anndata.AnnData` of raw counts and returns a new
 ``X`` (CSR, float32) holds the same cells as another technology or run would have measured
 them; the input is left untouched. The new object carries copies of ``obs`` and ``var`` only:
 ``layers``, ``raw``, ``obsm``, ``varm``, ``obsp``, ``varp`` and ``uns`` describe the unshifted
-counts (a ``'counts'`` layer would still hold them) and are left out. The test suite and ``benchmarks/cross_study.py`` build
-their shifted reference -> query cases with these functions.
+counts (a ``'counts'`` layer would still hold them) and are left out. The test suite and
+``benchmarks/cross_study.py`` build their shifted reference -> query cases with these
+functions.
 """
 
 from __future__ import annotations

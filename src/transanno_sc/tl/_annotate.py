@@ -530,8 +530,7 @@ def _context(
     """The query-level refinement of ``confidence`` (:mod:`transanno_sc.tl._query_context`),
     with the novelty of cells in clusters of their predicted type compared type by type and
     cluster by cluster (:meth:`~transanno_sc.model.TransAnno._typewise_pvalue`);
-    ``summary["state_shift"]``
-    counts, per type, the cells whose p-value that raised."""
+    ``summary["state_shift"]`` counts, per type, the cells whose p-value that raised."""
     shifted = {}
     forced = out.probs.argmax(1)
 

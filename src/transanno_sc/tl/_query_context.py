@@ -32,10 +32,10 @@ Query-level steps refine the per-cell confidence (probability x novelty typicali
   markers foreign is its predicted type, though perhaps in a state or tissue the reference
   lacks (mature lung neutrophils against a reference's marrow granulocytes): its cells'
   novelty distances are compared after dividing by the shift of all the query cells called
-  that type, or by that of the cluster's own cells called it where larger (a type of which
-  only part is in the new state, as tumour neutrophils beside healthy-like ones), not only
-  the query's overall shift (``rescore``, see
-  :meth:`~transanno_sc.model.TransAnno._typewise_pvalue`). A type the reference lacks, called
+  that type, or by that of the cluster's own cells called it where larger and the
+  classifier is sure of them (a type of which only part is in the new state, as tumour
+  neutrophils beside healthy-like ones), not only the query's overall shift (``rescore``,
+  see :meth:`~transanno_sc.model.TransAnno._typewise_pvalue`). A type the reference lacks, called
   a known type, keeps its distance where its markers are foreign.
 
 * **Undecided clusters.** A cluster whose typical cell the classifier gives less than
@@ -367,9 +367,9 @@ def query_context(
     :func:`~transanno_sc.data.type_detection`, or ``None`` for a model without them;
     ``rescore``: the cell-level confidence given the clusters of the cells in clusters of
     at most :data:`STATE_SHARE` foreign markers, ``-1`` for the others, in place of
-    ``confidence``). ``None`` (cell by cell)
-    for a query of fewer than :data:`MIN_QUERY_CELLS` cells. Above :data:`MAX_QUERY_CELLS`
-    cells, or backed, see :func:`_streamed_context`."""
+    ``confidence``). ``None`` (cell by cell) for a query of fewer than
+    :data:`MIN_QUERY_CELLS` cells. Above :data:`MAX_QUERY_CELLS` cells, or backed, see
+    :func:`_streamed_context`."""
     n = query.n_obs
     if n < MIN_QUERY_CELLS:
         logger.info(

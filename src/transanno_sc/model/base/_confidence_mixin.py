@@ -193,15 +193,16 @@ class ConfidenceMixin:
         top = out.probs.max(1)
         for c in np.unique(forced[eligible]):
             called = (forced == c) & expressed
+            in_type = eligible & (forced == c)
             own = float(self.module.shift_factor(distance[torch.from_numpy(called).to(device)]))
-            shift[eligible & (forced == c)] = max(out.novelty_shift, own)
-            for k in np.unique(groups[eligible & (forced == c)]):
+            shift[in_type] = max(out.novelty_shift, own)
+            for k in np.unique(groups[in_type]):
                 mask = called & (groups == k)
                 if not mask.any() or np.median(top[mask]) < sure:
                     continue
                 group = torch.from_numpy(mask).to(device)
                 part = self.module.shift_factor(distance[group], min_cells=MIN_CELLS_GROUP_SHIFT)
-                here = (groups == k) & (forced == c)
+                here = in_type & (groups == k)
                 shift[here] = np.maximum(shift[here], float(part))
         shifted = self.module.novelty_pvalue(distance / torch.from_numpy(shift).to(device))
         pvalue[eligible] = shifted.cpu().numpy()[eligible]
