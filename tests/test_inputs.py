@@ -593,6 +593,22 @@ def test_query_context_skipped_when_too_few_genes_are_expressed(trained, query):
     assert q.obs["transanno_label"].notna().all()
 
 
+def test_query_of_copies_of_one_cell_gives_no_numeric_warnings(trained, query):
+    """A query of 60 copies of one cell has no structure for the query context's PCA: it is
+    skipped (logged), without scanpy's or scikit-learn's division-by-zero warnings (before,
+    the sparse PCA stopped with ``ArpackError: Starting vector is zero``)."""
+    q = query[np.zeros(60, dtype=int)].copy()
+    q.obs_names_make_unique()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ta.tl.transanno_annotate(q, model=trained)
+    numeric = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert not numeric, [str(w.message) for w in numeric]
+    assert not [w for w in caught if "dispersions" in str(w.message)]
+    assert q.uns["transanno"]["query_context"]["applied"] is False
+    assert q.obs["transanno_label"].nunique() == 1
+
+
 def test_float_cluster_numbers_are_named_without_decimals(ref):
     """Cluster numbers stored as floats (as pandas does once a column held NaN) name the
     types "0", "1", ..., as integers do, not "0.0"."""

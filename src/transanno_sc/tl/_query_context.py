@@ -77,8 +77,8 @@ logger = logging.getLogger(__name__)
 N_NEIGHBORS = 15
 #: Below this many query cells the query-level steps are skipped.
 MIN_QUERY_CELLS = 50
-#: Below this many genes expressed in the query (or its sample), the query-level steps are
-#: skipped too: its own PCA and clusters need some genes to vary.
+#: Below this many genes that vary between the query's cells (or its sample's), the
+#: query-level steps are skipped too: its own PCA and clusters need some genes to vary.
 MIN_QUERY_GENES = 10
 #: Above this many cells, or for a backed query (whose matrix is not read into memory whole),
 #: the PCA, the k-means centres and the neighbours come from :data:`SAMPLE_CELLS` cells drawn
@@ -218,7 +218,13 @@ def _pca(X: sp.csr_matrix, seed: int) -> _Pca:
     tmp = AnnData(X=X)
     genes = np.arange(X.shape[1])
     n_hvg = min(N_HVG, X.shape[1])
-    if n_hvg < X.shape[1]:
+    varying = _varying(X)
+    if n_hvg < X.shape[1] and varying.sum() <= n_hvg:
+        # no more genes vary than are wanted: they are the variable genes (scanpy's
+        # dispersions would divide by zero on the others)
+        genes = np.flatnonzero(varying)
+        tmp = tmp[:, genes].copy()
+    elif n_hvg < X.shape[1]:
         sc.pp.highly_variable_genes(tmp, n_top_genes=n_hvg, flavor="seurat")
         genes = np.flatnonzero(tmp.var["highly_variable"].to_numpy())
         tmp = tmp[:, genes].copy()
@@ -585,14 +591,25 @@ def _rescored(
     return rescore(np.where(np.isin(clusters, typed), clusters, -1))
 
 
+def _varying(X: sp.csr_matrix) -> np.ndarray:
+    """Mask of the genes (columns) whose values differ between the cells of ``X``."""
+    from sklearn.utils.sparsefuncs import mean_variance_axis
+
+    _, var = mean_variance_axis(sp.csr_matrix(X, dtype=np.float64), axis=0)
+    return var > 1e-12
+
+
 def _too_few_genes(X: sp.csr_matrix) -> bool:
-    """Whether fewer than :data:`MIN_QUERY_GENES` genes are expressed in ``X`` (logged)."""
-    n_genes = np.unique(X.indices[X.data > 0]).size
+    """Whether fewer than :data:`MIN_QUERY_GENES` genes vary between the cells of ``X``
+    (logged): a query of copies of one cell, or one that expresses a handful of genes, has no
+    structure for a PCA or clusters (scanpy's highly variable genes and the PCA would divide
+    by zero)."""
+    n_genes = int(_varying(X).sum())
     if n_genes >= MIN_QUERY_GENES:
         return False
     logger.info(
-        "    %d genes are expressed in the query (the query context needs %d at least): the "
-        "Unassigned call is made cell by cell.",
+        "    %d genes vary between the query's cells (the query context needs %d at least): "
+        "the Unassigned call is made cell by cell.",
         n_genes,
         MIN_QUERY_GENES,
     )
