@@ -57,6 +57,7 @@ def test_writes_only_documented_keys(trained, query, key_added):
         "gene_overlap",
         "calibration",
         "query_context",
+        "unassigned",
         "versions",
     }
     assert isinstance(query.obs[f"{key_added}_label"].dtype, pd.CategoricalDtype)
@@ -82,17 +83,28 @@ def test_confidence_and_unassigned(trained, query):
     assert (conf <= probs.max(1) + 1e-6).all() and (conf >= 0).all()
     unassigned = query.obs["transanno_label"].astype(str).to_numpy() == "Unassigned"
     assert (unassigned == (conf < 0.95)).all()
+    # every "Unassigned" cell counted under one reason: its probability, or the novelty
+    # typicality that took a probability of 0.95 or more under the threshold
+    reasons = query.uns["transanno"]["unassigned"]
+    assert sum(reasons.values()) == unassigned.sum()
+    assert reasons["unsure_between_types"] == (probs.max(1) < 0.95).sum()
+    assert reasons["unlike_reference"] == (unassigned & (probs.max(1) >= 0.95)).sum()
+    assert reasons["foreign_markers"] == reasons["undecided_cluster"] == 0  # no query context
     # with the query context (the default) the threshold still reads the stored confidence
     ta.tl.transanno_annotate(query, trained, unassigned_threshold=0.95)
     conf = query.obs["transanno_confidence"].to_numpy()
     assert ((conf >= 0) & (conf <= 1)).all()
     unassigned = query.obs["transanno_label"].astype(str).to_numpy() == "Unassigned"
     assert (unassigned == (conf < 0.95)).all()
+    assert sum(query.uns["transanno"]["unassigned"].values()) == unassigned.sum()
     # without the novelty part the confidence is the probability of the predicted type
     ta.tl.transanno_annotate(query, trained, unassigned_threshold=0.95, novelty=False)
     conf = query.obs["transanno_confidence"].to_numpy()
     np.testing.assert_allclose(conf, probs.max(1), rtol=1e-6)
     assert query.uns["transanno"]["params"]["novelty"] is False
+    reasons = query.uns["transanno"]["unassigned"]
+    assert reasons["unsure_between_types"] == (conf < 0.95).sum() > 0
+    assert sum(reasons.values()) == reasons["unsure_between_types"]
 
 
 def test_result_round_trips_through_h5ad(trained, query, tmp_path):

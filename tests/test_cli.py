@@ -102,6 +102,7 @@ def test_annotate_with_saved_model_gives_same_labels(annotated, files, capsys):
     assert rc == 0
     stdout = capsys.readouterr().out
     assert "[transanno] loading model" in stdout and "[transanno] wrote" in stdout
+    assert "Unassigned:" not in stdout  # no threshold, no reasons
     a, b = ad.read_h5ad(first), ad.read_h5ad(out)
     assert "Unassigned" not in set(b.obs["transanno_label"].astype(str))
     assigned = a.obs["transanno_label"].astype(str) != "Unassigned"
@@ -112,12 +113,18 @@ def test_annotate_with_saved_model_gives_same_labels(annotated, files, capsys):
     pd.testing.assert_series_equal(a.obs["transanno_confidence"], b.obs["transanno_confidence"])
 
 
-def test_annotate_without_query_context_is_the_cell_level_call(annotated, files, tmp_path):
-    """``--no-query-context`` gives the labels and confidence of ``model.predict_confidence``."""
+def test_annotate_without_query_context_is_the_cell_level_call(annotated, files, tmp_path, capsys):
+    """``--no-query-context`` gives the labels and confidence of ``model.predict_confidence``;
+    a progress line says why cells are "Unassigned"."""
     out = tmp_path / "cell.h5ad"
     argv = ["annotate", "--model", str(files / "model"), "--query", str(files / "query.h5ad")]
+    argv += ["--unassigned-threshold", "0.99"]
     assert main([*argv, "--out", str(out), "--no-query-context"]) == 0
+    stdout = capsys.readouterr().out
     q = ad.read_h5ad(out)
+    n_unassigned = int((q.obs["transanno_label"] == "Unassigned").sum())
+    assert n_unassigned and sum(q.uns["transanno"]["unassigned"].values()) == n_unassigned
+    assert "[transanno] Unassigned: " in stdout
     model = ta.model.TransAnno.load(str(files / "model"))
     cell = model.predict_confidence(ad.read_h5ad(files / "query.h5ad"))
     np.testing.assert_allclose(q.obs["transanno_confidence"], cell["confidence"], rtol=1e-6)

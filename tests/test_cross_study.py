@@ -419,10 +419,14 @@ def test_undecided_clusters_catch_a_type_missing_from_the_reference(lung, tmp_pa
     with_cap = query.obs["transanno_label"].astype(str).to_numpy() == "Unassigned"
     undecided = query.uns["transanno"]["query_context"]["undecided_clusters"]
     assert set(undecided["type"]) <= {"B cells", "NK cells"} and undecided["n_cells"].size
+    reasons = query.uns["transanno"]["unassigned"]
+    assert sum(reasons.values()) == with_cap.sum()
+    assert 0 < reasons["undecided_cluster"] <= undecided["n_cells_capped"].sum()
     monkeypatch.setattr(qc, "UNDECIDED_ODDS", 0.0)  # no cluster is undecided
     model = ta.model.TransAnno.load(str(tmp_path / "model"))
     without = ta.tl.transanno_annotate(query, model=model, copy=True)
     assert without.uns["transanno"]["query_context"]["undecided_clusters"]["n_cells"].size == 0
+    assert without.uns["transanno"]["unassigned"]["undecided_cluster"] == 0
     without_cap = without.obs["transanno_label"].astype(str).to_numpy() == "Unassigned"
     assert with_cap[novel].mean() >= without_cap[novel].mean() + 0.3
     assert with_cap[~novel].mean() <= 0.05 and without_cap[~novel].mean() <= 0.05

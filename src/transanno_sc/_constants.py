@@ -48,3 +48,13 @@ MIN_CELLS_GROUP_SHIFT = 20
 #: ... and median odds of at least this for the type (as the query context's undecided
 #: clusters: a cluster the classifier is unsure of is not taken for a known type's state).
 MIN_ODDS_GROUP_SHIFT = 2.0
+
+#: Why cells are "Unassigned" (``uns["transanno"]["unassigned"]``), each cell counted under
+#: the first that applies to it; the phrases are those of the log and the CLI.
+UNASSIGNED_REASONS = {
+    "no_expression": "without any expressed gene of the model",
+    "foreign_markers": "in a query cluster whose markers the reference type lacks",
+    "undecided_cluster": "in a cluster undecided between known types",
+    "unlike_reference": "unlike the reference cells of their type",
+    "unsure_between_types": "unsure between known types",
+}

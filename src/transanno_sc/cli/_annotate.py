@@ -10,6 +10,8 @@ import argparse
 import time
 from pathlib import Path
 
+from transanno_sc._constants import UNASSIGNED_REASONS
+
 from ._common import (
     CLIError,
     _add_overwrite_option,
@@ -223,6 +225,12 @@ def _write_annotated(query, rna, args: argparse.Namespace, t0: float) -> None:
         )
     labels = rna.obs[f"{key}_label"].value_counts()
     _progress("predicted: " + ", ".join(f"{k}: {v}" for k, v in labels.items() if v))
+    reasons = {r: int(n) for r, n in rna.uns[key].get("unassigned", {}).items() if n}
+    if reasons:
+        _progress(
+            "Unassigned: "
+            + ", ".join(f"{n:,} {UNASSIGNED_REASONS.get(r, r)}" for r, n in reasons.items())
+        )
     with _atomic_path(args.out) as tmp:  # --out may be --query itself (with --overwrite)
         if rna is query:
             query.write_h5ad(tmp)

@@ -13,7 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from transanno_sc._constants import NOVELTY_ALPHA, UNASSIGNED
+from transanno_sc._constants import NOVELTY_ALPHA, UNASSIGNED, UNASSIGNED_REASONS
 from transanno_sc.data import get_rna
 from transanno_sc.model.base import confidence_score
 
@@ -247,7 +247,13 @@ def transanno_annotate(
         against the query's cells of their type (or of their type in their cluster), with
         the numbers of cells whose novelty p-value that raised;
         ``one_population``: over 90 % of the query called one type, a sorted population, whose
-        clusters' markers then count only in their excess over the rest of the query) and
+        clusters' markers then count only in their excess over the rest of the query),
+        ``unassigned`` (the number of ``"Unassigned"`` cells per reason, each cell under the
+        first that applies: ``no_expression``, no expressed gene of the model;
+        ``foreign_markers`` and ``undecided_cluster``, capped by the query context;
+        ``unlike_reference``, a probability of the predicted type at the threshold or above
+        that the novelty typicality took under it, a cell unlike the reference cells of its
+        type; ``unsure_between_types``, a probability under the threshold; also logged) and
         ``versions``. ``params`` stores ``-1.0`` for an
         ``unassigned_threshold`` of ``None`` and ``""`` for no ``labels_key``, so that the
         AnnData can be written to ``.h5ad``.
@@ -593,8 +599,44 @@ def _write_annotation(
         "gene_overlap": {**out.overlap, **(shared or {})},
         "calibration": {**(model.calibration_ or {}), "novelty_shift": out.novelty_shift},
         "query_context": _uns_context(context),
+        "unassigned": _unassigned_reasons(out, confidence, context, unassigned_threshold),
         "versions": versions(),
     }
+
+
+def _unassigned_reasons(
+    out: ForwardOutputs,
+    confidence: np.ndarray,
+    context: qc.QueryContext | None,
+    threshold: float | None,
+) -> dict[str, int]:
+    """The number of "Unassigned" cells per reason (:data:`UNASSIGNED_REASONS`, in that
+    order; logged): no expression; a cap of the query context under the threshold (foreign
+    markers, undecided cluster); a probability of the predicted type at the threshold or
+    above that the novelty typicality took under it; a probability under it."""
+    counts = dict.fromkeys(UNASSIGNED_REASONS, 0)
+    if threshold is None:
+        return counts
+    left = confidence < threshold
+    n_unassigned = int(left.sum())
+    masks = {
+        "no_expression": out.n_expressed == 0,
+        "foreign_markers": None if context is None else context.foreign_cap() < threshold,
+        "undecided_cluster": None if context is None else context.undecided < threshold,
+        "unlike_reference": out.probs.max(1) >= threshold,
+        "unsure_between_types": np.ones(left.size, dtype=bool),
+    }
+    for reason, mask in masks.items():
+        if mask is not None:
+            counts[reason] = int((left & mask).sum())
+            left &= ~mask
+    if n_unassigned:
+        logger.info(
+            "    %d cells 'Unassigned': %s",
+            n_unassigned,
+            ", ".join(f"{n} {UNASSIGNED_REASONS[r]}" for r, n in counts.items() if n),
+        )
+    return counts
 
 
 def _uns_context(context: qc.QueryContext | None) -> dict:

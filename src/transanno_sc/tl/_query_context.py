@@ -159,9 +159,13 @@ class QueryContext:
         """``min(max(own, neighbourhood), cap(foreign), undecided)`` (the module docstring);
         ``own`` defaults to :attr:`own`."""
         own = self.own if own is None else own
-        cap = np.minimum(1.0, 0.5 * (1.0 - self.foreign) / (1.0 - FOREIGN_SHARE))
-        cap = np.minimum(cap, self.undecided)
+        cap = np.minimum(self.foreign_cap(), self.undecided)
         return np.minimum(np.maximum(own, self.neighbourhood), cap)
+
+    def foreign_cap(self) -> np.ndarray:
+        """Per cell, the cap of its cluster's foreign markers, ``min(1, 0.5 (1 - f) / (1 -
+        F))`` (module docstring)."""
+        return np.minimum(1.0, 0.5 * (1.0 - self.foreign) / (1.0 - FOREIGN_SHARE))
 
 
 def state_genes(names) -> np.ndarray:
