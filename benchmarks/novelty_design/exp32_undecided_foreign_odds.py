@@ -1,4 +1,5 @@
-"""Undecided clusters with some foreign markers: a higher odds bar? (issue #17; not adopted)
+"""Undecided clusters: a higher odds bar for partly foreign ones (not adopted), and their
+cells called another type (adopted) (issue #17)
 
 A cluster is undecided (``tl/_query_context.py``) when the cells called its majority type have
 median odds under 2 : 1 while another cluster's cells called that type have 8 times those odds;
@@ -9,6 +10,12 @@ rule measured here raises the bar for clusters whose markers are partly foreign:
 which a cluster is undecided rise log-linearly from 2 : 1 at a quarter foreign (``STATE_SHARE``)
 to 4 : 1 at one half (``FOREIGN_SHARE``), as in ``undecided_foreign_odds.patch``; fixed bars
 (``o3f25``: 3 : 1 over a quarter foreign, ...) for comparison.
+
+Rule ``split`` (adopted after 45916c0): in an undecided cluster, the cells called another
+type than its majority are capped likewise where they are undecided on that type as well (5
+cells at least, median odds under 2 : 1, a cluster called that type at 8 times the odds): a
+new type split between two known ones (held-out T cells called NK cells in part and B cells
+in part). Replayed on dumps of 45916c0, the package's labels at the change come back exactly.
 
 Two steps. ``--dump DIR --seeds ...`` runs the public default call on the cases (the
 cross-study benchmark's cases, ``cross_study.build``), recording the query context's clusters
@@ -57,6 +64,7 @@ RULES = {
     "o3f25": (3.0, 0.25),
     "o4f25": (4.0, 0.25),
     "o4f35": (4.0, 0.35),
+    "split": ("split", 0.0),
 }
 
 
@@ -134,6 +142,8 @@ def replay_rule(d: dict, rule: str) -> np.ndarray:
     best = {}
     for _, _, label, m in stats:
         best[label] = max(best.get(label, -np.inf), m)
+    if odds == "split":
+        return _split(conf, clusters, forced, logit, stats, best)
     span = qc.FOREIGN_SHARE - qc.STATE_SHARE
     for k, called, label, m in stats:
         f = share.get(k, 0.0)
@@ -144,6 +154,26 @@ def replay_rule(d: dict, rule: str) -> np.ndarray:
         if f > min_share and m < bar and best[label] - m > np.log(qc.DECIDED_ODDS_RATIO):
             cap = np.clip(0.5 * logit[called] / np.log(qc.DECIDED_ODDS_RATIO), 0, 1)
             conf[called] = np.minimum(conf[called], cap)
+    return conf
+
+
+def _split(conf, clusters, forced, logit, stats, best) -> np.ndarray:
+    """Rule ``split``: the cells of an undecided cluster called another type, undecided on it."""
+    from transanno_sc.tl import _query_context as qc
+
+    bar, ratio = np.log(qc.UNDECIDED_ODDS), np.log(qc.DECIDED_ODDS_RATIO)
+    for k, _, label, m in stats:
+        if not (m < bar and best[label] - m > ratio):
+            continue
+        members = np.flatnonzero(clusters == k)
+        for other in np.unique(forced[members]):
+            part = members[forced[members] == other]
+            if other == label or other not in best or part.size < qc.MIN_CLUSTER_CELLS:
+                continue
+            median = np.median(logit[part])
+            if median < bar and best[other] - median > ratio:
+                cap = np.clip(0.5 * logit[part] / ratio, 0, 1)
+                conf[part] = np.minimum(conf[part], cap)
     return conf
 
 

@@ -158,7 +158,9 @@ def transanno_annotate(
         ``"Unassigned"`` as a block. A cluster the classifier is undecided on (median
         probability of its type under 2/3) while another cluster called that type is decided
         (at least 8 times the odds) is taken for a type the reference lacks: its cells called
-        that type with under 8 : 1 odds are capped under one half. The cell-level confidence of
+        that type with under 8 : 1 odds are capped under one half, and so are its cells called
+        another type on which they are undecided too (a new type split between two known
+        ones). The cell-level confidence of
         :meth:`~transanno_sc.model.TransAnno.predict_confidence` does none of this. ``False``:
         cell by cell. A query of one population (over 90 % of its cells called one type: a
         sorted or pre-gated sample) has no other types to take markers against: its clusters'
@@ -242,8 +244,8 @@ def transanno_annotate(
         distances were divided by), ``query_context`` (its clusters whose markers are foreign
         to their predicted type, with ``n_cells_kept``, their cells in a part whose own
         markers are native to its type and left uncapped; in ``undecided_clusters`` the
-        undecided clusters, their type, median and decided probabilities and their cells
-        capped under one half; in ``state_shift`` the types whose cells were judged
+        undecided clusters' groups of cells called one type, their type, median and decided
+        probabilities and their cells capped under one half; in ``state_shift`` the types whose cells were judged
         against the query's cells of their type (or of their type in their cluster), with
         the numbers of cells whose novelty p-value that raised;
         ``one_population``: over 90 % of the query called one type, a sorted population, whose

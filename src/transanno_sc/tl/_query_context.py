@@ -45,8 +45,12 @@ Query-level steps refine the per-cell confidence (probability x novelty typicali
   least unlike and sits between types, whereas the query's real cells of that type are called
   it decisively. The undecided cluster's cells called that type are capped at
   ``0.5 * logit(p) / log(8)`` (``p`` their own probability): one half at odds of 8 : 1, so
-  that those the classifier is sure of keep their label; its cells called other types (known
-  cells in a cluster that is mostly something else) are not capped. A query that
+  that those the classifier is sure of keep their label. Its cells called another type are
+  capped likewise where they are undecided on it too (:data:`MIN_CLUSTER_CELLS` at least,
+  median odds under :data:`UNDECIDED_ODDS`, a cluster called that type at 8 times the odds):
+  a new type split between the known types it is least unlike (held-out T cells called NK or
+  B cells). Known cells decisively called their own type in such a cluster (a few
+  lymphocytes k-means put with a new pancreatic type) are not capped. A query that
   is undecided everywhere (a small gene panel, another technology) has no decided cluster to
   be compared with and is left alone; so is a type called in one cluster only.
 
@@ -465,11 +469,14 @@ def _undecided_cap(
     log(DECIDED_ODDS_RATIO)`` clipped to [0, 1] for the cells called the majority type of a
     cluster whose median odds for that type (over those cells) are below
     :data:`UNDECIDED_ODDS` while another cluster's are at least :data:`DECIDED_ODDS_RATIO`
-    times higher; 1 elsewhere (and everywhere without ``probability``). Cells of the cluster
-    called another type are not capped: a few known cells k-means put with a new type (the
-    lymphocytes of a pancreas among its endocrine cells) are called their own type. The
-    clusters go to ``summary["undecided_clusters"]`` (logged; ``n_cells``: those called the
-    type)."""
+    times higher; 1 elsewhere (and everywhere without ``probability``). The cluster's cells
+    called another type get the same cap where they are undecided on that type as well: at
+    least :data:`MIN_CLUSTER_CELLS` of them, median odds under :data:`UNDECIDED_ODDS`, and a
+    cluster called that type at :data:`DECIDED_ODDS_RATIO` times those odds (a new type split
+    between two known ones). A few known cells k-means put with a new type and called their
+    own type decisively (the lymphocytes of a pancreas among its endocrine cells) are not
+    capped. One row per capped (cluster, type) group goes to
+    ``summary["undecided_clusters"]`` (logged; ``n_cells``: those called the type)."""
     cap = np.ones(forced.size)
     summary["undecided_clusters"] = []
     if probability is None:
@@ -480,29 +487,50 @@ def _undecided_cap(
     best: dict[int, float] = {}
     for _, label, m in stats:
         best[label] = max(best.get(label, -np.inf), m)
+
+    def undecided(median: float, label: int) -> bool:
+        return bool(
+            median < np.log(UNDECIDED_ODDS) and best[label] - median > np.log(DECIDED_ODDS_RATIO)
+        )
+
+    n_clusters = 0
     for called, label, m in stats:
-        if m < np.log(UNDECIDED_ODDS) and best[label] - m > np.log(DECIDED_ODDS_RATIO):
-            cap[called] = np.clip(0.5 * logit[called] / np.log(DECIDED_ODDS_RATIO), 0.0, 1.0)
+        if not undecided(m, label):
+            continue
+        n_clusters += 1
+        groups = [(called, label, m)]
+        # its cells called other types: a type the reference lacks split between the known
+        # types it is least unlike (T cells called NK or B cells) is undecided on each
+        members = np.flatnonzero(clusters == clusters[called[0]])
+        for other in np.unique(forced[members]):
+            part = members[forced[members] == other]
+            if other == label or other not in best or part.size < MIN_CLUSTER_CELLS:
+                continue
+            median = float(np.median(logit[part]))
+            if undecided(median, other):
+                groups.append((part, int(other), median))
+        for cells, t, median in groups:
+            cap[cells] = np.clip(0.5 * logit[cells] / np.log(DECIDED_ODDS_RATIO), 0.0, 1.0)
             summary["undecided_clusters"].append(
                 {
-                    "n_cells": int(called.size),
-                    "type": classes[label],
-                    "probability": float(1.0 / (1.0 + np.exp(-m))),
-                    "decided_probability": float(1.0 / (1.0 + np.exp(-best[label]))),
-                    "n_cells_capped": int((cap[called] < 0.5).sum()),
+                    "n_cells": int(cells.size),
+                    "type": classes[t],
+                    "probability": float(1.0 / (1.0 + np.exp(-median))),
+                    "decided_probability": float(1.0 / (1.0 + np.exp(-best[t]))),
+                    "n_cells_capped": int((cap[cells] < 0.5).sum()),
                 }
             )
-    undecided = summary["undecided_clusters"]
-    if undecided:
+    undecided_groups = summary["undecided_clusters"]
+    if undecided_groups:
         logger.info(
             "    %d query cells in %d clusters undecided between known types while other "
             "clusters are called their type decisively: %s",
-            int(sum(r["n_cells"] for r in undecided)),
-            len(undecided),
+            int(sum(r["n_cells"] for r in undecided_groups)),
+            n_clusters,
             ", ".join(
                 f"{r['n_cells']} called {r['type']} (median probability {r['probability']:.2f} "
                 f"vs {r['decided_probability']:.2f})"
-                for r in undecided
+                for r in undecided_groups
             ),
         )
     return cap
