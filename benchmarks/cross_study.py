@@ -26,6 +26,9 @@ pbmc68k_heldout      ``scanpy.datasets.pbmc68k_reduced().raw`` (log1p-normalized
                      labels ``bulk_labels``, stratified 50/50 split per seed, "CD14+ Monocyte"
                      left out of the reference. scANVI gets the exactly
                      recovered counts (see ``run.py``).
+tabula_heldout       within one 10x study (added after 01e330e): Tabula Muris immune cells,
+                     stratified 50/50 split per seed, each of its 5 types (B, T, NK cells,
+                     monocytes, granulocytes) left out of the reference in turn. One batch.
 tabula_to_baron      a whole-tissue query against an immune reference: Tabula Muris immune cells
                      (names harmonized to Zilionis' as above) -> Baron mouse pancreas (822
                      inDrop cells of 13 types, 4 cells of ``immune_other`` left out: their
@@ -172,6 +175,7 @@ PAIRS = [
     "zilionis_subtypes",
     "zilionis_reads",
     "zilionis_ambient",
+    "tabula_heldout",
 ]
 METHODS = ["transanno", "logreg_l2", "logreg_l1", "knn", "celltypist", "scanvi", "scanvi_semi"]
 TABULA_NAMES = {
@@ -185,6 +189,7 @@ BARON_IMMUNE = {"B_cell": "B cells", "T_cell": "T cells"}
 ZILIONIS_TYPES = ["B cells", "NK cells", "Neutrophils", "T cells"]
 BARON_HELD = ["beta", "ductal", "delta", "endothelial"]  # the four largest types
 PBMC_HELD = ["CD14+ Monocyte"]
+TABULA_HELD = ["B cell", "T cell", "NK cell", "Monocyte", "Granulocyte"]
 PANEL_GENES = 300
 # share of the UMIs kept by binomial thinning (zilionis_depth); CROSS_STUDY_DEPTH=0.25 for others
 DEPTH = float(os.environ.get("CROSS_STUDY_DEPTH", "0.1"))
@@ -207,6 +212,7 @@ CASES = {
         f"query with {AMBIENT:.0%} ambient RNA",
         f"reference with {AMBIENT:.0%} ambient RNA",
     ],
+    "tabula_heldout": [f"{t} held out" for t in TABULA_HELD],
 }
 
 
@@ -343,8 +349,11 @@ def build(pair: str, case: str, seed: int) -> Case:
         X[h1] = tpm.X.toarray()
         ref.X = sp.csr_matrix(X)
         return Case(ref, query, "cell_type", "batch", notes={"tpm_cells": int(h1.sum())})
-    if pair == "baron_heldout":
-        a = ad.read_h5ad(DATA / "baron_mouse_pancreas.h5ad")
+    if pair in ("baron_heldout", "tabula_heldout"):
+        # within one study: a stratified half of the cells as the reference without one
+        # type, the other half as the query
+        name = {"baron_heldout": "baron_mouse_pancreas", "tabula_heldout": "tabula_muris_immune"}
+        a = ad.read_h5ad(DATA / f"{name[pair]}.h5ad")
         a.obs = a.obs[["cell_type"]].copy()
         q = _stratified(a.obs.cell_type.astype(str), 0.5, seed)
         ref, query = a[~q].copy(), a[q].copy()

@@ -56,6 +56,7 @@ CASES = [
     ("zilionis_depth", "query at 10% depth"),
     ("zilionis_to_baron", "pancreas query"),
     ("tabula_to_baron", "pancreas query"),
+    *(("tabula_heldout", f"{t} held out") for t in cs.TABULA_HELD),
 ]
 #: name: (odds bar, or "interp" for the log-linear bar; foreign share the cluster must exceed)
 RULES = {
