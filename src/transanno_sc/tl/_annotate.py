@@ -245,9 +245,9 @@ def transanno_annotate(
         to their predicted type, with ``n_cells_kept``, their cells in a part whose own
         markers are native to its type and left uncapped; in ``undecided_clusters`` the
         undecided clusters' groups of cells called one type, their type, median and decided
-        probabilities and their cells capped under one half; in ``state_shift`` the types whose cells were judged
-        against the query's cells of their type (or of their type in their cluster), with
-        the numbers of cells whose novelty p-value that raised;
+        probabilities and their cells capped under one half; in ``state_shift`` the types
+        whose cells were judged against the query's cells of their type (or of their type in
+        their cluster), with the numbers of cells whose novelty p-value that raised;
         ``one_population``: over 90 % of the query called one type, a sorted population, whose
         clusters' markers then count only in their excess over the rest of the query),
         ``unassigned`` (the number of ``"Unassigned"`` cells per reason, each cell under the

@@ -218,15 +218,15 @@ class _Pca:
         return np.asarray((X[:, self.genes] @ self.components) - self.mean @ self.components)
 
 
-def _pca(X: sp.csr_matrix, seed: int) -> _Pca:
-    """PCA of the query's own highly variable genes (scanpy's defaults otherwise)."""
+def _pca(X: sp.csr_matrix, seed: int, varying: np.ndarray) -> _Pca:
+    """PCA of the query's own highly variable genes (scanpy's defaults otherwise;
+    ``varying``: :func:`_varying` of ``X``)."""
     import scanpy as sc
     from anndata import AnnData
 
     tmp = AnnData(X=X)
     genes = np.arange(X.shape[1])
     n_hvg = min(N_HVG, X.shape[1])
-    varying = _varying(X)
     if n_hvg < X.shape[1] and varying.sum() <= n_hvg:
         # no more genes vary than are wanted: they are the variable genes (scanpy's
         # dispersions would divide by zero on the others)
@@ -398,9 +398,10 @@ def query_context(
             query, layer, scale, confidence, forced, detection, classes, seed, rescore, probability
         )
     X = _log_normalized(query, layer, scale)
-    if _too_few_genes(X):
+    varying = _varying(X)
+    if _too_few_genes(varying):
         return None
-    pcs = _pca(X, seed).pcs
+    pcs = _pca(X, seed, varying).pcs
     km = _kmeans(n, seed)
     clusters = km.fit_predict(pcs[:, :N_PCS_CLUSTERS]).astype(np.int64)
     excess = one_population(forced)
@@ -624,19 +625,19 @@ def _rescored(
 
 
 def _varying(X: sp.csr_matrix) -> np.ndarray:
-    """Mask of the genes (columns) whose values differ between the cells of ``X``."""
-    from sklearn.utils.sparsefuncs import mean_variance_axis
+    """Mask of the genes (columns) whose values differ between the cells of ``X`` (its
+    largest and smallest value differ; no copy of ``X``)."""
+    largest = np.asarray(X.max(axis=0).todense()).ravel()
+    smallest = np.asarray(X.min(axis=0).todense()).ravel()
+    return largest > smallest
 
-    _, var = mean_variance_axis(sp.csr_matrix(X, dtype=np.float64), axis=0)
-    return var > 1e-12
 
-
-def _too_few_genes(X: sp.csr_matrix) -> bool:
-    """Whether fewer than :data:`MIN_QUERY_GENES` genes vary between the cells of ``X``
-    (logged): a query of copies of one cell, or one that expresses a handful of genes, has no
-    structure for a PCA or clusters (scanpy's highly variable genes and the PCA would divide
-    by zero)."""
-    n_genes = int(_varying(X).sum())
+def _too_few_genes(varying: np.ndarray) -> bool:
+    """Whether fewer than :data:`MIN_QUERY_GENES` genes vary between the query's cells
+    (``varying``: :func:`_varying`; logged): a query of copies of one cell, or one that
+    expresses a handful of genes, has no structure for a PCA or clusters (scanpy's highly
+    variable genes and the PCA would divide by zero)."""
+    n_genes = int(varying.sum())
     if n_genes >= MIN_QUERY_GENES:
         return False
     logger.info(
@@ -766,9 +767,10 @@ def _streamed_context(
     rows = sp.vstack(chunks, format="csr") if sp.issparse(chunks[0]) else np.concatenate(chunks)
     del chunks
     rows = _log_normalize(rows, scale)
-    if _too_few_genes(rows):
+    varying = _varying(rows)
+    if _too_few_genes(varying):
         return None
-    pca = _pca(rows, seed)
+    pca = _pca(rows, seed, varying)
     del rows
     km = _kmeans(n, seed)
     km.fit(pca.pcs[:, :N_PCS_CLUSTERS])
