@@ -64,6 +64,27 @@ def test_query_on_a_300_gene_panel(healthy_tumor):
     assert acc >= baseline - 0.05, (acc, baseline)
 
 
+def test_query_on_a_few_dozen_genes_is_warned_about(healthy_tumor):
+    """A query on 60 of the reference's genes leaves many cells without counts in them or
+    unsure between types: the call says how many, that few genes inform the model, and where
+    the most likely types are."""
+    ref, tumor = healthy_tumor
+    detected = np.flatnonzero(np.asarray((ref.X > 0).sum(0)).ravel() > 0)
+    genes = np.sort(np.random.default_rng(0).choice(detected, 60, replace=False))
+    query = tumor[:, genes].copy()
+    with pytest.warns(UserWarning, match=r"'Unassigned' for want of evidence") as record:
+        ta.tl.transanno_annotate(
+            query, reference=ref, labels_key="cell_type", model_kwargs=_FAST, **FAST_TRAIN
+        )
+    message = next(str(w.message) for w in record if "want of evidence" in str(w.message))
+    reasons = query.uns["transanno"]["unassigned"]
+    lacking = reasons["no_expression"] + reasons["unsure_between_types"]
+    assert lacking > query.n_obs / 3
+    assert f"{lacking / query.n_obs:.0%} of adata's cells" in message
+    assert "reads only 60 of adata's genes" in message
+    assert "transanno_probabilities" in message
+
+
 def test_datasets_each_cut_to_their_own_genes_are_warned_about(healthy_tumor):
     """Each dataset cut to its own gene selection shares a small part of either's genes:
     the call says so and how to give all genes (before training, which then runs)."""
