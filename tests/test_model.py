@@ -310,6 +310,19 @@ def test_unlabeled_cells_are_ignored(ref):
     assert not np.isin(np.arange(50), model.train_indices).any()
 
 
+def test_training_a_small_reference_passes_no_lightning_noise_on(ref, recwarn):
+    """A reference of a few hundred cells has fewer batches per epoch than Lightning's
+    step-logging interval, and Lightning calls a torch API that torch deprecates: neither
+    warning is the user's to act on, so training does not pass them on."""
+    ref = ref.copy()
+    TransAnno.setup_anndata(ref, labels_key="cell_type")
+    model = TransAnno(ref, n_hidden=32, n_heads=2, max_tokens=32, n_top_genes=300)
+    model.train(max_epochs=2, batch_size=256, enable_progress_bar=False)
+    messages = [str(w.message) for w in recwarn]
+    assert not [m for m in messages if "logging interval" in m or "LeafSpec" in m], messages
+    assert len(model.history["train_loss"]) == 2  # the history is still logged per epoch
+
+
 def test_auto_gene_count_by_leave_one_batch_out(ref, tmp_path):
     """n_top_genes="auto" scores 2,000 / 4,000 / 8,000 genes by training on one reference animal
     and predicting the other (h_1 <-> t_1), keeps the smallest count within 0.005 of the best,

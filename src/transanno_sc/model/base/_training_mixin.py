@@ -484,6 +484,11 @@ class TrainingMixin:
                 warnings.filterwarnings(
                     "ignore", message=r".*module\(s\) in eval mode at the start"
                 )
+                # Lightning's own: a small reference has fewer batches per epoch than its
+                # step-logging interval (the history is logged per epoch), and its use of a
+                # torch API that torch deprecates; neither is the user's to act on
+                warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
+                warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
                 runner()
         finally:
             for p in params:
