@@ -16,7 +16,7 @@ import anndata as ad
 import numpy as np
 import pytest
 import scanpy as sc
-from conftest import linear_baseline, scores
+from conftest import linear_baseline, log_cp10k, scores
 
 import transanno_sc as ta
 
@@ -171,6 +171,55 @@ def test_pretraining_notebook(pretraining):
         "vocabulary.json",
     }
     for name in ("pretraining_history.png", "confusion_matrix.png"):
+        assert (out / name).stat().st_size > 10_000, name
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 2
+
+
+#: Marker genes of mouse NK cells (cytotoxic granules, NK receptors, NK1.1 = Klrb1c).
+NK_MARKERS = {"GZMA", "GZMB", "NKG7", "PRF1", "KLRB1C", "KLRD1", "KLRK1", "NCR1", "CCL5"}
+
+
+@pytest.mark.slow
+def test_novel_cell_types_notebook(tmp_path):
+    """The reference without NK cells: most of the query's NK cells come out "Unassigned",
+    few known cells do, the reasons add up, the "Unassigned" cells' top markers are NK-cell
+    genes, and the confidence tells NK from known cells better than a logistic regression's
+    maximum probability on the same reference (the recipe of the benchmarks' baseline)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    nb = _execute("novel_cell_types.ipynb", tmp_path)
+    summary = _summary(nb)
+    out = tmp_path / "novel_cell_types_outputs"
+    annotated = ad.read_h5ad(out / "query_annotated.h5ad")
+    published = annotated.obs["cell_type"].astype(str).to_numpy()
+    labels = annotated.obs["transanno_label"].astype(str).to_numpy()
+    novel = published == "NK cells"
+    assert summary["n_query"] == annotated.n_obs == 513
+    assert summary["nk_unassigned"] == pytest.approx(np.mean(labels[novel] == "Unassigned"))
+    assert summary["known_unassigned"] == pytest.approx(np.mean(labels[~novel] == "Unassigned"))
+    assert summary["nk_unassigned"] >= 0.5, summary
+    assert summary["known_unassigned"] <= 0.05, summary
+    assert sum(summary["unassigned_reasons"].values()) == np.sum(labels == "Unassigned")
+    assert len(NK_MARKERS & set(summary["top_markers"][:10])) >= 3, summary["top_markers"]
+
+    lung = ta.datasets.zilionis_mouse_lung()
+    healthy = lung.obs["condition"] == "healthy"
+    ref = lung[healthy & (lung.obs["cell_type"] != "NK cells")].copy()
+    hvg = ref.copy()
+    sc.pp.normalize_total(hvg, target_sum=1e4)
+    sc.pp.log1p(hvg)
+    sc.pp.highly_variable_genes(hvg, n_top_genes=2000, flavor="seurat")
+    genes = list(hvg.var_names[hvg.var["highly_variable"]])
+    clf = LogisticRegression(C=0.1, max_iter=1000).fit(
+        log_cp10k(ref, genes), ref.obs["cell_type"].astype(str)
+    )
+    baseline = roc_auc_score(~novel, clf.predict_proba(log_cp10k(annotated, genes)).max(1))
+    confidence = annotated.obs["transanno_confidence"].to_numpy()
+    assert summary["auroc"] == pytest.approx(roc_auc_score(~novel, confidence))
+    assert summary["auroc"] >= max(0.85, baseline + 0.1), (summary["auroc"], baseline)
+    for name in ("umap.png", "unassigned_markers.png"):
         assert (out / name).stat().st_size > 10_000, name
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 2
