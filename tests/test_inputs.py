@@ -303,8 +303,19 @@ def test_float16_and_views(trained, query):
     )
     parent = query.copy()
     view = parent[:50]
-    ta.tl.transanno_annotate(view, trained)
+    # the call says, before any work, that the parent stays unannotated; anndata's own
+    # "initializing view as actual" is not passed on
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        ta.tl.transanno_annotate(view, trained)
+    messages = [(w.category, str(w.message)) for w in record]
+    assert [m for c, m in messages if "is not annotated" in m and c is UserWarning], messages
+    assert not [m for c, m in messages if c is ad.ImplicitModificationWarning], messages
     assert "transanno_label" not in parent.obs  # the parent is never changed
+    assert not view.is_view
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*is not annotated")
+        ta.tl.transanno_annotate(parent[:50], trained, copy=True)  # a copy: nothing to say
     # the view is annotated as its copy is (the call's query context included: 50 cells)
     copy = parent[:50].copy()
     ta.tl.transanno_annotate(copy, trained)

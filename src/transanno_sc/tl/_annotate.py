@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from anndata import AnnData
+from anndata import AnnData, ImplicitModificationWarning
 
 from transanno_sc._constants import NOVELTY_ALPHA, UNASSIGNED, UNASSIGNED_REASONS
 from transanno_sc.data import get_rna
@@ -100,7 +100,9 @@ def transanno_annotate(
     ----------
     adata
         The cells to annotate: an :class:`~anndata.AnnData`, or a :class:`~mudata.MuData` whose
-        RNA modality (``"rna"``, ``"RNA"`` or ``"gex"``) is annotated.
+        RNA modality (``"rna"``, ``"RNA"`` or ``"gex"``) is annotated. A view (``adata[mask]``)
+        is annotated as an AnnData of its own, with a warning: the AnnData it was taken from
+        is not changed.
     model
         A trained :class:`~transanno_sc.model.TransAnno`.
     reference
@@ -292,6 +294,8 @@ def transanno_annotate(
         )
         raise ValueError(msg)
     _refuse_backed_view(rna)
+    if rna.is_view and not copy:
+        _warn_view()
     # where the expression is read from: X (or the layer), or .raw (the annotation is still
     # written to rna)
     source = _expression_source(rna, layer, use_raw=use_raw, what="adata")
@@ -430,6 +434,20 @@ def _refuse_backed_view(rna: AnnData) -> None:
             "write it to its own file and open that one backed."
         )
         raise ValueError(msg)
+
+
+def _warn_view() -> None:
+    """Say what writing the annotation to a view does, before any work (anndata's own
+    warning at the first write, "initializing view as actual", does not say that the
+    AnnData the view was taken from stays unannotated)."""
+    warnings.warn(
+        "adata is a view of another AnnData (a subset such as `adata[mask]`). The annotation "
+        "is written to this view, which becomes an AnnData of its own; the AnnData it was "
+        "taken from is not annotated. Pass `adata[mask].copy()` (kept in a variable) to make "
+        "this explicit, or annotate the whole AnnData.",
+        UserWarning,
+        stacklevel=3,  # transanno_annotate's caller
+    )
 
 
 def _check_query(rna: AnnData, layer: str | None, input_scale: str) -> None:
@@ -635,7 +653,12 @@ def _write_annotation(
     shared: dict | None,
     context: qc.QueryContext | None,
 ) -> None:
-    """Write labels, confidence, embedding, probabilities and ``uns`` of one forward pass."""
+    """Write labels, confidence, embedding, probabilities and ``uns`` of one forward pass (a
+    view becomes an AnnData of its own, as warned by :func:`_warn_view`)."""
+    if rna.is_view:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=ImplicitModificationWarning)
+            rna.obs[keys.label] = None  # anndata makes the view its own AnnData here
     classes = list(model.classes_)
     labels = np.asarray(classes, dtype=object)[out.probs.argmax(1)]
     if unassigned_threshold is not None:
