@@ -83,6 +83,10 @@ def test_query_on_a_few_dozen_genes_is_warned_about(healthy_tumor):
     assert f"{lacking / query.n_obs:.0%} of adata's cells" in message
     assert "reads only 60 of adata's genes" in message
     assert "transanno_probabilities" in message
+    # the command line shows it in its own words
+    from transanno_sc.cli._common import cli_wording
+
+    assert "lowering --unassigned-threshold keeps" in cli_wording(message, "query.h5ad")
 
 
 def test_datasets_each_cut_to_their_own_genes_are_warned_about(healthy_tumor):

@@ -590,8 +590,8 @@ def _warn_weak_evidence(
         f"{(empty + unsure) / n_cells:.0%} of adata's cells are 'Unassigned' for want of "
         f"evidence: {' and '.join(parts)}.{few} Cells of types the reference lacks also end "
         f"here. Each cell's most likely type and its probability are in "
-        f"adata.obsm[{keys.probabilities!r}]; a lower unassigned_threshold keeps more labels, "
-        "with more errors.",
+        f"adata.obsm[{keys.probabilities!r}]; lowering `unassigned_threshold=` keeps more "
+        "labels, with more errors.",
         UserWarning,
         stacklevel=3,  # transanno_annotate's caller
     )
