@@ -187,7 +187,7 @@ def test_novel_cell_types_notebook(tmp_path):
     genes, and the confidence tells NK from known cells better than a logistic regression's
     maximum probability on the same reference (the recipe of the benchmarks' baseline)."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import f1_score, roc_auc_score
 
     nb = _execute("novel_cell_types.ipynb", tmp_path)
     summary = _summary(nb)
@@ -218,6 +218,10 @@ def test_novel_cell_types_notebook(tmp_path):
     baseline = roc_auc_score(~novel, clf.predict_proba(log_cp10k(annotated, genes)).max(1))
     confidence = annotated.obs["transanno_confidence"].to_numpy()
     assert summary["auroc"] == pytest.approx(roc_auc_score(~novel, confidence))
+    # tl.evaluate's macro-F1 over all cells: an NK cell called T cell is a false T cell
+    known = sorted(set(published[~novel]))
+    all_cells = f1_score(published, labels, labels=known, average="macro", zero_division=0)
+    assert summary["f1_macro_all_cells"] == pytest.approx(all_cells)
     assert summary["auroc"] >= max(0.85, baseline + 0.1), (summary["auroc"], baseline)
     for name in ("umap.png", "unassigned_markers.png"):
         assert (out / name).stat().st_size > 10_000, name

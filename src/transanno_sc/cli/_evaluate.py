@@ -94,6 +94,19 @@ def _print_scores(metrics: dict) -> None:
         f"Unassigned {metrics['unassigned_fraction']:.1%}"
     )
     print(metrics["report"][["precision", "recall", "f1-score", "support"]].round(3).to_string())
+    _print_novelty(metrics)
+
+
+def _print_novelty(metrics: dict) -> None:
+    """One line on the cells of true types the model does not know, if there are any."""
+    if not metrics.get("n_novel"):
+        return
+    print(
+        f"types the model does not know: {', '.join(metrics['novel_types'])} "
+        f"({metrics['n_novel']:,} cells): Unassigned {metrics['novel_unassigned_fraction']:.1%}  "
+        f"AUROC of the confidence (known against them) {metrics['novelty_auroc']:.3f}  "
+        f"macro-F1 over all cells {metrics['f1_macro_all_cells']:.3f}"
+    )
 
 
 def _write_demo_outputs(query, out_dir: Path, seed: int) -> list[Path]:
@@ -181,6 +194,7 @@ def evaluate(args: argparse.Namespace) -> int:
     report["support"] = report["support"].astype(int)
     report.index.name = args.true_key
     print(report.round(3).to_string())
+    _print_novelty(metrics)
     if args.out is not None:
         with _atomic_path(args.out) as tmp:
             report.to_csv(tmp)

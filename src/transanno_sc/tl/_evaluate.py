@@ -39,7 +39,20 @@ def evaluate(
     -------
     A dict with ``accuracy``, ``f1_macro``, ``f1_weighted``, ``unassigned_fraction``,
     ``n_cells``, ``report`` (:class:`pandas.DataFrame`, one row per type) and ``confusion``
-    (:class:`pandas.DataFrame`, true types as rows, predicted as columns).
+    (:class:`pandas.DataFrame`, true types as rows, predicted as columns); and, for the cells
+    of true types the model does not know (where ``adata`` records the types it knows, as
+    ``transanno_annotate`` writes them), how the "Unassigned" call did:
+
+    - ``novel_types``: those true types (empty where there are none);
+    - ``n_novel``: their cells;
+    - ``novel_unassigned_fraction``: the share of them predicted ``"Unassigned"`` (NaN
+      without such cells);
+    - ``novelty_auroc``: the AUROC of ``obs['{prefix}_confidence']`` for the known cells
+      (positive) against them: 1 where every novel cell is less confident than every known
+      one, 0.5 for no better than chance (NaN without such cells or without the column);
+    - ``f1_macro_all_cells``: macro-F1 over the known types on every cell, a novel cell
+      predicted a known type counting as a false positive of that type ("Unassigned" novel
+      cells are no error), which ``f1_macro`` (known cells only) does not see.
 
     Examples
     --------
@@ -57,17 +70,18 @@ def evaluate(
     labelled = rna.obs[true_key].notna().to_numpy()  # cells of unknown truth are not scored
     true = rna.obs[true_key].astype(str).to_numpy()[labelled]
     pred = rna.obs[pred_key].astype(str).to_numpy()[labelled]
+    prefix = pred_key.removesuffix("_label")
+    probs = rna.obsm.get(f"{prefix}_probabilities")
+    info = rna.uns.get(prefix)
+    classes = info.get("classes") if isinstance(info, dict) else None
+    recorded = None  # the types the model knows, where adata records them
+    if classes is not None:
+        recorded = set(map(str, classes))
+    elif isinstance(probs, pd.DataFrame):
+        recorded = set(map(str, probs.columns))
+    novelty = _novelty_scores(rna, labelled, true, pred, recorded, prefix)
     if known_only:
-        prefix = pred_key.removesuffix("_label")
-        probs = rna.obsm.get(f"{prefix}_probabilities")
-        info = rna.uns.get(prefix)
-        classes = info.get("classes") if isinstance(info, dict) else None
-        if classes is not None:
-            known = set(map(str, classes))
-        elif isinstance(probs, pd.DataFrame):
-            known = set(map(str, probs.columns))
-        else:
-            known = set(pred) - {UNASSIGNED}
+        known = recorded if recorded is not None else set(pred) - {UNASSIGNED}
         keep = np.isin(true, list(known))
         true, pred = true[keep], pred[keep]
     if true.size == 0:
@@ -103,4 +117,44 @@ def evaluate(
         "n_cells": int(true.size),
         "report": report,
         "confusion": confusion,
+        **novelty,
     }
+
+
+def _novelty_scores(
+    rna: AnnData,
+    labelled: np.ndarray,
+    true: np.ndarray,
+    pred: np.ndarray,
+    known: set | None,
+    prefix: str,
+) -> dict:
+    """The "Unassigned" call on cells of types the model does not know (see ``evaluate``)."""
+    from sklearn.metrics import roc_auc_score
+
+    out = {
+        "novel_types": [],
+        "n_novel": 0,
+        "novel_unassigned_fraction": float("nan"),
+        "novelty_auroc": float("nan"),
+        "f1_macro_all_cells": float("nan"),
+    }
+    if known is None:
+        return out
+    novel = ~np.isin(true, list(known))
+    labels = sorted(set(true[~novel]))
+    if labels:
+        out["f1_macro_all_cells"] = float(
+            f1_score(true, pred, labels=labels, average="macro", zero_division=0)
+        )
+    if not novel.any():
+        return out
+    out["novel_types"] = sorted(set(true[novel]))
+    out["n_novel"] = int(novel.sum())
+    out["novel_unassigned_fraction"] = float(np.mean(pred[novel] == UNASSIGNED))
+    key = f"{prefix}_confidence"
+    if key in rna.obs and (~novel).any():
+        confidence = rna.obs[key].to_numpy(dtype=float)[labelled]
+        if np.isfinite(confidence).all():
+            out["novelty_auroc"] = float(roc_auc_score(~novel, confidence))
+    return out
