@@ -375,9 +375,12 @@ def transanno_annotate(
             confidence = context.confidence()
             confidence[out.n_expressed == 0] = 0.0
             _warn_one_population(context, out.probs.argmax(1), list(model.classes_))
-    _write_annotation(
-        rna, keys, model, out, confidence, unassigned_threshold, params, shared, context
-    )
+    with warnings.catch_warnings():
+        # a view becomes an AnnData of its own at the first write, as _warn_view said
+        warnings.filterwarnings("ignore", category=ImplicitModificationWarning)
+        _write_annotation(
+            rna, keys, model, out, confidence, unassigned_threshold, params, shared, context
+        )
     _warn_weak_evidence(rna.uns[keys.uns]["unassigned"], out, unassigned_threshold, keys)
     logger.info(
         "    finished (%.1f s): added\n"
@@ -653,12 +656,7 @@ def _write_annotation(
     shared: dict | None,
     context: qc.QueryContext | None,
 ) -> None:
-    """Write labels, confidence, embedding, probabilities and ``uns`` of one forward pass (a
-    view becomes an AnnData of its own, as warned by :func:`_warn_view`)."""
-    if rna.is_view:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=ImplicitModificationWarning)
-            rna.obs[keys.label] = None  # anndata makes the view its own AnnData here
+    """Write labels, confidence, embedding, probabilities and ``uns`` of one forward pass."""
     classes = list(model.classes_)
     labels = np.asarray(classes, dtype=object)[out.probs.argmax(1)]
     if unassigned_threshold is not None:
