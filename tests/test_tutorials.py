@@ -202,6 +202,8 @@ def test_novel_cell_types_notebook(tmp_path):
     assert summary["nk_unassigned"] >= 0.5, summary
     assert summary["known_unassigned"] <= 0.05, summary
     assert sum(summary["unassigned_reasons"].values()) == np.sum(labels == "Unassigned")
+    # the text reads the "Unassigned" cells as a cluster with foreign markers
+    assert summary["unassigned_reasons"]["foreign_markers"] >= 0.5 * np.sum(labels == "Unassigned")
     assert len(NK_MARKERS & set(summary["top_markers"][:10])) >= 3, summary["top_markers"]
 
     lung = ta.datasets.zilionis_mouse_lung()
