@@ -88,6 +88,18 @@ def test_query_on_a_few_dozen_genes_is_warned_about(healthy_tumor):
 
     assert "lowering --unassigned-threshold keeps" in cli_wording(message, "query.h5ad")
 
+    # the reference without NK cells: the NK cells are caught by other reasons, so fewer than
+    # a third are left for want of evidence, but a quarter of the cells still express none
+    # of the 60 genes, which is warned about on its own
+    no_nk = ref[ref.obs["cell_type"] != "NK cells"].copy()
+    query = tumor[:, genes].copy()
+    with pytest.warns(UserWarning, match=r"express none of the 60 genes"):
+        ta.tl.transanno_annotate(
+            query, reference=no_nk, labels_key="cell_type", model_kwargs=_FAST, **FAST_TRAIN
+        )
+    reasons = query.uns["transanno"]["unassigned"]
+    assert reasons["no_expression"] > 0.1 * query.n_obs
+
 
 def test_datasets_each_cut_to_their_own_genes_are_warned_about(healthy_tumor):
     """Each dataset cut to its own gene selection shares a small part of either's genes:

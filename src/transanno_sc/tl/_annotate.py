@@ -553,6 +553,11 @@ def _warn_one_population(context: qc.QueryContext, forced: np.ndarray, classes: 
 #: model, or no type at the threshold) above which ``transanno_annotate`` warns.
 WEAK_EVIDENCE_SHARE = 1 / 3
 
+#: Share of the query's cells without any expressed gene of the model above which
+#: ``transanno_annotate`` warns in any case (in a whole-transcriptome query only empty
+#: droplets have none; on 60 random genes of Zilionis' cells, a quarter of the cells).
+EMPTY_SHARE = 0.1
+
 #: A model reading fewer of the query's genes than this is named as the likely cause.
 FEW_GENES = 500
 
@@ -562,7 +567,7 @@ def _warn_weak_evidence(
 ) -> None:
     """Warn where over :data:`WEAK_EVIDENCE_SHARE` of the cells are "Unassigned" because they
     express none of the model's genes or no type reaches the threshold (not because the query
-    context or the novelty score set them apart).
+    context or the novelty score set them apart), or over :data:`EMPTY_SHARE` express none.
 
     A query on a few dozen genes of the reference's (a small targeted panel) is the common
     cause: cells without counts in them, and probabilities spread over the types (60 random
@@ -575,7 +580,8 @@ def _warn_weak_evidence(
     n_cells = out.probs.shape[0]
     empty = reasons.get("no_expression", 0)
     unsure = reasons.get("unsure_between_types", 0)
-    if threshold is None or not n_cells or empty + unsure <= WEAK_EVIDENCE_SHARE * n_cells:
+    weak = empty + unsure > WEAK_EVIDENCE_SHARE * n_cells or empty > EMPTY_SHARE * n_cells
+    if threshold is None or not n_cells or not weak:
         return
     n_genes = int(out.overlap.get("n_matched", 0))
     parts = []
