@@ -227,14 +227,14 @@ def _pca(X: sp.csr_matrix, seed: int, varying: np.ndarray) -> _Pca:
     tmp = AnnData(X=X)
     genes = np.arange(X.shape[1])
     n_hvg = min(N_HVG, X.shape[1])
-    if n_hvg < X.shape[1] and varying.sum() <= n_hvg:
-        # no more genes vary than are wanted: they are the variable genes (scanpy's
-        # dispersions would divide by zero on the others)
-        genes = np.flatnonzero(varying)
-        tmp = tmp[:, genes].copy()
-    elif n_hvg < X.shape[1]:
-        sc.pp.highly_variable_genes(tmp, n_top_genes=n_hvg, flavor="seurat")
-        genes = np.flatnonzero(tmp.var["highly_variable"].to_numpy())
+    if n_hvg < X.shape[1]:
+        if varying.sum() <= n_hvg:
+            # no more genes vary than are wanted: they are the variable genes (scanpy's
+            # dispersions would divide by zero on the others)
+            genes = np.flatnonzero(varying)
+        else:
+            sc.pp.highly_variable_genes(tmp, n_top_genes=n_hvg, flavor="seurat")
+            genes = np.flatnonzero(tmp.var["highly_variable"].to_numpy())
         tmp = tmp[:, genes].copy()
     n_comps = max(2, min(N_PCS, tmp.n_vars - 1, tmp.n_obs - 1))
     sc.pp.pca(tmp, n_comps=n_comps, random_state=seed)
