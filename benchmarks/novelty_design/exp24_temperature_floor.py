@@ -59,9 +59,9 @@ def dump(seeds, out: Path, pairs=None) -> None:
             cap["nn"] = nn.kneighbors(return_distance=False)
         return neighbourhood_fn(pcs, confidence, parts)
 
-    def shares(X, clusters, forced, detection, n_clusters):
+    def shares(X, clusters, forced, detection, n_clusters, **kwargs):
         cap["clusters"] = clusters.copy()
-        return shares_fn(X, clusters, forced, detection, n_clusters)
+        return shares_fn(X, clusters, forced, detection, n_clusters, **kwargs)
 
     annotate._context, qc._neighbourhood, qc._foreign_shares = context, neighbourhood, shares
     out.mkdir(parents=True, exist_ok=True)
