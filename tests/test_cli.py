@@ -13,6 +13,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 from conftest import FAST_MODEL, linear_baseline
 
 import transanno_sc as ta
@@ -211,9 +212,10 @@ def _assert_one_line_error(capsys, *fragments):
         (["--model", "{d}", "--max-epochs", "3"], ["--max-epochs only applies"]),
         (["--model", "{d}", "--pretrain"], ["--pretrain only applies"]),
         (["--model", "{d}", "--unlabeled-category", "x"], ["--unlabeled-category only applies"]),
+        (["--model", "{d}", "--reference-input-scale", "auto"], ["--reference-input-scale only applies"]),
         (["--reference", "{d}/ref.h5ad", "--labels-key", "cell_type", "--unassigned-threshold", "2"], ["[0, 1]"]),
     ],
-    ids=["missing-file", "missing-key", "no-labels-key", "bad-json", "no-model", "model-and-epochs", "model-and-pretrain", "model-and-unlabeled", "threshold"],
+    ids=["missing-file", "missing-key", "no-labels-key", "bad-json", "no-model", "model-and-epochs", "model-and-pretrain", "model-and-unlabeled", "model-and-reference-scale", "threshold"],
 )  # fmt: skip
 def test_annotate_bad_input_one_line_error(files, capsys, args, fragments):
     argv = ["annotate", *[a.format(d=files) for a in args]]
@@ -463,6 +465,26 @@ def test_library_messages_use_the_command_line_words(annotated, files, tmp_path,
     err = capsys.readouterr().err
     assert "`ta.tl.transanno_annotate(adata, reference=" in err, err
     assert "transanno annotate --reference" in err and "the query's var_names" in err, err
+
+
+def test_query_scale_given_for_the_query_alone(files, tmp_path, capsys):
+    """A log2(CPM + 1) query against a reference of counts: --input-scale alone applies to
+    both and is refused for the reference, in the command's words, naming
+    --reference-input-scale; with it the query is annotated."""
+    query = ad.read_h5ad(files / "query.h5ad")
+    X = sp.csr_matrix(query.X, dtype=np.float64)
+    X = sp.csr_matrix(sp.diags(1e6 / np.asarray(X.sum(1)).ravel().clip(1)) @ X)
+    X.data = np.log2(1.0 + X.data)
+    query.X = X.astype(np.float32)
+    query.write_h5ad(tmp_path / "log2.h5ad")
+    argv = ["annotate", "--reference", str(files / "ref.h5ad"), "--labels-key", "cell_type"]
+    argv += ["--query", str(tmp_path / "log2.h5ad"), "--input-scale", "log2(1+x)", *FAST]
+    assert main([*argv, "--out", str(tmp_path / "never.h5ad")]) == 2
+    _assert_one_line_error(capsys, "--input-scale log2(1+x)", "--reference-input-scale auto")
+    assert main([*argv, "--reference-input-scale", "auto", "--out", str(tmp_path / "a.h5ad")]) == 0
+    uns = ad.read_h5ad(tmp_path / "a.h5ad").uns["transanno"]
+    assert uns["gene_overlap"]["input_scale"] == "log2(1+x)"
+    assert uns["gene_overlap"]["reference_input_scale"] == "counts"
 
 
 def test_annotate_h5mu_query_annotates_its_rna_modality(annotated, files, tmp_path, capsys):

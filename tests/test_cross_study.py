@@ -394,6 +394,53 @@ def test_query_merged_from_counts_and_log2_cells_is_read_as_its_counts(trained, 
     assert (merged.X != before).nnz == 0
 
 
+def test_query_scale_given_apart_from_the_reference(split, trained):
+    """A query of log2(CPM + 1) values on 400 genes (too few for its base to be detected)
+    against a reference of counts: `input_scale=` alone applies to both and is refused for
+    the reference, naming `reference_input_scale=`; with the reference's scale detected
+    apart, the query is read as the counts it came from (the same model and probabilities
+    as the query given as CPM values). A trained model takes no reference scale."""
+    ref, query = split
+    rng = np.random.default_rng(0)
+    genes = np.sort(rng.choice(query.n_vars, 400, replace=False))
+    X = sp.csr_matrix(query.X[:, genes], dtype=np.float64)
+    cpm = sp.csr_matrix(sp.diags(1e6 / np.asarray(X.sum(1)).ravel().clip(1)) @ X)
+    log2 = cpm.copy()
+    log2.data = np.log2(1.0 + log2.data)
+    var = query.var.iloc[genes, :0]
+    kwargs = {"labels_key": "cell_type", "batch_key": "batch", "model_kwargs": FAST_MODEL}
+    with pytest.raises(ValueError, match=r"reference_input_scale='auto'"):
+        ta.tl.transanno_annotate(
+            ad.AnnData(log2.astype(np.float32), var=var),
+            reference=ref,
+            input_scale="log2(1+x)",
+            max_epochs=1,
+            **kwargs,
+        )
+    runs = {}
+    for name, values, scales in (
+        ("log2", log2, {"input_scale": "log2(1+x)", "reference_input_scale": "auto"}),
+        ("cpm", cpm, {}),
+    ):
+        runs[name] = ta.tl.transanno_annotate(
+            ad.AnnData(values.astype(np.float32), var=var),
+            reference=ref,
+            copy=True,
+            max_epochs=1,
+            enable_progress_bar=False,
+            **scales,
+            **kwargs,
+        )
+    uns = runs["log2"].uns["transanno"]
+    assert uns["params"]["reference_input_scale"] == "auto"
+    assert uns["gene_overlap"]["input_scale"] == "log2(1+x)"
+    assert uns["gene_overlap"]["reference_input_scale"] == "counts"
+    probs = [runs[k].obsm["transanno_probabilities"].to_numpy() for k in ("log2", "cpm")]
+    np.testing.assert_allclose(probs[0], probs[1], atol=1e-3)
+    with pytest.raises(TypeError, match="reference_input_scale"):
+        ta.tl.transanno_annotate(query.copy(), trained, reference_input_scale="auto")
+
+
 def test_same_call_same_answer(split):
     ref, query = split[0], split[1][:120].copy()
     kwargs = {"reference": ref, "labels_key": "cell_type", "model_kwargs": FAST_MODEL}

@@ -39,6 +39,7 @@ _REFERENCE_ONLY = (
     "save_model",
     "max_epochs",
     "model_kwargs",
+    "reference_input_scale",
 )
 
 
@@ -83,6 +84,12 @@ def add_annotate_parser(sub) -> None:
         "--pretrain",
         action="store_true",
         help="pretrain the backbone on the reference and query cells before training",
+    )
+    p.add_argument(
+        "--reference-input-scale",
+        choices=["auto", "counts", "log1p", "log2(1+x)", "log10(1+x)"],
+        help="what the reference's values are, where they are on another scale than the "
+        "query's and --input-scale is not auto (default: --input-scale's)",
     )
     p.add_argument(
         "--unassigned-threshold",
@@ -193,6 +200,7 @@ def _training_kwargs(args: argparse.Namespace, ref, model_kwargs: dict, n_query:
         "batch_key": args.batch_key,
         "pretrain": args.pretrain,
         "match_depth": args.match_depth,
+        "reference_input_scale": args.reference_input_scale,
         "model_kwargs": model_kwargs,
         # the extra processes of a multi-device run train too, but only the first one saves
         "save_model": None if _is_secondary_rank() else args.save_model,

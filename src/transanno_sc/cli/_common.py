@@ -56,6 +56,7 @@ def _error_message(e: BaseException, inputs: str = "the input") -> str:
 _OPTIONS = (
     "layer",
     "input_scale",
+    "reference_input_scale",
     "labels_key",
     "batch_key",
     "unlabeled_category",

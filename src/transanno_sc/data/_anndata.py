@@ -354,15 +354,21 @@ def log_base_of_rows(rows) -> str:
 
 
 def resolve_input_scale(
-    X, input_scale: InputScale, what: str = "adata.X", *, quiet: bool = False
+    X,
+    input_scale: InputScale,
+    what: str = "adata.X",
+    *,
+    quiet: bool = False,
+    argument: str = "input_scale",
 ) -> str:
     """Check an explicit ``input_scale`` or detect it (``quiet``: no log line or warning, for a
     check made ahead of the call that uses it). ``"log1p"`` means log-normalized values: their
     base is detected all the same (:func:`log_base_of_rows`), so the scale returned may be
-    ``"log2(1+x)"`` or ``"log10(1+x)"``; those two, given, are taken as they are."""
+    ``"log2(1+x)"`` or ``"log10(1+x)"``; those two, given, are taken as they are.
+    ``argument``: the caller's name of ``input_scale``, in the messages."""
     if input_scale not in ("auto", "counts", *LOG_SCALES):
         msg = (
-            "input_scale must be 'auto', 'counts' or 'log1p' (or 'log2(1+x)', 'log10(1+x)' "
+            f"{argument} must be 'auto', 'counts' or 'log1p' (or 'log2(1+x)', 'log10(1+x)' "
             f"for log values of those bases), got {input_scale!r}."
         )
         raise ValueError(msg)
@@ -375,9 +381,9 @@ def resolve_input_scale(
         top = float(_values(rows).max())
         if top > MAX_LOG1P_VALUE:
             msg = (
-                f"input_scale={input_scale!r}, but {what} holds values up to {top:.4g}: "
+                f"{argument}={input_scale!r}, but {what} holds values up to {top:.4g}: "
                 f"log-normalized values stay below {MAX_LOG1P_VALUE:g} (log1p of 10,000 per "
-                "cell is 9.2). These look like counts: pass input_scale='counts' or 'auto'."
+                f"cell is 9.2). These look like counts: pass {argument}='counts' or 'auto'."
             )
             raise ValueError(msg)
         if input_scale == "log1p" and detected in LOG_SCALES:
@@ -389,7 +395,7 @@ def resolve_input_scale(
         return detected
     if input_scale != detected and not quiet:
         warnings.warn(
-            f"input_scale={input_scale!r}, but {what} looks like {_SCALE_NAMES[detected]} "
+            f"{argument}={input_scale!r}, but {what} looks like {_SCALE_NAMES[detected]} "
             f"values; they are treated as {_SCALE_NAMES[input_scale]} values as asked.",
             UserWarning,
             stacklevel=3,

@@ -81,6 +81,7 @@ def transanno_annotate(
     pretrain_kwargs: dict | None = None,
     batch_size: int | None = None,
     input_scale: str = "auto",
+    reference_input_scale: str | None = None,
     random_state: int | None = 0,
     match_depth: bool = True,
     **train_kwargs,
@@ -203,6 +204,11 @@ def transanno_annotate(
         ``"auto"``, a matrix merged from cells of counts and cells of log values (each at
         least 5 % of the cells) is read cell by cell: the log cells are turned back into
         count-like values (the query from a copy; ``input_scale_per_cell`` counts them).
+    reference_input_scale
+        What ``reference``'s values are, where they are on another scale than ``adata``'s
+        and ``input_scale`` is not ``"auto"`` (a log2(TPM + 1) query against a reference of
+        counts: ``input_scale="log2(1+x)", reference_input_scale="auto"``). Takes the values
+        of ``input_scale``; ``None`` (default): ``input_scale`` applies to both.
     random_state
         Seed of the training (weights, data splits, subsamples), as ``random_state`` in
         scanpy's tools: the same call gives the same result. ``None``: scvi-tools'
@@ -337,11 +343,15 @@ def transanno_annotate(
             pretrain_kwargs=pretrain_kwargs,
             train_kwargs=train_kwargs,
             match_depth=match_depth,
+            reference_input_scale=reference_input_scale,
         )
-    elif train_kwargs or model_kwargs:
+    elif train_kwargs or model_kwargs or reference_input_scale is not None:
+        given = sorted(train_kwargs) + sorted(model_kwargs or {})
+        if reference_input_scale is not None:
+            given.append("reference_input_scale")
         msg = (
-            f"Training arguments {sorted(train_kwargs) + sorted(model_kwargs or {})} were given "
-            "with a trained `model=`; they only apply when a model is trained from `reference=`."
+            f"Training arguments {given} were given with a trained `model=`; they only apply "
+            "when a model is trained from `reference=`."
         )
         raise TypeError(msg)
 
@@ -363,6 +373,10 @@ def transanno_annotate(
         "novelty_alpha": NOVELTY_ALPHA,
         "query_context": bool(query_context and novelty),
         "input_scale": input_scale,
+        # the reference's, as asked ("" where no model was trained here)
+        "reference_input_scale": ""
+        if shared is None
+        else (input_scale if reference_input_scale is None else reference_input_scale),
         "random_state": -1 if random_state is None else int(random_state),
         "match_depth": bool(match_depth),
         "model": model._model_summary_string,

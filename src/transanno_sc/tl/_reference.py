@@ -302,11 +302,15 @@ def _shared_genes(private: AnnData, query: AnnData) -> tuple[AnnData, AnnData, d
     return private, query, info
 
 
-def _reference_scale(private: AnnData, batch_key: str | None, input_scale: str) -> AnnData:
+def _reference_scale(
+    private: AnnData, batch_key: str | None, input_scale: str, argument: str = "input_scale"
+) -> AnnData:
     """Detect the scale of the private reference batch by batch; where batches differ (log1p
     values next to counts, or log2(1+x) values next to log1p ones, e.g. studies merged from
     different sources), turn the log-normalized batches back into count-like values
     (``expm1`` in their base) on the private copy, so that every cell is normalized alike.
+    ``argument``: the name ``input_scale`` came by (``"reference_input_scale"`` where it is
+    the reference's own), in the messages.
     Returns the private reference, with ``uns["input_scale"]`` set (and, where batches
     differ, ``uns["batch_input_scales"]``: the scale detected in each)."""
     from transanno_sc.data import detect_input_scale, resolve_input_scale
@@ -316,7 +320,18 @@ def _reference_scale(private: AnnData, batch_key: str | None, input_scale: str) 
         if per_cell is not None:
             return per_cell
     if input_scale != "auto" or batch_key is None:
-        private.uns["input_scale"] = resolve_input_scale(private.X, input_scale, "reference.X")
+        try:
+            scale = resolve_input_scale(private.X, input_scale, "reference.X", argument=argument)
+        except ValueError as e:
+            if argument != "input_scale" or input_scale == "auto":
+                raise
+            msg = (
+                f"{e} `input_scale=` applies to the reference too: where the reference's "
+                "values are on another scale than adata's, pass `reference_input_scale='auto'` "
+                "(or the reference's scale) as well."
+            )
+            raise ValueError(msg) from None
+        private.uns["input_scale"] = scale
         return private
     batches = private.obs[batch_key].astype(str).to_numpy()
     scales = {
@@ -755,8 +770,10 @@ def train_on_reference(
     pretrain_kwargs: dict | None,
     train_kwargs: dict,
     match_depth: bool = True,
+    reference_input_scale: str | None = None,
 ) -> tuple[TransAnno, AnnData, dict]:
-    """Train a model on ``reference`` for the query ``rna``, on the genes both have.
+    """Train a model on ``reference`` for the query ``rna``, on the genes both have
+    (``reference_input_scale``: the reference's scale where it is not ``input_scale``).
 
     Returns the model, the query restricted to the shared genes (a view) and the gene-sharing
     summary for ``uns``.
@@ -773,7 +790,12 @@ def train_on_reference(
     _hint_batch_key(reference, labels_key, unlabeled_category, batch_key, model_kwargs)
     private, query, shared = _shared_genes(private, rna)
     _warn_empty_on_shared(private, labels_key, unlabeled_category, shared["n_shared_genes"])
-    private = _reference_scale(private, batch_key, input_scale)
+    if reference_input_scale is None:
+        private = _reference_scale(private, batch_key, input_scale)
+    else:
+        private = _reference_scale(
+            private, batch_key, reference_input_scale, "reference_input_scale"
+        )
     shared["reference_input_scale"] = private.uns.get(
         "batch_input_scales", private.uns["input_scale"]
     )
