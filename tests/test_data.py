@@ -67,3 +67,27 @@ def test_genes_matched_by_a_gene_name_column_only_when_it_clearly_matches_more()
     m, ref_names = match_shared_genes(adata, ref)
     assert ref_names == "var['gene_ids']" and m.names == "var_names"
     assert m.source.tolist() == [3, 5] and m.target.tolist() == [0, 1]
+
+
+def test_gene_name_columns_are_found_in_any_case():
+    """Bioconductor's rowData (``DropletUtils::read10xCounts`` through zellkonverter) names
+    the columns ``ID`` and ``Symbol``, Monocle ``gene_short_name``: matched as the lower-case
+    names are, the symbol column before the ID one."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    from transanno_sc.data import match_adata_genes, match_shared_genes
+
+    ids = [f"ENSMUSG{i:011d}" for i in range(4)]
+    symbols = ["Cd3e", "Cd19", "Ptprc", "Nkg7"]
+    vocab = ["CD3E", "CD19", "PTPRC", "NKG7"]
+    for column in ("Symbol", "SYMBOL", "gene_short_name"):
+        var = pd.DataFrame({"ID": ids, column: symbols}, index=[f"g{i}" for i in range(4)])
+        adata = ad.AnnData(np.zeros((2, 4), dtype=np.float32), var=var)
+        m = match_adata_genes(adata, vocab)
+        assert m.names == f"var[{column!r}]" and m.n_matched == 4, (column, m.names)
+    # the ID column names the genes where the other side holds IDs
+    ref = ad.AnnData(np.zeros((2, 2), dtype=np.float32), var=pd.DataFrame(index=ids[1:3]))
+    m, _ = match_shared_genes(adata, ref)
+    assert m.names == "var['ID']" and m.source.tolist() == [1, 2]

@@ -42,35 +42,41 @@ _NATURAL_AT_MOST = 0.5
 _CONSTANT_TOTAL_CV = 0.03
 _VARYING_TOTAL_CV = 0.05
 
-#: Columns of ``var`` that often hold a second name of each gene: gene symbols next to
-#: Ensembl IDs in ``var_names`` (CELLxGENE's ``feature_name``, scanpy's ``gene_symbols``) or
-#: Ensembl IDs next to symbols (10x / scanpy's ``gene_ids``).
+#: Columns of ``var`` that often hold a second name of each gene (compared in lower case,
+#: in this order): gene symbols next to Ensembl IDs in ``var_names`` (CELLxGENE's
+#: ``feature_name``, scanpy's ``gene_symbols``, Bioconductor's ``Symbol`` from
+#: ``DropletUtils::read10xCounts`` via zellkonverter, Monocle's ``gene_short_name``) or
+#: Ensembl IDs next to symbols (10x / scanpy's ``gene_ids``, Bioconductor's ``ID``).
 GENE_NAME_COLUMNS = (
     "feature_name",
     "gene_symbols",
     "gene_symbol",
+    "genesymbol",
     "gene_name",
     "gene_names",
+    "gene_short_name",
     "symbol",
     "gene_ids",
     "gene_id",
     "ensembl_id",
     "feature_id",
+    "id",
 )
 
 
 def gene_name_options(adata: AnnData) -> dict[str, pd.Index]:
     """The names adata's genes can be matched by: ``var_names``, then each column of
-    ``adata.var`` named in ``transanno_sc.data.GENE_NAME_COLUMNS`` that holds strings (a gene
-    without a value there keeps its ``var_names`` entry; repeated names are made unique as
-    :meth:`~anndata.AnnData.var_names_make_unique` does)."""
+    ``adata.var`` named in ``transanno_sc.data.GENE_NAME_COLUMNS`` (in any case: ``Symbol``,
+    ``ID``) that holds strings (a gene without a value there keeps its ``var_names`` entry;
+    repeated names are made unique as :meth:`~anndata.AnnData.var_names_make_unique`
+    does)."""
     from anndata.utils import make_index_unique
 
     var_names = pd.Index(adata.var_names.astype(str))
     options = {"var_names": var_names}
-    for col in GENE_NAME_COLUMNS:
-        if col not in adata.var.columns:
-            continue
+    rank = {name: i for i, name in enumerate(GENE_NAME_COLUMNS)}
+    columns = [c for c in adata.var.columns if str(c).lower() in rank]
+    for col in sorted(columns, key=lambda c: rank[str(c).lower()]):
         values = adata.var[col]
         if isinstance(values.dtype, pd.CategoricalDtype):
             values = values.astype(object)
