@@ -231,6 +231,56 @@ def test_novel_cell_types_notebook(tmp_path):
     assert len(images) >= 2
 
 
+def test_cross_study_notebook(tmp_path):
+    """The 300-gene panel with other gene names: every gene matched (by case), labels within
+    0.05 of a logistic regression on the same genes (computed here), the whole-reference
+    model refused with the way out named; the log2(TPM + 1) table detected as such and
+    annotated as well as a logistic regression on the counts it came from."""
+    from sklearn.linear_model import LogisticRegression
+
+    nb = _execute("cross_study.ipynb", tmp_path)
+    summary = _summary(nb)
+    out = tmp_path / "cross_study_outputs"
+    panel = ad.read_h5ad(out / "panel_annotated.h5ad")
+    table = ad.read_h5ad(out / "table_annotated.h5ad")
+    assert summary["n_panel_genes"] == panel.n_vars == summary["n_shared_genes"] == 300
+    overlap = panel.uns["transanno"]["gene_overlap"]
+    assert overlap["n_exact"] + overlap["n_case_insensitive"] == 300
+    assert summary["n_case_insensitive"] >= 290  # the names differ in case, as written
+    lung = ta.datasets.zilionis_mouse_lung()
+    ref = lung[lung.obs["condition"] == "healthy"].copy()
+    tumour = lung[lung.obs["condition"] == "tumor"].copy()
+    genes = [g.upper() for g in panel.var_names]
+    truth = panel.obs["published"].astype(str).to_numpy()
+    assert (truth == tumour.obs["cell_type"].astype(str).to_numpy()).all()
+    labels = panel.obs["transanno_label"].astype(str).to_numpy()
+    assert summary["panel_accuracy"] == pytest.approx(np.mean(labels == truth))
+    # normalized over the panel's genes, the only ones the query has
+    clf = LogisticRegression(C=0.1, max_iter=1000).fit(
+        log_cp10k(ref[:, genes], genes), ref.obs["cell_type"].astype(str)
+    )
+    baseline = float(np.mean(clf.predict(log_cp10k(tumour[:, genes], genes)) == truth))
+    assert summary["baseline_accuracy"] == pytest.approx(baseline, abs=0.005)
+    assert summary["panel_accuracy"] >= baseline - 0.05, (summary, baseline)
+    assert summary["panel_unassigned"] <= 0.05, summary
+    assert "reference=ref" in summary["refusal"] and "share" in summary["refusal"]
+    # the table: its base detected, its labels as good as a linear model on its counts
+    assert summary["table_scale"] == table.uns["transanno"]["gene_overlap"]["input_scale"]
+    assert summary["table_scale"] == "log2(1+x)"
+    table_labels = table.obs["transanno_label"].astype(str).to_numpy()
+    assert summary["table_accuracy"] == pytest.approx(np.mean(table_labels == truth))
+    hvg = ref.copy()
+    sc.pp.normalize_total(hvg, target_sum=1e4)
+    sc.pp.log1p(hvg)
+    sc.pp.highly_variable_genes(hvg, n_top_genes=2000, flavor="seurat")
+    hv = list(hvg.var_names[hvg.var["highly_variable"]])
+    clf = LogisticRegression(C=0.1, max_iter=1000).fit(
+        log_cp10k(ref, hv), ref.obs["cell_type"].astype(str)
+    )
+    counts_baseline = float(np.mean(clf.predict(log_cp10k(tumour, hv)) == truth))
+    assert summary["table_accuracy"] >= counts_baseline - 0.05, (summary, counts_baseline)
+
+
 def test_multi_gpu_notebook_is_valid_python():
     """Shown, not executed: at least check that every code cell parses."""
     nb = nbformat.read(TUTORIALS / "multi_gpu_large_data.ipynb", as_version=4)
