@@ -181,12 +181,27 @@ NK_MARKERS = {"GZMA", "GZMB", "NKG7", "PRF1", "KLRB1C", "KLRD1", "KLRK1", "NCR1"
 
 
 @pytest.mark.slow
+def _hvg_logistic_regression(ref):
+    """The benchmarks' baseline recipe: an L2 logistic regression (C=0.1) on log1p CP10k of
+    the reference's 2,000 Seurat highly variable genes; the fitted model and the genes."""
+    from sklearn.linear_model import LogisticRegression
+
+    hvg = ref.copy()
+    sc.pp.normalize_total(hvg, target_sum=1e4)
+    sc.pp.log1p(hvg)
+    sc.pp.highly_variable_genes(hvg, n_top_genes=2000, flavor="seurat")
+    genes = list(hvg.var_names[hvg.var["highly_variable"]])
+    clf = LogisticRegression(C=0.1, max_iter=1000).fit(
+        log_cp10k(ref, genes), ref.obs["cell_type"].astype(str)
+    )
+    return clf, genes
+
+
 def test_novel_cell_types_notebook(tmp_path):
     """The reference without NK cells: most of the query's NK cells come out "Unassigned",
     few known cells do, the reasons add up, the "Unassigned" cells' top markers are NK-cell
     genes, and the confidence tells NK from known cells better than a logistic regression's
     maximum probability on the same reference (the recipe of the benchmarks' baseline)."""
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score, roc_auc_score
 
     nb = _execute("novel_cell_types.ipynb", tmp_path)
@@ -209,14 +224,7 @@ def test_novel_cell_types_notebook(tmp_path):
     lung = ta.datasets.zilionis_mouse_lung()
     healthy = lung.obs["condition"] == "healthy"
     ref = lung[healthy & (lung.obs["cell_type"] != "NK cells")].copy()
-    hvg = ref.copy()
-    sc.pp.normalize_total(hvg, target_sum=1e4)
-    sc.pp.log1p(hvg)
-    sc.pp.highly_variable_genes(hvg, n_top_genes=2000, flavor="seurat")
-    genes = list(hvg.var_names[hvg.var["highly_variable"]])
-    clf = LogisticRegression(C=0.1, max_iter=1000).fit(
-        log_cp10k(ref, genes), ref.obs["cell_type"].astype(str)
-    )
+    clf, genes = _hvg_logistic_regression(ref)
     baseline = roc_auc_score(~novel, clf.predict_proba(log_cp10k(annotated, genes)).max(1))
     confidence = annotated.obs["transanno_confidence"].to_numpy()
     assert summary["auroc"] == pytest.approx(roc_auc_score(~novel, confidence))
@@ -269,14 +277,7 @@ def test_cross_study_notebook(tmp_path):
     assert summary["table_scale"] == "log2(1+x)"
     table_labels = table.obs["transanno_label"].astype(str).to_numpy()
     assert summary["table_accuracy"] == pytest.approx(np.mean(table_labels == truth))
-    hvg = ref.copy()
-    sc.pp.normalize_total(hvg, target_sum=1e4)
-    sc.pp.log1p(hvg)
-    sc.pp.highly_variable_genes(hvg, n_top_genes=2000, flavor="seurat")
-    hv = list(hvg.var_names[hvg.var["highly_variable"]])
-    clf = LogisticRegression(C=0.1, max_iter=1000).fit(
-        log_cp10k(ref, hv), ref.obs["cell_type"].astype(str)
-    )
+    clf, hv = _hvg_logistic_regression(ref)
     counts_baseline = float(np.mean(clf.predict(log_cp10k(tumour, hv)) == truth))
     assert summary["table_accuracy"] >= counts_baseline - 0.05, (summary, counts_baseline)
 
