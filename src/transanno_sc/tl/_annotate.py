@@ -94,8 +94,9 @@ def transanno_annotate(
     order than the reference; a model trained here uses only the genes both have (so a query
     on a smaller panel works). Where ``var_names`` do not match (Ensembl IDs on one side,
     symbols on the other), a gene-name column of ``var`` such as ``feature_name``,
-    ``gene_ids`` or Bioconductor's ``Symbol`` is used (:func:`~transanno_sc.data.match_adata_genes`). Both may hold raw
-    counts, other count-like values (TPM, CPM, expected counts) or log1p-normalized values.
+    ``gene_ids`` or Bioconductor's ``Symbol`` is used
+    (:func:`~transanno_sc.data.match_adata_genes`). Both may hold raw counts, other
+    count-like values (TPM, CPM, expected counts) or log1p-normalized values.
 
     Parameters
     ----------
